@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "videomac" / "version.py").read_text(), version)
+
+setup(
+    name="videomac",
+    version=version["__version__"],
+    description="VideoMAC: masked video modeling with sparse ConvNets (CVPR 2024), as a library.",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["videomac", "videomac.*"]),
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.1",
+        "timm>=1.0.9",
+        "huggingface_hub>=0.23",
+        "safetensors>=0.4",
+        "einops>=0.7",
+        "numpy",
+        "pillow",
+        "av>=12",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "ruff"],
+    },
+    entry_points={"console_scripts": ["videomac=videomac.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,233 @@
+"""The VideoMAC ResNets: a ResNet made for sparse masked pretraining.
+
+Differences from torchvision's ResNet (as in the authors' code): a 4x4 stride-4 patchify stem with
+LayerNorm instead of the 7x7 conv + max-pool, LayerNorm (channels-first) instead of BatchNorm and
+GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Type, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, register_model
+from timm.models._manipulate import checkpoint_seq
+
+from videomac.models._cfgs import make_default_cfgs
+
+__all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck"]
+
+default_cfgs = make_default_cfgs(
+    ["videomac_rn18", "videomac_rn34", "videomac_rn50", "videomac_rn101"],
+    first_conv="stem.0",
+    classifier="fc",
+)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = LayerNorm2d(planes)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.norm2 = LayerNorm2d(planes)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.downsample = downsample
+        self.act2 = nn.GELU()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.norm2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.norm1(self.conv1(x)))
+        x = self.norm2(self.conv2(x))
+        return self.act2(self.drop_path(x) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: Optional[nn.Module] = None,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.norm1 = LayerNorm2d(planes)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.norm2 = LayerNorm2d(planes)
+        self.act2 = nn.GELU()
+        self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
+        self.norm3 = LayerNorm2d(outplanes)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.downsample = downsample
+        self.act3 = nn.GELU()
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.norm3.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.norm1(self.conv1(x)))
+        x = self.act2(self.norm2(self.conv2(x)))
+        x = self.norm3(self.conv3(x))
+        return self.act3(self.drop_path(x) + shortcut)
+
+
+class VideoMACResNet(nn.Module):
+    """ResNet with a patchify stem, LayerNorm and GELU (timm model interface)."""
+
+    def __init__(
+        self,
+        block: Type[Union[BasicBlock, Bottleneck]],
+        layers: List[int],
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        stem_width: int = 64,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        zero_init_last: bool = True,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_width, 4, stride=4), LayerNorm2d(stem_width))
+        self.feature_info = []
+        n = sum(layers)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+        inplanes, reduction, idx = stem_width, 4, 0
+        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
+            stride = 1 if i == 0 else 2
+            reduction *= stride
+            outplanes = planes * block.expansion
+            downsample = None
+            if stride != 1 or inplanes != outplanes:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, outplanes, 1, stride=stride, bias=False), LayerNorm2d(outplanes)
+                )
+            blocks = []
+            for d in range(depth):
+                blocks.append(
+                    block(inplanes, planes, stride if d == 0 else 1, downsample if d == 0 else None, dpr[idx])
+                )
+                inplanes, idx = outplanes, idx + 1
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=outplanes, reduction=reduction, module=f"layer{i + 1}"))
+        self.num_features = self.head_hidden_size = inplanes
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(zero_init_last)
+
+    def _init_weights(self, zero_init_last: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        if zero_init_last:
+            for m in self.modules():
+                if hasattr(m, "zero_init_last"):
+                    m.zero_init_last()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        return dict(stem=r"^stem", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i in range(1, 5):
+            layer = getattr(self, f"layer{i}")
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(layer, x)
+            else:
+                x = layer(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def create_videomac_resnet(variant: str, pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    return build_model_with_cfg(
+        VideoMACResNet,
+        variant,
+        pretrained,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+@register_model
+def videomac_rn18(pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    """VideoMAC ResNet-18 (basic blocks 2-2-2-2)."""
+    return create_videomac_resnet(
+        "videomac_rn18", pretrained, **dict(dict(block=BasicBlock, layers=[2, 2, 2, 2]), **kwargs)
+    )
+
+
+@register_model
+def videomac_rn34(pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    """VideoMAC ResNet-34 (basic blocks 3-4-6-3)."""
+    return create_videomac_resnet(
+        "videomac_rn34", pretrained, **dict(dict(block=BasicBlock, layers=[3, 4, 6, 3]), **kwargs)
+    )
+
+
+@register_model
+def videomac_rn50(pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    """VideoMAC ResNet-50 (bottlenecks 3-4-6-3), 2048 output channels."""
+    return create_videomac_resnet(
+        "videomac_rn50", pretrained, **dict(dict(block=Bottleneck, layers=[3, 4, 6, 3]), **kwargs)
+    )
+
+
+@register_model
+def videomac_rn101(pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    """VideoMAC ResNet-101 (bottlenecks 3-4-23-3)."""
+    return create_videomac_resnet(
+        "videomac_rn101", pretrained, **dict(dict(block=Bottleneck, layers=[3, 4, 23, 3]), **kwargs)
+    )
