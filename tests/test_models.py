@@ -1,4 +1,5 @@
 """The registered encoders: timm interface, features_only, and strict loads into timm's twins."""
+
 import pytest
 import timm
 import torch
@@ -38,7 +39,12 @@ def test_convnext_same_outputs_as_timm_twin(name):
 
 @pytest.mark.parametrize(
     "name,out_chs,params_m",
-    [("videomac_rn18", 512, 11.2), ("videomac_rn34", 512, 21.3), ("videomac_rn50", 2048, 23.5), ("videomac_rn101", 2048, 42.5)],
+    [
+        ("videomac_rn18", 512, 11.2),
+        ("videomac_rn34", 512, 21.3),
+        ("videomac_rn50", 2048, 23.5),
+        ("videomac_rn101", 2048, 42.5),
+    ],
 )
 def test_resnet_architecture(name, out_chs, params_m):
     with torch.device("meta"):

@@ -282,6 +282,10 @@ class SparseEncoder(nn.Module):
         finally:
             self.ctx.clear()
 
+    def head_modules(self):
+        """The model's children used only by forward_head (never run here)."""
+        return [m for n, m in self.model.named_children() if n in _HEAD_NAMES]
+
     def to_dense(self) -> nn.Module:
         """A dense copy of the wrapped model with the same weights (the sparse encoder is unchanged)."""
         return densify(copy.deepcopy(self.model))

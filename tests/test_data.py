@@ -1,0 +1,347 @@
+"""Synthetic videos and the frame-pair dataset, on real files written into tmp_path."""
+
+import os
+import warnings
+
+import av
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from videomac.pretrain.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FramePairDataset,
+    VideoCache,
+    random_resized_crop_params,
+)
+from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
+
+MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def _pixels(x):
+    """Undo ImageNet normalization: back to [0, 1] pixels."""
+    return x * STD + MEAN
+
+
+def _frames(seed=0, t=6, size=(48, 64)):
+    return render_video(seed, t, size, num_objects=2)[0]
+
+
+def _quiet(**kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FramePairDataset(**kw)
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+def test_render_video_deterministic_and_labelled():
+    f, lab = render_video(7, 12, (64, 96), num_objects=3)
+    assert f.shape == (12, 64, 96, 3) and f.dtype == np.uint8
+    assert lab.shape == (12, 64, 96) and lab.dtype == np.uint8
+    f2, lab2 = render_video(7, 12, (64, 96), num_objects=3)
+    assert np.array_equal(f, f2) and np.array_equal(lab, lab2)
+    f3, _ = render_video(8, 12, (64, 96), num_objects=3)
+    assert not np.array_equal(f, f3)
+    assert set(np.unique(lab[0])) == {0, 1, 2, 3}
+    assert all(set(np.unique(lab[t])) == {0, 1, 2, 3} for t in range(12))  # objects stay visible
+    assert all(np.abs(f[t].astype(int) - f[t + 1]).mean() > 0.5 for t in range(11))
+
+    # The background is drawn first, so a render without objects is exactly the background: labels
+    # must mark exactly the pixels where objects cover it.
+    bg, bg_lab = render_video(7, 12, (64, 96), num_objects=0)
+    assert bg_lab.max() == 0
+    assert np.array_equal(f[lab == 0], bg[lab == 0])
+    assert (np.abs(f.astype(int) - bg)[lab > 0].max(-1) > 0).mean() > 0.9
+
+    # Camera pan: the same screen pixel shows different background content over time.
+    still = (lab[0] == 0) & (lab[-1] == 0)
+    assert (np.abs(bg[0].astype(int) - bg[-1])[still].max(-1) > 3).mean() > 0.5
+
+
+def test_writers_roundtrip(tmp_path):
+    f, lab = render_video(1, 5, (32, 48), num_objects=2)
+    paths = write_frames(f, str(tmp_path / "jpg"))
+    assert [os.path.basename(p) for p in paths] == [f"{i:05d}.jpg" for i in range(5)]
+    assert np.abs(np.asarray(Image.open(paths[2])).astype(int) - f[2]).mean() < 8
+    write_frames(f, str(tmp_path / "png"), ext="png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / "00003.png")), f[3])
+
+    write_video(f, str(tmp_path / "v.mp4"), fps=10)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        dec = [fr.to_ndarray(format="rgb24") for fr in c.decode(video=0)]
+    assert len(dec) == 5 and dec[0].shape == (32, 48, 3)
+
+    write_palette_png(lab[0], str(tmp_path / "a" / "00000.png"))
+    im = Image.open(tmp_path / "a" / "00000.png")
+    assert im.mode == "P" and np.array_equal(np.asarray(im), lab[0])
+    assert im.getpalette()[:15] == [0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0, 0, 0, 128]
+    assert davis_palette().shape == (256, 3)
+
+
+# ------------------------------------------------------------------------------------------- sources
+def test_synthetic_default_source():
+    d = FramePairDataset(input_size=32, synthetic_videos=3, synthetic_frames=4, synthetic_size=(40, 48))
+    assert d.num_videos == 3 and len(d) == 3 and d.source_kind == "synthetic"
+    a, b = d[2]
+    assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert "synthetic" in d.describe() and "3 videos" in d.describe()
+    d2 = FramePairDataset(input_size=(32, 48), pairs_per_video=4, synthetic_videos=2, synthetic_frames=3)
+    assert len(d2) == 8 and d2[7][0].shape == (3, 32, 48)
+
+
+@pytest.mark.parametrize("layout", ["plain", "JPEGImages", "JPEGImages/480p"])
+def test_frame_folder_layouts(tmp_path, layout):
+    root = tmp_path / "ds"
+    base = root if layout == "plain" else root / layout
+    write_frames(_frames(0), str(base / "vid_a"), ext="jpg")
+    write_frames(_frames(1, t=3), str(base / "vid_b"), ext="png")
+    (base / "notes.txt").write_text("ignored")
+    d = FramePairDataset(str(root), input_size=32)
+    assert d.num_videos == 2 and d.num_frames == 9 and not d.skipped
+    assert sorted(c.name for c in d.clips) == ["vid_a", "vid_b"]
+    a, b = d[1]
+    assert a.shape == (3, 32, 32) and torch.isfinite(a).all()
+
+
+def test_single_frame_folder_and_jpeg_extension(tmp_path):
+    folder = _mk(tmp_path / "one")
+    for i, f in enumerate(_frames(2, t=3)):
+        Image.fromarray(f).save(folder / f"img_{i}.jpeg")
+    d = FramePairDataset(str(folder), input_size=32)
+    assert d.num_videos == 1 and d.source_kind == "frame folder" and d.num_frames == 3
+
+
+def _mk(p):
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_video_folder_and_single_video(tmp_path):
+    write_video(_frames(0, t=8), str(tmp_path / "vids" / "a.mp4"))
+    write_video(_frames(1, t=5), str(tmp_path / "vids" / "b.mp4"))
+    d = FramePairDataset(str(tmp_path / "vids"), input_size=32)
+    assert d.num_videos == 2 and d.num_frames == 13 and d.source_kind == "video files"
+    a, b = d[0]
+    assert a.shape == (3, 32, 32)
+    # The pair must be two consecutive frames of the real video: visually close, not identical.
+    assert 0 < (a - b).abs().mean() < 0.5
+
+    one = FramePairDataset(str(tmp_path / "vids" / "a.mp4"), input_size=32, video_short_side=24)
+    assert one.num_videos == 1 and one.num_frames == 8 and one.source_kind == "video file"
+    assert min(one._video_array(one.clips[0]).shape[1:3]) == 24  # downscaled before caching
+    one[0]
+    assert len(one._cache) == 1
+
+
+def test_text_list_source(tmp_path):
+    write_frames(_frames(0, t=4), str(tmp_path / "data" / "f1"))
+    write_video(_frames(1, t=6), str(tmp_path / "data" / "v.mp4"))
+    lst = tmp_path / "data" / "list.txt"
+    lst.write_text(f"# training videos\nf1\n\n  v.mp4  \n{tmp_path / 'data' / 'f1'}\nmissing_dir\n")
+    with pytest.warns(UserWarning, match="missing_dir"):
+        d = FramePairDataset(str(lst), input_size=32)
+    assert d.num_videos == 3 and d.source_kind == "list file"
+    assert list(d.skipped.values()) == ["not found"]
+    assert {c.kind for c in d.clips} == {"frames", "video"}
+    for i in range(3):
+        assert d[i][0].shape == (3, 32, 32)
+
+
+# --------------------------------------------------------------------------------- crop, flip, stats
+def test_identical_frames_give_identical_outputs(tmp_path):
+    f = _frames(3, t=1)[0]
+    write_frames(np.stack([f, f]), str(tmp_path / "same"), ext="png")
+    d = FramePairDataset(str(tmp_path / "same"), input_size=24, scale=(0.1, 1.0))
+    torch.manual_seed(0)
+    for _ in range(10):
+        a, b = d[0]
+        assert torch.equal(a, b)
+
+
+def test_pair_shares_crop_and_flip_known_shift(tmp_path):
+    s = 5
+    base = render_video(4, 1, (64, 128), num_objects=2)[0][0]
+    # frame2 is frame1 moved left by s pixels (the camera panned right).
+    f1, f2 = base[:, :96], base[:, s : 96 + s]
+    write_frames(np.stack([f1, f2]), str(tmp_path / "shift"), ext="png")
+    # Area 2/3 of 64x96 with ratio 1 is exactly a 64x64 crop: no resize, so the comparison is exact.
+    d = FramePairDataset(str(tmp_path / "shift"), input_size=64, scale=(2 / 3, 2 / 3), ratio=(1, 1))
+    torch.manual_seed(1)
+    seen = set()
+    for _ in range(12):
+        a, b = d[0]
+        plain = torch.equal(b[..., : 64 - s], a[..., s:])
+        flipped = torch.equal(b[..., s:], a[..., : 64 - s])
+        assert plain != flipped  # exactly one: both frames got the same crop and the same flip
+        seen.add(flipped)
+    assert seen == {True, False}
+
+
+def test_no_flip_and_crop_params():
+    torch.manual_seed(0)
+    for _ in range(50):
+        i, j, h, w = random_resized_crop_params(60, 80, (0.2, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= i and 0 <= j and i + h <= 60 and j + w <= 80
+        assert 0.2 * 4800 * 0.8 <= h * w <= 4800 and 0.7 < w / h < 1.4
+    assert random_resized_crop_params(10, 100, (0.9, 1.0), (1, 1)) == (0, 45, 10, 10)  # fallback
+
+
+def test_normalization_stats(tmp_path):
+    color = np.array([200, 100, 30], np.uint8)
+    write_frames(np.broadcast_to(color, (3, 20, 30, 3)).copy(), str(tmp_path / "solid"), ext="png")
+    d = FramePairDataset(str(tmp_path / "solid"), input_size=16)
+    a, b = d[0]
+    expected = (torch.tensor(color / 255.0, dtype=torch.float32).view(3, 1, 1) - MEAN) / STD
+    assert torch.allclose(a, expected.expand_as(a), atol=1e-5)
+    assert torch.allclose(b, expected.expand_as(b), atol=1e-5)
+
+    d = FramePairDataset(input_size=32, synthetic_videos=2, synthetic_frames=3, synthetic_size=(40, 48))
+    px = _pixels(d[0][0])
+    assert px.min() >= -1e-5 and px.max() <= 1 + 1e-5
+
+
+def test_gap(tmp_path):
+    frames = np.stack([np.full((16, 16, 3), 20 * t, np.uint8) for t in range(6)])
+    write_frames(frames, str(tmp_path / "ramp"), ext="png")
+    d = FramePairDataset(str(tmp_path / "ramp"), input_size=8, gap=3)
+    torch.manual_seed(0)
+    firsts = set()
+    for _ in range(20):
+        a, b = d[0]
+        diff = _pixels(b) - _pixels(a)
+        assert torch.allclose(diff, torch.full_like(diff, 60 / 255), atol=1e-5)
+        firsts.add(round(_pixels(a)[0, 0, 0].item() * 255))
+    assert firsts == {0, 20, 40}  # t is drawn from all valid starts
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="gap\\+1=7"):
+        FramePairDataset(str(tmp_path / "ramp"), gap=6)
+
+
+def test_reproducible_under_manual_seed():
+    d = FramePairDataset(input_size=32, synthetic_videos=3, synthetic_frames=5, synthetic_size=(40, 48))
+    torch.manual_seed(123)
+    first = [d[i] for i in range(3)]
+    torch.manual_seed(123)
+    again = [d[i] for i in range(3)]
+    assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(first, again))
+    state = torch.get_rng_state()
+    x = d[1]
+    torch.set_rng_state(state)
+    y = d[1]
+    assert torch.equal(x[0], y[0])
+    z = d[1]
+    assert not torch.equal(x[0], z[0])
+
+
+def test_dataloader_two_workers():
+    d = FramePairDataset(
+        input_size=32, pairs_per_video=4, synthetic_videos=2, synthetic_frames=4, synthetic_size=(40, 48)
+    )
+    loader = torch.utils.data.DataLoader(d, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    assert len(batches) == 2
+    a, b = batches[0]
+    assert a.shape == b.shape == (4, 3, 32, 32)
+    # Workers have distinct RNG streams: the two batches differ although they cover the same videos.
+    assert not torch.equal(batches[0][0], batches[1][0])
+
+
+def test_video_cache_lru():
+    c = VideoCache(max_bytes=250)
+    x = [np.zeros(100, np.uint8) for _ in range(3)]
+    c.put("a", x[0])
+    c.put("b", x[1])
+    c.get("a")  # a becomes most recent, so b is evicted next
+    c.put("c", x[2])
+    assert c.get("b") is None and c.get("a") is not None and c.get("c") is not None and c.bytes == 200
+    c.put("big", np.zeros(1000, np.uint8))
+    assert c.get("big") is None and len(c) == 2
+
+
+# ------------------------------------------------------------------------------------------ bad data
+def test_corrupt_and_truncated_jpegs(tmp_path):
+    root = tmp_path / "root"
+    write_frames(_frames(0, t=3), str(root / "good"))
+    write_frames(_frames(1, t=4), str(root / "noisy"))
+    (root / "noisy" / "00002.jpg").write_bytes(np.random.default_rng(0).bytes(3000))  # not a JPEG at all
+    paths = write_frames(_frames(2, t=2), str(root / "trunc"))
+    data = open(paths[1], "rb").read()
+    open(paths[1], "wb").write(data[: len(data) // 2])  # valid header, truncated body
+
+    with pytest.warns(UserWarning, match="skipped 1 unusable") as rec:
+        d = FramePairDataset(str(root), input_size=32)
+    assert len([w for w in rec if "FramePairDataset" in str(w.message)]) == 1
+    bad = str(root / "noisy" / "00002.jpg")
+    assert list(d.skipped) == [bad] and "unreadable image" in d.skipped[bad]
+    assert d.num_videos == 3 and d.num_frames == 3 + 3 + 2
+
+    trunc_index = [c.name for c in d.clips].index("trunc")
+    with pytest.warns(UserWarning, match="00001.jpg: failed to decode"):
+        a, b = d[trunc_index]  # replaced by the next video's pair
+    assert a.shape == (3, 32, 32)
+    assert paths[1] in d.skipped and len(d.skipped) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per file: no second warning
+        for _ in range(3):
+            d[trunc_index]
+
+
+def test_truncated_and_one_frame_videos(tmp_path):
+    vids = tmp_path / "vids"
+    write_video(_frames(0, t=6), str(vids / "good.mp4"))
+    write_video(_frames(1, t=10), str(vids / "cut.mp4"))
+    data = (vids / "cut.mp4").read_bytes()
+    (vids / "cut.mp4").write_bytes(data[: len(data) // 2])
+    write_video(_frames(2, t=1), str(vids / "single.mp4"))
+    (vids / "junk.webm").write_bytes(b"\x00" * 100)
+    with pytest.warns(UserWarning, match="skipped 3") as rec:
+        d = FramePairDataset(str(vids), input_size=32)
+    assert len(rec) == 1
+    assert d.num_videos == 1 and d.clips[0].name == "good.mp4"
+    assert d.skipped[str(vids / "single.mp4")] == "1 frame < gap+1=2"
+    assert d.skipped[str(vids / "cut.mp4")].startswith("unreadable")
+    assert d.skipped[str(vids / "junk.webm")].startswith("unreadable")
+    assert "3 skipped" in d.describe()
+    assert d[0][0].shape == (3, 32, 32)
+
+
+def test_truncated_faststart_mp4(tmp_path):
+    # With the index at the front, a cut file can open and demux some packets that fail to decode:
+    # then it is only found out at __getitem__ (replaced by the next video). Either way, one warning.
+    frames = _frames(0, t=20, size=(64, 96))
+    with av.open(str(tmp_path / "full.mp4"), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    data = (tmp_path / "full.mp4").read_bytes()
+    cut = _mk(tmp_path / "v") / "a_cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    write_video(_frames(1, t=4), str(tmp_path / "v" / "b_good.mp4"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        d = FramePairDataset(str(tmp_path / "v"), input_size=32)
+        for i in range(len(d)):
+            for _ in range(2):
+                assert d[i][0].shape == (3, 32, 32)
+    assert str(cut) in d.skipped
+    assert len(rec) == 1 and "a_cut.mp4" in str(rec[0].message)
+
+
+def test_all_bad_empty_and_missing(tmp_path):
+    vids = tmp_path / "bad"
+    write_video(_frames(2, t=1), str(vids / "a.mp4"))
+    _mk(vids / "b")
+    Image.fromarray(_frames(3, t=1)[0]).save(vids / "b" / "0.png")
+    msg = r"no usable videos under .*bad: 2 skipped \(b: 1 frame < gap\+1=2; a.mp4: 1 frame"
+    with pytest.raises(ValueError, match=msg):
+        _quiet(source=str(vids))
+    _mk(tmp_path / "empty")
+    with pytest.raises(ValueError, match="nothing found"):
+        FramePairDataset(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        FramePairDataset(str(tmp_path / "nope"))

@@ -1,0 +1,155 @@
+"""``videomac pretrain`` and ``videomac visualize``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+from videomac.pretrain.train import CHECKPOINT, PRESETS, PretrainConfig
+
+_DEFAULT = PretrainConfig()
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="VideoMAC pretraining on frame pairs (built-in procedural videos when --data is not given)",
+        description="VideoMAC pretraining. Defaults are the paper recipe; launch with torchrun for multi-GPU "
+        "or multi-node (DDP). Writes checkpoint.pt (atomically), metrics.jsonl, reconstruction PNGs and, at the "
+        "end, encoder.safetensors.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", default=None, help="frame folders root, video folder, list file, or one video")
+    p.add_argument("--model", default=None, help=f"encoder name (default {_DEFAULT.model})")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="set the whole paper recipe for a backbone")
+    p.add_argument("--output-dir", default=None, help=f"run folder (default {_DEFAULT.output_dir})")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, dest="resume_from",
+                   help="continue from OUTPUT_DIR/checkpoint.pt, or the given checkpoint or run folder")  # fmt: skip
+    g = p.add_argument_group("method")
+    g.add_argument("--input-size", type=int)
+    g.add_argument("--gap", type=int, help="frame distance within a pair")
+    g.add_argument("--mask-ratio", type=float)
+    g.add_argument("--decoder-dim", type=int)
+    g.add_argument("--decoder-depth", type=int)
+    g.add_argument("--gamma", type=float, help="weight of the reconstruction-consistency loss")
+    g.add_argument("--norm-pix-loss", type=_bool)
+    g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
+    g.add_argument("--drop-path", type=float)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--batch-size", type=int, help="per process")
+    g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
+    g.add_argument("--total-batch", type=int, help="effective batch; sets --accum-iter from batch and world size")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--stop-after", type=int, help="stop after N steps of this invocation (resume later)")
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--blr", type=float, help="base lr: lr = blr * effective batch / 256")
+    g.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
+    g.add_argument("--min-lr", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--ema-base", type=float, help="EMA momentum at step 0 (rises to 1 on a cosine)")
+    g.add_argument("--clip-grad", type=float)
+    g = p.add_argument_group("system")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    g.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    g.add_argument("--num-workers", type=int)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--save-every", type=int, help="steps between checkpoints")
+    g.add_argument("--vis-every", type=int, help="epochs between reconstruction figures")
+    g.add_argument("--pairs-per-video", type=int, help="pairs drawn from each video per epoch")
+    g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
+    g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
+    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=run_pretrain)
+
+    v = sub.add_parser(
+        "visualize",
+        help="reconstruction figure (frame pair, mask, online and target reconstructions) from a checkpoint",
+    )
+    v.add_argument("checkpoint", help="checkpoint.pt of a pretraining run (or its folder)")
+    v.add_argument("video", help="a video file or a folder of frames")
+    v.add_argument("--out", default="reconstruction.png")
+    v.add_argument("--rows", type=int, default=4, help="frame pairs to show")
+    v.add_argument("--input-size", type=int, default=None, help="default: the run's")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=run_visualize)
+
+
+def config_from_args(args) -> PretrainConfig:
+    values = {}
+    if args.preset:
+        values.update(PRESETS[args.preset])
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    for name in fields:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    resume = getattr(args, "resume_from", None)
+    if resume:
+        path = resume
+        if resume == "auto":
+            path = os.path.join(values.get("output_dir", _DEFAULT.output_dir), CHECKPOINT)
+        elif os.path.isdir(resume):
+            path = os.path.join(resume, CHECKPOINT)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        # A resumed run keeps its recorded settings unless overridden on this command line.
+        with open(os.path.join(os.path.dirname(path), "config.json")) as f:
+            saved = json.load(f)
+        saved = {k: v for k, v in saved.items() if k in fields and k not in values and k != "resume"}
+        values = {**saved, **values, "resume": path}
+        values.setdefault("output_dir", os.path.dirname(path))
+    return PretrainConfig(**values)
+
+
+def run_pretrain(args) -> int:
+    from videomac.pretrain.train import pretrain
+
+    cfg = config_from_args(args)
+    summary = pretrain(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0) -> str:
+    """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model."""
+    import torch
+
+    from videomac.pretrain.data import FramePairDataset
+    from videomac.pretrain.train import load_pretrainer
+    from videomac.pretrain.visualize import save_reconstruction_figure
+
+    model, cfg = load_pretrainer(checkpoint)
+    model.eval()
+    size = input_size or cfg.input_size
+    torch.manual_seed(seed)
+    data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
+    pairs = [data[i] for i in range(rows)]
+    frame1 = torch.stack([p[0] for p in pairs])
+    frame2 = torch.stack([p[1] for p in pairs])
+    with torch.no_grad():
+        result = model(frame1, frame2)
+    save_reconstruction_figure(
+        out, frame1, frame2, result["mask"], result["pred_online"], result["pred_target"],
+        patch_size=model.patch_size, norm_pix_loss=cfg.norm_pix_loss, max_rows=rows,
+    )  # fmt: skip
+    return out
+
+
+def run_visualize(args) -> int:
+    path = visualize_checkpoint(args.checkpoint, args.video, args.out, args.rows, args.input_size, args.seed)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,115 @@
+"""Reconstruction figures for VideoMAC pretraining (like the paper's Fig. 8), drawn with PIL only.
+
+One row per sample: frame 1, frame 2, the masked input, the online reconstruction (visible patches of
+frame 1 + predicted masked patches) and the target reconstruction (visible patches of frame 2 +
+predicted masked patches).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from videomac.masking import PATCH_SIZE, check_images, check_mask, patchify, unpatchify, upsample_mask
+from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["COLUMN_TITLES", "reconstruction_panels", "reconstruction_figure", "save_reconstruction_figure"]
+
+COLUMN_TITLES = ("frame 1", "frame 2", "masked input", "online recon", "target recon")
+_PAD = 4
+_HEADER = 16
+_GREY = 0.5
+
+
+def _unnormalize_pred(pred: torch.Tensor, frame: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Undo the per-patch normalization of ``norm_pix_loss`` with the true patches' stats (as in MAE)."""
+    target = patchify(frame, patch_size)
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return pred * (var + 1.0e-6) ** 0.5 + mean
+
+
+def reconstruction_panels(
+    frame1: torch.Tensor,
+    frame2: torch.Tensor,
+    mask: torch.Tensor,
+    pred_online: torch.Tensor,
+    pred_target: torch.Tensor,
+    patch_size: int = PATCH_SIZE,
+    norm_pix_loss: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    max_rows: int = 4,
+) -> np.ndarray:
+    """The figure's cells as uint8 ``(rows, 5, H, W, 3)``, columns in :data:`COLUMN_TITLES` order.
+
+    ``frame1``/``frame2``: normalized ``(B, 3, H, W)``; ``mask``: bool ``(B, h, w)``, True = masked;
+    predictions: ``(B, h*w, P*P*3)`` in :func:`videomac.masking.patchify` layout.
+    """
+    grid = check_images(frame1, patch_size)
+    if frame2.shape != frame1.shape:
+        raise ValueError(f"frame2 shape {tuple(frame2.shape)} != frame1 shape {tuple(frame1.shape)}")
+    B, _, H, W = frame1.shape
+    mask = check_mask(mask, B, grid)
+    expected = (B, grid[0] * grid[1], patch_size * patch_size * 3)
+    for name, p in (("pred_online", pred_online), ("pred_target", pred_target)):
+        if tuple(p.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(p.shape)}")
+    n = max(1, min(B, int(max_rows)))
+    f1, f2 = frame1[:n].detach().float().cpu(), frame2[:n].detach().float().cpu()
+    po, pt = pred_online[:n].detach().float().cpu(), pred_target[:n].detach().float().cpu()
+    m = upsample_mask(mask[:n].cpu(), (H, W)).unsqueeze(1)  # (n, 1, H, W)
+    if norm_pix_loss:
+        po, pt = _unnormalize_pred(po, f1, patch_size), _unnormalize_pred(pt, f2, patch_size)
+    rec1 = torch.where(m, unpatchify(po, grid, patch_size), f1)
+    rec2 = torch.where(m, unpatchify(pt, grid, patch_size), f2)
+    mu = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    sd = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    px = [x * sd + mu for x in (f1, f2)]
+    masked = torch.where(m, torch.full_like(px[0], _GREY), px[0])
+    cols = [px[0], px[1], masked, rec1 * sd + mu, rec2 * sd + mu]
+    out = torch.stack(cols, dim=1).clamp(0, 1).mul(255).round().to(torch.uint8)
+    return out.permute(0, 1, 3, 4, 2).numpy()
+
+
+def reconstruction_figure(
+    frame1: torch.Tensor,
+    frame2: torch.Tensor,
+    mask: torch.Tensor,
+    pred_online: torch.Tensor,
+    pred_target: torch.Tensor,
+    patch_size: int = PATCH_SIZE,
+    norm_pix_loss: bool = True,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    max_rows: int = 4,
+) -> Image.Image:
+    """A grid image of :func:`reconstruction_panels` under a header of column titles.
+
+    Cell ``(r, c)`` has its top-left corner at ``(PAD + c*(W+PAD), HEADER + PAD + r*(H+PAD))``.
+    """
+    panels = reconstruction_panels(
+        frame1, frame2, mask, pred_online, pred_target, patch_size, norm_pix_loss, mean, std, max_rows
+    )
+    rows, ncol, H, W = panels.shape[:4]
+    fig = Image.new("RGB", (_PAD + ncol * (W + _PAD), _HEADER + _PAD + rows * (H + _PAD)), "white")
+    draw = ImageDraw.Draw(fig)
+    for c, title in enumerate(COLUMN_TITLES):
+        draw.text((_PAD + c * (W + _PAD) + 2, 2), title[: max(1, W // 6)], fill=(0, 0, 0))
+    for r in range(rows):
+        for c in range(ncol):
+            fig.paste(Image.fromarray(panels[r, c]), (_PAD + c * (W + _PAD), _HEADER + _PAD + r * (H + _PAD)))
+    return fig
+
+
+def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
+    """Render :func:`reconstruction_figure` (same arguments) and save it as a PNG at ``path``."""
+    fig = reconstruction_figure(*args, **kwargs)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fig.save(path, format="PNG")
+    return fig
