@@ -1,4 +1,5 @@
 """The VideoMAC pretrainer's rules (DESIGN.md §1), each proved on real tensors."""
+
 import math
 
 import pytest

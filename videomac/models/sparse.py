@@ -258,8 +258,13 @@ class SparseEncoder(nn.Module):
     plain dense copy whose state_dict loads strictly into ``timm.create_model(name)``.
     """
 
-    def __init__(self, model: nn.Module):
+    BACKENDS = ("masked",)
+
+    def __init__(self, model: nn.Module, backend: str = "masked"):
         super().__init__()
+        if backend not in self.BACKENDS:
+            raise ValueError(f"unknown sparse backend {backend!r}; available: {', '.join(self.BACKENDS)}")
+        self.backend = backend
         if not hasattr(model, "forward_features"):
             raise TypeError(f"{type(model).__name__} has no forward_features(); pass a timm classification model")
         info = getattr(model, "feature_info", None)
@@ -291,4 +296,4 @@ class SparseEncoder(nn.Module):
         return densify(copy.deepcopy(self.model))
 
     def extra_repr(self) -> str:
-        return f"patch_size={self.patch_size}, num_features={self.num_features}"
+        return f"patch_size={self.patch_size}, num_features={self.num_features}, backend={self.backend!r}"

@@ -61,9 +61,9 @@ class Decoder(nn.Module):
 class Branch(nn.Module):
     """Sparse encoder + decoder."""
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1):
+    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "masked"):
         super().__init__()
-        self.encoder = SparseEncoder(encoder)
+        self.encoder = SparseEncoder(encoder, backend=backend)
         self.decoder = Decoder(self.encoder.num_features, self.encoder.patch_size, decoder_dim, decoder_depth)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,8 @@ class VideoMAC(nn.Module):
     ``forward(frame1, frame2)`` returns a dict with ``loss`` = ``L_o + L_t + gamma * L_c``, its parts
     ``loss_online``, ``loss_target``, ``loss_consistency`` (and ``loss_motion`` when
     ``motion_weight > 0``), the predictions ``pred_online`` / ``pred_target`` ``(B, L, P*P*3)`` and
-    the ``mask`` ``(B, h, w)``.
+    the ``mask`` ``(B, h, w)``. ``backend`` selects the sparse execution of the encoders
+    (see :class:`videomac.SparseEncoder`).
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class VideoMAC(nn.Module):
         norm_pix_loss: bool = True,
         motion_weight: float = 0.0,
         drop_path_rate: float = 0.0,
+        backend: str = "masked",
     ):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
@@ -102,7 +104,7 @@ class VideoMAC(nn.Module):
         self.gamma = gamma
         self.norm_pix_loss = norm_pix_loss
         self.motion_weight = motion_weight
-        self.online = Branch(encoder, decoder_dim, decoder_depth)
+        self.online = Branch(encoder, decoder_dim, decoder_depth, backend)
         # Head layers (e.g. ConvNeXt's head.norm) are not used by forward_features: freeze them so
         # DDP does not wait for their gradients; export_encoder() makes them trainable again.
         for head in self.online.encoder.head_modules():

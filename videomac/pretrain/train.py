@@ -50,6 +50,7 @@ class PretrainConfig:
     norm_pix_loss: bool = True
     motion_weight: float = 0.0
     drop_path: float = 0.0
+    backend: str = "masked"  # sparse execution: masked | visible | minkowski (where available)
     batch_size: int = 64  # per process
     accum_iter: int = 1
     total_batch: Optional[int] = None  # if set, accum_iter = total_batch / (batch_size * world)
@@ -138,6 +139,7 @@ def build_model(cfg: PretrainConfig) -> VideoMAC:
         norm_pix_loss=cfg.norm_pix_loss,
         motion_weight=cfg.motion_weight,
         drop_path_rate=cfg.drop_path,
+        backend=cfg.backend,
     )
 
 
