@@ -12,6 +12,7 @@ from typing import List, Optional
 _COMMANDS = [
     "videomac.pretrain.command",
     "videomac.eval.command",
+    "videomac.hub_command",
 ]
 
 

@@ -1,7 +1,9 @@
-"""timm pretrained_cfgs for the videomac encoders.
+"""timm pretrained_cfgs for the videomac encoders, generated from the weights registry.
 
 The encoders are self-supervised backbones, so their cfgs are headless (``num_classes=0``): a plain
-``timm.create_model('videomac_rn50')`` has no classifier; pass ``num_classes=N`` to add one.
+``timm.create_model('videomac_rn50')`` has no classifier; pass ``num_classes=N`` to add one. Each
+registry entry becomes a tag (``videomac_rn50.yt18_e100``); the first is the default. Only
+published entries (with a sha256) carry a hub id, so timm lists only them as having weights.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from typing import Dict, Iterable
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
+
+from videomac.registry import entries_for
 
 
 def base_cfg(**kwargs) -> Dict:
@@ -23,10 +27,29 @@ def base_cfg(**kwargs) -> Dict:
         mean=IMAGENET_DEFAULT_MEAN,
         std=IMAGENET_DEFAULT_STD,
         license="apache-2.0",
+        paper_name="VideoMAC: Video Masked Autoencoders Meet ConvNets",
+        paper_ids="arXiv:2402.19082",
     )
     cfg.update(kwargs)
     return cfg
 
 
 def make_default_cfgs(names: Iterable[str], first_conv: str, classifier: str):
-    return generate_default_cfgs({name: base_cfg(first_conv=first_conv, classifier=classifier) for name in names})
+    cfgs = {}
+    for name in names:
+        entries = entries_for(name)
+        for e in entries:
+            size = e.input_size
+            cfgs[e.name] = base_cfg(
+                first_conv=first_conv,
+                classifier=classifier,
+                hf_hub_id=e.hub_ref if e.published else None,
+                hf_hub_filename=e.filename,
+                input_size=(3, size, size),
+                pool_size=(size // 32, size // 32),
+                license=e.license,
+                notes=(f"recipe {e.recipe}; data {e.data}",),
+            )
+        if not entries:
+            cfgs[name] = base_cfg(first_conv=first_conv, classifier=classifier)
+    return generate_default_cfgs(cfgs)

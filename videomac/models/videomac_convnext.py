@@ -9,6 +9,7 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, register_model
 from timm.models.convnext import ConvNeXt
 
+from videomac.hub import resolve_pretrained
 from videomac.models._cfgs import make_default_cfgs
 
 _V2 = dict(use_grn=True, ls_init_value=None)
@@ -44,6 +45,7 @@ default_cfgs = make_default_cfgs(ARCHS, first_conv="stem.0", classifier="head.fc
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
+    kwargs = resolve_pretrained(variant, pretrained, kwargs)
     return build_model_with_cfg(
         ConvNeXt,
         variant,

@@ -15,6 +15,7 @@ from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
+from videomac.hub import resolve_pretrained
 from videomac.models._cfgs import make_default_cfgs
 
 __all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck"]
@@ -192,6 +193,7 @@ class VideoMACResNet(nn.Module):
 
 
 def create_videomac_resnet(variant: str, pretrained: bool = False, **kwargs) -> VideoMACResNet:
+    kwargs = resolve_pretrained(variant, pretrained, kwargs)
     return build_model_with_cfg(
         VideoMACResNet,
         variant,

@@ -71,6 +71,7 @@ def register(sub) -> None:
     g.add_argument("--vis-every", type=int, help="epochs between reconstruction figures")
     g.add_argument("--pairs-per-video", type=int, help="pairs drawn from each video per epoch")
     g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
+    g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
     g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.set_defaults(func=run_pretrain)

@@ -1,0 +1,284 @@
+"""Frozen per-frame features from one stage of an encoder, at a chosen output stride.
+
+Works for the registered ``videomac_*`` encoders and any timm ConvNet with ResNet-style stages
+(``layer1..layer4``) or ConvNeXt-style stages (``stages.0..3``); any other model works at its natural
+stride given an explicit ``stage`` (a module name). The stride is reduced as CRW does for ResNets:
+the stride-2 convolutions of the last stages up to the chosen one (the 3x3/strided conv and the 1x1
+``downsample`` conv of their first block) become stride 1. A ConvNeXt downsampling layer is a 2x2
+stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after replicate-padding one row/column at
+the bottom/right, which keeps the map size and the conv's weights and receptive field per tap.
+The forward pass stops at the chosen stage (later stages are never run).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "DEFAULT_STAGE",
+    "create_encoder",
+    "load_weights",
+    "default_stage",
+    "FeatureExtractor",
+]
+
+# Third stage at stride 8 for both families: CRW's ResNet protocol (res4 with its stride removed,
+# 60x107 cells for 480x854 frames), and the same grid for ConvNeXt so radius/top-k mean the same.
+DEFAULT_STAGE = {"resnet": ("layer3", 8), "convnext": ("stages.2", 8)}
+
+
+def _family(model: nn.Module) -> str:
+    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
+        return "resnet"
+    stages = getattr(model, "stages", None)
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) >= 3:
+        return "convnext"
+    return "other"
+
+
+def default_stage(model: nn.Module) -> Tuple[str, int]:
+    """``(stage module name, output stride)`` used when none is given (see docs/evaluation.md)."""
+    fam = _family(model)
+    if fam == "other":
+        raise ValueError(
+            f"{type(model).__name__} has neither layer1..layer4 nor stages.*; pass stage=<module name>"
+        )
+    return DEFAULT_STAGE[fam]
+
+
+def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = False) -> nn.Module:
+    """Create a timm model (``import videomac`` registers the VideoMAC encoders first), optionally loading
+    a state dict from ``weights`` (.safetensors/.pt/.pth). Unknown names raise ``ValueError``."""
+    import timm
+
+    import videomac  # noqa: F401
+
+    try:
+        import videomac.models  # noqa: F401  (registers videomac_* with timm)
+    except ImportError:
+        pass
+    if not timm.is_model(name):
+        names = timm.list_models()
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (VideoMAC encoders: {timm.list_models('videomac_*')})")
+    model = timm.create_model(name, pretrained=pretrained)
+    if weights:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    else:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    # Unwrap common checkpoint containers and DataParallel prefixes.
+    for key in ("state_dict", "model", "encoder", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def load_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load a dense state dict strictly; only the classifier head may be missing (it is never used)."""
+    sd = _read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "fc"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    missing_body = [k for k in missing if not any(k == h or k.startswith(h + ".") for h in heads)]
+    bad_shape = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+    if missing_body or unexpected or bad_shape:
+        def show(ks: List[str]) -> str:
+            return ", ".join(ks[:8]) + (f", ... ({len(ks)} in all)" if len(ks) > 8 else "")
+
+        parts = []
+        if missing_body:
+            parts.append(f"missing keys: {show(missing_body)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if bad_shape:
+            parts.append(f"shape mismatch: {show(bad_shape)}")
+        raise ValueError(f"weights {path} do not match {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict({**{k: own[k] for k in missing}, **sd}, strict=True)
+    return model
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _PadPatchify(nn.Module):
+    """A k=2 stride-2 conv turned stride 1 with one replicate-padded row/column (bottom/right)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        k = conv.kernel_size
+        self.pad = (0, k[1] - 1, 0, k[0] - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pad, mode="replicate"))
+
+
+def _stage_names(model: nn.Module) -> List[str]:
+    fam = _family(model)
+    if fam == "resnet":
+        return [f"layer{i}" for i in range(1, 5)]
+    if fam == "convnext":
+        return [f"stages.{i}" for i in range(len(model.stages))]
+    return []
+
+
+def _destride(module: nn.Module) -> int:
+    """Make every stride-2 op inside ``module`` stride 1; returns how many were changed."""
+    changed = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d) and tuple(child.stride) == (2, 2):
+            if tuple(child.kernel_size) == (2, 2) and child.padding in (0, (0, 0)):
+                child.stride = (1, 1)
+                setattr(module, name, _PadPatchify(child))
+            else:
+                child.stride = (1, 1)
+            changed += 1
+        elif isinstance(child, (nn.AvgPool2d, nn.MaxPool2d)) and child.stride in (2, (2, 2)):
+            # e.g. the avg-pool "downsample" of ResNet-D: at stride 1 it only blurs, so drop it
+            setattr(module, name, nn.Identity())
+            changed += 1
+        else:
+            changed += _destride(child)
+    return changed
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen features of ``stage`` at ``stride`` for a batch of frames.
+
+    ``model`` is a timm model name or module. Inputs are ``uint8 (T, H, W, 3)`` arrays/tensors or float
+    ``(T, 3, H, W)`` tensors in [0, 1]; they are normalized with the model's ``pretrained_cfg`` mean/std.
+    Returns ``(T, C, h, w)`` float features (not L2-normalized; propagation does that).
+    """
+
+    def __init__(
+        self,
+        model: Union[str, nn.Module],
+        stage: Optional[str] = None,
+        stride: Optional[int] = None,
+        weights: Optional[str] = None,
+        device: Union[str, torch.device] = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if isinstance(model, str):
+            self.model_name = model
+            model = create_encoder(model, weights)
+        else:
+            self.model_name = getattr(model, "default_cfg", {}).get("architecture", type(model).__name__)
+            if weights:
+                load_weights(model, weights)
+        if stage is None:
+            stage, dstride = default_stage(model)
+            stride = stride or dstride
+        modules = dict(model.named_modules())
+        if stage not in modules:
+            raise ValueError(f"{type(model).__name__} has no module {stage!r}; stages: {_stage_names(model)}")
+        self.model = model.eval().requires_grad_(False)
+        self.stage = stage
+        self._hook_out: Optional[torch.Tensor] = None
+        modules[stage].register_forward_hook(self._hook)
+        self.natural_stride = self._measure_stride()
+        if stride is not None and stride != self.natural_stride:
+            self._set_stride(stride)
+        self.stride = self._measure_stride()
+        if stride is not None and self.stride != stride:
+            raise ValueError(f"could not reach stride {stride} at {stage!r} (got {self.stride})")
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.dtype = dtype
+        self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def _hook(self, module, inputs, output):
+        self._hook_out = output
+        raise _StopForward
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        fwd = getattr(self.model, "forward_features", self.model)
+        try:
+            fwd(x)
+        except _StopForward:
+            out, self._hook_out = self._hook_out, None
+            return out
+        raise RuntimeError(f"stage {self.stage!r} was not reached by the forward pass")
+
+    @torch.no_grad()
+    def _measure_stride(self) -> int:
+        size = 256
+        p = next(self.model.parameters(), None)
+        x = torch.zeros(1, 3, size, size, device=p.device if p is not None else "cpu")
+        return int(round(size / self._run(x).shape[-1]))
+
+    def _set_stride(self, stride: int) -> None:
+        names = _stage_names(self.model)
+        if self.stage not in names:
+            raise ValueError(f"changing the stride needs a stage among {names}, got {self.stage!r}")
+        if stride > self.natural_stride or self.natural_stride % stride:
+            raise ValueError(f"stride {stride} cannot be reached from the natural {self.natural_stride}")
+        modules = dict(self.model.named_modules())
+        factor = self.natural_stride // stride
+        for name in reversed(names[: names.index(self.stage) + 1]):
+            if factor == 1:
+                break
+            if _destride(modules[name]):
+                factor //= 2
+        if factor != 1:
+            raise ValueError(f"stride {stride} cannot be reached at {self.stage!r}")
+
+    def preprocess(self, frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(frames)) if isinstance(frames, np.ndarray) else frames
+        if x.dtype == torch.uint8:
+            x = x.permute(0, 3, 1, 2).float() / 255.0
+        x = x.to(self.device, torch.float32)
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+    @torch.no_grad()
+    def forward(self, frames: Union[np.ndarray, torch.Tensor], batch_size: int = 8) -> torch.Tensor:
+        out = []
+        for s in range(0, len(frames), batch_size):
+            x = self.preprocess(frames[s : s + batch_size])
+            if self.dtype in (torch.float16, torch.bfloat16) and self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=self.dtype):
+                    out.append(self._run(x))
+            else:
+                out.append(self._run(x))
+        return torch.cat(out)
+
+    def describe(self) -> Dict[str, object]:
+        return {"model": self.model_name, "stage": self.stage, "stride": self.stride,
+                "natural_stride": self.natural_stride}
+
+
+def feature_size(size: Sequence[int], stride: int) -> Tuple[int, int]:
+    """Nominal feature-map size ``ceil(H / stride), ceil(W / stride)``."""
+    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)

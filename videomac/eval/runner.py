@@ -1,0 +1,342 @@
+"""End-to-end label-propagation evaluations: DAVIS-2017, VIP and JHMDB.
+
+Each runner streams a video's frames through a :class:`~videomac.eval.features.FeatureExtractor`
+(a few frames at a time), propagates the first frame's labels with
+:class:`~videomac.eval.propagation.LabelPropagator`, writes predictions and overlay contact sheets,
+and returns the metrics. Label maps go to feature resolution by bilinear resizing of their one-hot
+maps and come back by bilinear resizing of the propagated soft maps followed by an argmax, as CRW.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from videomac.eval.datasets import (
+    DavisDataset,
+    JhmdbDataset,
+    VipDataset,
+    default_palette,
+    read_image,
+    read_label_png,
+    read_palette,
+    write_label_png,
+)
+from videomac.eval.davis import evaluate, write_csvs
+from videomac.eval.features import FeatureExtractor
+from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
+from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
+
+__all__ = ["run_davis", "run_vip", "run_jhmdb", "contact_sheet", "gaussian_joint_maps", "maps_to_joints"]
+
+
+def _tqdm(it, progress: bool, **kw):
+    if not progress:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, **kw)
+
+
+def _load(path: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
+    img = read_image(path)
+    if size is not None and img.shape[:2] != tuple(size):
+        img = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+    return img
+
+
+def _features(extractor: FeatureExtractor, paths: Sequence[str], size, batch_size: int) -> Iterator[torch.Tensor]:
+    for s in range(0, len(paths), batch_size):
+        frames = np.stack([_load(p, size) for p in paths[s : s + batch_size]])
+        yield from extractor(frames, batch_size=batch_size)
+
+
+def _overlay_indices(n: int, k: int) -> List[int]:
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(k, n))}) if n else []
+
+
+def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], palette: np.ndarray, path: str,
+                  titles: Optional[Sequence[str]] = None, width: int = 320, cols: int = 3, alpha: float = 0.5) -> str:
+    """Blend each label map (non-zero labels, palette colours) over its image; tile them into one PNG."""
+    from PIL import ImageDraw
+
+    tiles = []
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        img = np.asarray(img, np.float32)
+        lab = np.asarray(lab)
+        if lab.shape != img.shape[:2]:
+            lab = np.asarray(Image.fromarray(lab.astype(np.uint8)).resize(img.shape[1::-1], Image.NEAREST))
+        col = palette[lab].astype(np.float32)
+        fg = (lab > 0)[..., None]
+        out = np.where(fg, (1 - alpha) * img + alpha * col, img).clip(0, 255).astype(np.uint8)
+        h = max(1, round(out.shape[0] * width / out.shape[1]))
+        tile = Image.fromarray(out).resize((width, h), Image.BILINEAR)
+        if titles:
+            ImageDraw.Draw(tile).text((4, 4), str(titles[i]), fill=(255, 255, 255))
+        tiles.append(tile)
+    if not tiles:
+        raise ValueError("no frames for the contact sheet")
+    cols = min(cols, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    th = max(t.size[1] for t in tiles)
+    sheet = Image.new("RGB", (cols * width, rows * th))
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % cols) * width, (i // cols) * th))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def _propagate_video(extractor, paths, size, first_onehot: torch.Tensor, config, batch_size, tile, max_chunk_mb):
+    """Yields ``(t, soft maps at feature resolution)`` for every frame (frame 0: the given labels)."""
+    feats = _features(extractor, paths, size, batch_size)
+    f0 = next(feats)
+    lab0 = resize_labels(first_onehot.to(f0.device), f0.shape[-2:])
+    prop = LabelPropagator(f0, lab0, config, tile=tile, max_chunk_mb=max_chunk_mb)
+    yield 0, lab0
+    for t, f in enumerate(feats, 1):
+        yield t, prop.step(f)
+
+
+def _argmax_labels(soft: torch.Tensor, size, ids: np.ndarray) -> np.ndarray:
+    up = resize_labels(soft.float(), size)
+    return ids[up.argmax(0).cpu().numpy()]
+
+
+def run_davis(
+    extractor: FeatureExtractor,
+    root: str,
+    out_dir: str,
+    sequences: Optional[Sequence[str]] = None,
+    config: Optional[PropagationConfig] = None,
+    split: str = "val",
+    batch_size: int = 8,
+    overlay_frames: int = 6,
+    progress: bool = True,
+    tile: int = 8,
+    max_chunk_mb: float = 256.0,
+) -> Dict[str, object]:
+    """Propagate DAVIS first-frame masks; writes ``out_dir/<seq>/<frame>.png`` (palette PNGs for the
+    official toolkit), ``global_results-<split>.csv``, ``per-sequence_results-<split>.csv``,
+    ``results.json`` and ``overlays/<seq>.png``; returns :func:`videomac.eval.davis.evaluate`'s dict."""
+    ds = DavisDataset(root, split=split, sequences=sequences)
+    for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
+        paths, names = ds.frame_paths(seq), ds.frame_names(seq)
+        name0, ann0 = ds.first_annotation(seq)
+        palette = read_palette(ds.annotation_path(seq, name0))
+        palette = default_palette() if palette is None else palette
+        ann0 = ann0.copy()
+        ann0[ann0 == 255] = 0
+        ids = np.union1d([0], np.unique(ann0)).astype(np.uint8)
+        size = ann0.shape
+        keep = set(_overlay_indices(len(paths), overlay_frames))
+        shown = {}
+        onehot = labels_to_onehot(torch.from_numpy(ann0), ids.tolist())
+        steps = _propagate_video(extractor, paths, None, onehot, config, batch_size, tile, max_chunk_mb)
+        for t, soft in _tqdm(steps, progress, desc=seq, total=len(paths), leave=False, unit="frame"):
+            lab = ann0 if t == 0 else _argmax_labels(soft, size, ids)
+            write_label_png(lab, os.path.join(out_dir, seq, f"{names[t]}.png"), palette)
+            if t in keep:
+                shown[t] = lab
+        if overlay_frames:
+            ts = sorted(shown)
+            contact_sheet([read_image(paths[t]) for t in ts], [shown[t] for t in ts], palette,
+                          os.path.join(out_dir, "overlays", f"{seq}.png"), titles=[names[t] for t in ts])
+    metrics = evaluate(root, out_dir, ds.sequences, split=split)
+    write_csvs(metrics, out_dir, split)
+    _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "davis")
+    return metrics
+
+
+def _write_json(metrics, extractor, config, path, benchmark) -> None:
+    cfg = config or PropagationConfig()
+    blob = {"benchmark": benchmark, "encoder": extractor.describe(), "propagation": cfg.__dict__, **metrics}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(blob, f, indent=1, default=float)
+
+
+def run_vip(
+    extractor: FeatureExtractor,
+    root: str,
+    out_dir: str,
+    list_file: Optional[str] = None,
+    videos: Optional[Sequence[str]] = None,
+    config: Optional[PropagationConfig] = None,
+    size: int = 560,
+    batch_size: int = 8,
+    overlay_frames: int = 6,
+    progress: bool = True,
+    tile: int = 8,
+    max_chunk_mb: float = 256.0,
+) -> Dict[str, object]:
+    """VIP part propagation at ``size x size`` (CRW); mIoU over 20 classes against the ground truth
+    resized (nearest) to the same size, accumulated over all labelled frames except the first."""
+    ds = VipDataset(root, list_file=list_file, videos=videos)
+    n = VipDataset.NUM_CLASSES
+    conf = np.zeros((n, n), np.int64)
+    pal = default_palette()
+    rows = []
+    sz = (size, size)
+    for v in _tqdm(ds.videos, progress, desc="VIP", unit="video"):
+        paths = ds.frame_paths(v)
+        lab0 = _resize_nearest(read_label_png(ds.label_path(v, paths[0])), sz)
+        ids = np.union1d([0], np.unique(lab0[lab0 < n])).astype(np.uint8)
+        onehot = labels_to_onehot(torch.from_numpy(np.array(lab0)), ids.tolist())
+        keep = set(_overlay_indices(len(paths), overlay_frames))
+        shown, vconf = {}, np.zeros((n, n), np.int64)
+        steps = _propagate_video(extractor, paths, sz, onehot, config, batch_size, tile, max_chunk_mb)
+        for t, soft in _tqdm(steps, progress, desc=v.name, total=len(paths), leave=False, unit="frame"):
+            pred = lab0 if t == 0 else _argmax_labels(soft, sz, ids)
+            stem = os.path.splitext(os.path.basename(paths[t]))[0]
+            write_label_png(pred, os.path.join(out_dir, v.name, f"{stem}.png"), pal)
+            gp = ds.label_path(v, paths[t])
+            if t > 0 and gp is not None:
+                vconf += confusion_matrix(_resize_nearest(read_label_png(gp), sz), pred, n)
+            if t in keep:
+                shown[t] = pred
+        conf += vconf
+        rows.append({"video": v.name, "mIoU": miou_from_confusion(vconf)[0]})
+        if overlay_frames:
+            ts = sorted(shown)
+            contact_sheet([_load(paths[t], sz) for t in ts], [shown[t] for t in ts], pal,
+                          os.path.join(out_dir, "overlays", f"{v.name}.png"))
+    miou, per_class = miou_from_confusion(conf)
+    metrics = {"mIoU": miou, "per_class_IoU": per_class.tolist(), "per_video": rows}
+    _write_rows(rows, ["video", "mIoU"], os.path.join(out_dir, "per-video_results.csv"))
+    _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "vip")
+    return metrics
+
+
+def _resize_nearest(lab: np.ndarray, size) -> np.ndarray:
+    if lab.shape == tuple(size):
+        return lab
+    return np.asarray(Image.fromarray(lab).resize((size[1], size[0]), Image.NEAREST))
+
+
+def _write_rows(rows: List[dict], keys: List[str], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in rows:
+            w.writerow([f"{r[k]:.6f}" if isinstance(r[k], float) else r[k] for k in keys])
+
+
+def gaussian_joint_maps(xy: np.ndarray, size: Tuple[int, int], sigma: float = 0.5) -> np.ndarray:
+    """``(J + 1, h, w)`` maps: background first, then one unnormalized Gaussian (peak 1) per joint at
+    feature coordinates ``xy`` ``(2, J)`` -- CRW's ``draw_labelmap_np`` (a ``6 sigma + 1`` patch)."""
+    h, w = size
+    J = xy.shape[1]
+    maps = np.zeros((J, h, w), np.float32)
+    n = int(np.ceil(6 * sigma + 1))
+    g1 = np.arange(n, dtype=np.float64)
+    c = (6 * sigma + 1) // 2
+    g = np.exp(-((g1[None] - c) ** 2 + (g1[:, None] - c) ** 2) / (2 * sigma**2))
+    for j in range(J):
+        x, y = xy[:, j]
+        if not np.isfinite([x, y]).all():
+            continue
+        ul = (int(x - 3 * sigma), int(y - 3 * sigma))
+        br = (int(x + 3 * sigma + 1), int(y + 3 * sigma + 1))
+        if ul[0] >= w or ul[1] >= h or br[0] < 0 or br[1] < 0:
+            continue
+        gx = max(0, -ul[0]), min(br[0], w) - ul[0]
+        gy = max(0, -ul[1]), min(br[1], h) - ul[1]
+        ix = max(0, ul[0]), min(br[0], w)
+        iy = max(0, ul[1]), min(br[1], h)
+        maps[j, iy[0] : iy[1], ix[0] : ix[1]] = g[gy[0] : gy[1], gx[0] : gx[1]]
+    bg = (maps.sum(0) == 0).astype(np.float32)
+    return np.concatenate([bg[None], maps])
+
+
+def maps_to_joints(maps: torch.Tensor, topk: int = 3) -> np.ndarray:
+    """``(2, J)`` feature coordinates from ``(J + 1, h, w)`` maps: weighted mean of each joint map's
+    ``topk`` cells (CRW's ``process_pose``); -1 where a joint's map is all zero."""
+    m = maps[1:].flatten(1).float()  # (J, hw)
+    w = maps.shape[-1]
+    k = min(topk, m.shape[1])
+    vals, idx = torch.topk(m, k, dim=1)
+    vals = vals / vals.sum(1, keepdim=True)
+    xy = torch.stack([((idx % w) * vals).sum(1), ((idx // w) * vals).sum(1)])
+    xy[:, m.sum(1) == 0] = -1
+    return xy.cpu().numpy()
+
+
+def run_jhmdb(
+    extractor: FeatureExtractor,
+    root: str,
+    out_dir: str,
+    list_file: Optional[str] = None,
+    videos: Optional[Sequence[str]] = None,
+    config: Optional[PropagationConfig] = None,
+    size: int = 320,
+    sigma: float = 0.5,
+    batch_size: int = 8,
+    overlay_frames: int = 6,
+    progress: bool = True,
+    tile: int = 8,
+    max_chunk_mb: float = 256.0,
+) -> Dict[str, object]:
+    """JHMDB pose propagation at ``size x size`` (CRW): 15 Gaussian joint maps at feature resolution,
+    joints read back as the weighted mean of each map's top-3 cells; PCK@0.1/0.2 pooled over videos."""
+    ds = JhmdbDataset(root, list_file=list_file, videos=videos)
+    J = JhmdbDataset.NUM_JOINTS
+    pooled: List[List[float]] = [[] for _ in range(J)]
+    rows = []
+    pal = default_palette()
+    for v in _tqdm(ds.videos, progress, desc="JHMDB", unit="video"):
+        paths = ds.frame_paths(v)
+        gt = ds.load_joints(v)
+        T = min(len(paths), gt.shape[2])
+        paths, gt = paths[:T], gt[:, :, :T]
+        H0, W0 = read_image(paths[0]).shape[:2]
+        feats = _features(extractor, paths, (size, size), batch_size)
+        f0 = next(feats)
+        h, w = f0.shape[-2:]
+        scale = np.array([w / W0, h / H0])[:, None]
+        lab0 = torch.from_numpy(gaussian_joint_maps(gt[:, :, 0] * scale, (h, w), sigma)).to(f0.device)
+        prop = LabelPropagator(f0, lab0, config, tile=tile, max_chunk_mb=max_chunk_mb)
+        preds = [maps_to_joints(lab0)]
+        for f in _tqdm(feats, progress, desc=v.name, total=T - 1, leave=False, unit="frame"):
+            preds.append(maps_to_joints(prop.step(f)))
+        pred = np.stack(preds, -1)  # (2, J, T) feature cells
+        valid = (pred >= 0).all(0, keepdims=True)
+        pred_px = np.where(valid, pred / scale[:, :, None], -1.0)
+        d = joint_distances(pred_px, gt)
+        for j in range(J):
+            pooled[j].extend(d[j].tolist())
+        rows.append({"video": v.name, **pck_from_distances(d)})
+        np.save(os.path.join(_mkdir(os.path.join(out_dir, "keypoints")), f"{v.name.replace('/', '__')}.npy"),
+                pred_px)
+        if overlay_frames:
+            ts = _overlay_indices(T, overlay_frames)
+            imgs = [read_image(paths[t]) for t in ts]
+            labs = [_joint_dots(pred_px[:, :, t], (H0, W0)) for t in ts]
+            contact_sheet(imgs, labs, pal, os.path.join(out_dir, "overlays", f"{v.name.replace('/', '__')}.png"),
+                          alpha=1.0)
+    metrics = {**pck_from_distances(pooled), "per_video": rows}
+    _write_rows(rows, ["video", "PCK@0.1", "PCK@0.2"], os.path.join(out_dir, "per-video_results.csv"))
+    _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "jhmdb")
+    return metrics
+
+
+def _mkdir(d: str) -> str:
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _joint_dots(xy: np.ndarray, size, r: int = 3) -> np.ndarray:
+    lab = np.zeros(size, np.uint8)
+    for j in range(xy.shape[1]):
+        x, y = xy[:, j]
+        if x >= 0 and y >= 0:
+            y0, x0 = int(round(y)), int(round(x))
+            lab[max(0, y0 - r) : y0 + r + 1, max(0, x0 - r) : x0 + r + 1] = j + 1
+    return lab

@@ -1,0 +1,1 @@
+"""The published-weights registry (``registry.json``), shipped as package data."""
