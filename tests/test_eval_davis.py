@@ -1,4 +1,5 @@
 """Synthetic DAVIS-format dataset: propagation beats copying the first mask; the CLI end to end."""
+
 import json
 import os
 
@@ -18,12 +19,7 @@ SEQS = ("seq-a", "seq-b")
 T = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +56,13 @@ def _copy_first(root, out):
 
 def test_propagation_beats_copying_first_mask(davis_root, tmp_path):
     copy = _copy_first(davis_root, str(tmp_path / "copy"))
-    colour = run_davis(FeatureExtractor(Colour(), stage="pool"), davis_root, str(tmp_path / "c"), progress=False,
-                       overlay_frames=0)["J&F-Mean"]
+    colour = run_davis(
+        FeatureExtractor(Colour(), stage="pool"), davis_root, str(tmp_path / "c"), progress=False, overlay_frames=0
+    )["J&F-Mean"]
     torch.manual_seed(0)
-    rn = run_davis(FeatureExtractor("resnet18"), davis_root, str(tmp_path / "r"), progress=False,
-                   overlay_frames=0)["J&F-Mean"]
+    rn = run_davis(FeatureExtractor("resnet18"), davis_root, str(tmp_path / "r"), progress=False, overlay_frames=0)[
+        "J&F-Mean"
+    ]
     assert colour > copy + 0.2 and rn > copy + 0.1, (copy, colour, rn)
     # perfect results score 1
     perfect = str(tmp_path / "gt")
@@ -78,8 +76,23 @@ def test_propagation_beats_copying_first_mask(davis_root, tmp_path):
 def test_cli_end_to_end(davis_root, tmp_path, capsys):
     out = tmp_path / "out"
     torch.manual_seed(0)
-    rc = cli_main(["eval", "davis", "--model", "resnet18", "--root", davis_root, "--out", str(out),
-                   "--sequences", SEQS[0], "--device", "cpu", "--no-progress"])
+    rc = cli_main(
+        [
+            "eval",
+            "davis",
+            "--model",
+            "resnet18",
+            "--root",
+            davis_root,
+            "--out",
+            str(out),
+            "--sequences",
+            SEQS[0],
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     with open(out / "results.json") as f:
@@ -114,5 +127,6 @@ def test_clear_errors(davis_root, tmp_path, capsys):
     (tmp_path / "bad" / "ImageSets" / "2017" / "val.txt").write_text("x\n")
     with pytest.raises(DatasetLayoutError, match=r"Annotations.480p"):
         run_davis(None, str(tmp_path / "bad"), str(tmp_path / "o"))
-    assert np.array_equal(read_label_png(os.path.join(davis_root, "Annotations", "480p", SEQS[0], "00000.png")).shape,
-                          (96, 128))
+    assert np.array_equal(
+        read_label_png(os.path.join(davis_root, "Annotations", "480p", SEQS[0], "00000.png")).shape, (96, 128)
+    )

@@ -1,4 +1,5 @@
 """Frozen-feature extraction: stages, strides, normalization, weights."""
+
 import numpy as np
 import pytest
 import timm
@@ -6,15 +7,7 @@ import torch
 
 from videomac.eval.features import FeatureExtractor, create_encoder, load_weights
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: OpenMP threads only add contention (badly so on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
 """Metrics against values worked out by hand."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Local-window propagation equals the naive dense form; protocol details."""
+
 import pytest
 import torch
 
@@ -12,15 +13,7 @@ from videomac.eval.propagation import (
     radius_offsets,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: OpenMP threads only add contention (badly so on a busy 2-core machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(T, C, h, w, K, seed=0, dtype=torch.float64):

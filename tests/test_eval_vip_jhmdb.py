@@ -1,4 +1,5 @@
 """VIP and JHMDB runners on tiny synthetic datasets in their documented layouts."""
+
 import os
 
 import numpy as np
@@ -10,13 +11,7 @@ from videomac.eval.datasets import DatasetLayoutError, JhmdbDataset, VipDataset
 from videomac.eval.runner import gaussian_joint_maps, maps_to_joints
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_vip_cli(tmp_path, capsys):
@@ -30,8 +25,12 @@ def test_vip_cli(tmp_path, capsys):
     (r / "lists").mkdir()
     (r / "lists" / "val_videos.txt").write_text("videos1\n")
     out = tmp_path / "out"
-    assert cli_main(["eval", "vip", "--model", "resnet18", "--root", str(r), "--out", str(out),
-                     "--size", "96", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            ["eval", "vip", "--model", "resnet18", "--root", str(r), "--out", str(out), "--size", "96", "--no-progress"]
+        )
+        == 0
+    )
     assert "mIoU" in capsys.readouterr().out
     assert len(os.listdir(out / "videos1")) == 6 and (out / "results.json").is_file()
 
@@ -62,7 +61,23 @@ def test_jhmdb_cli(tmp_path, capsys):
         JhmdbDataset(str(j))
     (j / "jhmdb_vallist.txt").write_text("run/v1\n")
     out = tmp_path / "out"
-    assert cli_main(["eval", "jhmdb", "--model", "resnet18", "--root", str(j), "--out", str(out),
-                     "--size", "64", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "jhmdb",
+                "--model",
+                "resnet18",
+                "--root",
+                str(j),
+                "--out",
+                str(out),
+                "--size",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "PCK@0.2" in capsys.readouterr().out
     assert (out / "keypoints" / "run__v1.npy").is_file()

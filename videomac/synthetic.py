@@ -13,6 +13,8 @@ from typing import Tuple
 
 import numpy as np
 
+from videomac.palette import davis_palette
+
 __all__ = ["render_video", "write_frames", "write_video", "write_palette_png", "davis_palette"]
 
 
@@ -237,20 +239,6 @@ def write_video(frames: np.ndarray, path: str, fps: int = 25) -> str:
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def davis_palette() -> np.ndarray:
-    """The 256-entry PASCAL VOC / DAVIS colour map, ``(256, 3)`` uint8."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
 
 
 def write_palette_png(label_map: np.ndarray, path: str) -> str:

@@ -11,6 +11,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from videomac.palette import davis_palette as default_palette
+
 __all__ = [
     "DatasetLayoutError",
     "read_image",
@@ -70,20 +72,6 @@ def read_palette(path: str) -> Optional[np.ndarray]:
         return None
     pal = np.asarray(pal[: 256 * 3], dtype=np.uint8)
     return np.pad(pal, (0, 768 - pal.size)).reshape(256, 3)
-
-
-def default_palette() -> np.ndarray:
-    """The PASCAL VOC / DAVIS colour map ``(256, 3)``."""
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    for i in range(256):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
 
 
 def write_label_png(label_map: np.ndarray, path: str, palette: Optional[np.ndarray] = None) -> str:
