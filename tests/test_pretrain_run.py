@@ -60,6 +60,24 @@ def test_outputs_of_a_run(tmp_path):
     assert all(torch.equal(online[k], v) for k, v in sd.items())
 
 
+def test_gradient_accumulation_and_bf16_autocast(tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(PretrainConfig(**dict(SMALL, batch_size=2), accum_iter=2, amp="bf16", max_steps=2, log_every=1,
+                                      clip_grad=1.0, output_dir=str(out)))  # fmt: skip
+    assert summary["effective_batch"] == 4 and summary["step"] == 2
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)
+    ck = load_checkpoint(str(out))
+    # 8 videos / batch 2 = 4 micro-batches = 2 optimizer steps: the two steps finished exactly one epoch
+    assert ck["epoch"] == 1 and ck["micro_done"] == 0
+    assert ck["base_lr"] == pytest.approx(1e-3)
+    # lr defaults to blr * effective batch / 256
+    summary = pretrain(PretrainConfig(**dict(SMALL, lr=None, batch_size=2), blr=2e-3, total_batch=8, max_steps=1,
+                                      output_dir=str(tmp_path / "blr")))  # fmt: skip
+    assert summary["effective_batch"] == 8
+    assert load_checkpoint(str(tmp_path / "blr"))["base_lr"] == pytest.approx(2e-3 * 8 / 256)
+
+
 def test_interrupt_and_resume_matches_uninterrupted(tmp_path):
     base = dict(SMALL, max_steps=6, save_every=100, seed=3)
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))

@@ -200,25 +200,33 @@ def _epoch_indices(n: int, epoch: int, seed: int, world: int, rank: int) -> List
     return perm[rank::world]
 
 
-def _batches(dataset, indices: List[int], batch_size: int, start: int, num_workers: int, seed: int) -> Iterator:
-    """Batches of ``indices[start*batch_size:]`` (drop_last), so a resumed epoch skips what was done."""
-    usable = (len(indices) // batch_size) * batch_size
-    todo = indices[start * batch_size : usable]
-    if not todo:
-        return iter(())
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, todo),
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yields the indices set for the current epoch, so one DataLoader (and its persistent workers,
+    with their decoded-video caches) serves every epoch, including a resumed partial one."""
+
+    def __init__(self) -> None:
+        self.indices: List[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _make_loader(dataset, sampler: _EpochSampler, batch_size: int, num_workers: int, seed: int):
+    return torch.utils.data.DataLoader(
+        dataset,
         batch_size=batch_size,
-        shuffle=False,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-        # Its own generator: creating the iterator must not draw from the global RNG, or a resumed
+        persistent_workers=num_workers > 0,
+        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
         # epoch (new iterator mid-epoch) would diverge from an uninterrupted one.
         generator=torch.Generator().manual_seed(seed),
     )
-    return iter(loader)
 
 
 def _rng_state() -> Dict:
@@ -302,6 +310,8 @@ class _Trainer:
                 self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
         self.stop_requested = False
+        self.sampler = _EpochSampler()
+        self.loader = _make_loader(self.dataset, self.sampler, cfg.batch_size, cfg.num_workers, cfg.seed)
         self.step = 0
         self.epoch = 0
         self.micro_done = 0  # micro-batches done in the current epoch
@@ -353,6 +363,7 @@ class _Trainer:
         if cfg.resume:
             self.resume(cfg.resume)
         log = open(os.path.join(self.out, METRICS), "a") if env.main else None
+        self.tb = _tensorboard(self.out) if env.main else None
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -374,9 +385,9 @@ class _Trainer:
             while self.step < self.total_steps:
                 indices = _epoch_indices(len(self.dataset), self.epoch, cfg.seed, env.world, env.rank)
                 usable = self.steps_per_epoch * cfg.accum_iter
-                batches = _batches(self.dataset, indices[: usable * cfg.batch_size], cfg.batch_size,
-                                   self.micro_done, cfg.num_workers, cfg.seed * 1009 + self.epoch)  # fmt: skip
-                for frame1, frame2 in batches:
+                # this epoch's full batches, less those a resumed run already did
+                self.sampler.indices = indices[self.micro_done * cfg.batch_size : usable * cfg.batch_size]
+                for frame1, frame2 in self.loader:
                     frame1 = frame1.to(env.device, non_blocking=True)
                     frame2 = frame2.to(env.device, non_blocking=True)
                     lr = learning_rate(self.step, self.total_steps, self.warmup_steps, self.base_lr, cfg.min_lr)
@@ -437,6 +448,8 @@ class _Trainer:
             bar.close()
             if log:
                 log.close()
+            if self.tb is not None:
+                self.tb.close()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         self.save()
@@ -470,6 +483,10 @@ class _Trainer:
         if log is not None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
+            if self.tb is not None:
+                for k, v in rec.items():
+                    if k not in ("step", "epoch"):
+                        self.tb.add_scalar(f"pretrain/{k}", v, self.step)
             bar.set_postfix(
                 loss=f"{rec['loss']:.4f}", o=f"{rec['loss_online']:.3f}", t=f"{rec['loss_target']:.3f}",
                 c=f"{rec['loss_consistency']:.4f}", lr=f"{lr:.2e}", m=f"{momentum:.4f}", pps=f"{rate:.1f}",
@@ -518,6 +535,15 @@ class _Trainer:
             raise RuntimeError("online weights differ across ranks at the end of training")
         env.barrier()
         return summary
+
+
+def _tensorboard(out_dir: str):
+    """A TensorBoard writer when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(out_dir, "tb"))
 
 
 def _main_thread() -> bool:
