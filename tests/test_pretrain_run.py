@@ -112,7 +112,8 @@ def test_two_process_ddp_gloo(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "videomac.cli", "pretrain", "--model", "videomac_cnxv2_atto",
-        "--input-size", "64", "--batch-size", "2", "--decoder-dim", "32", "--max-steps", "3", "--num-workers", "0",
+        "--input-size", "64", "--batch-size", "2", "--accum-iter", "2", "--decoder-dim", "32", "--max-steps", "3",
+        "--num-workers", "0",
         "--synthetic-videos", "8", "--device", "cpu", "--output-dir", str(out), "--no-progress", "--log-every", "1",
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -120,7 +121,7 @@ def test_two_process_ddp_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["ranks_in_sync"] is True
-    assert summary["effective_batch"] == 4
+    assert summary["effective_batch"] == 8  # 2 ranks x batch 2 x 2 accumulation steps
     assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint.pt"]
     assert len(read_metrics(out)) == 3  # only rank 0 writes
 

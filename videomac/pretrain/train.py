@@ -3,6 +3,7 @@ checkpoints with exact resume, JSONL metrics, reconstruction figures, dense enco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -394,22 +395,14 @@ class _Trainer:
                     for g in self.optimizer.param_groups:
                         g["lr"] = lr
                     boundary = (self.micro_done + 1) % cfg.accum_iter == 0
-                    sync = boundary or env.world == 1
-                    ctx = self.ddp.no_sync() if (env.world > 1 and not sync) else _null()
-                    with ctx, torch.autocast(**autocast):
-                        out = self.ddp(frame1, frame2)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); stopping. "
-                            + (
-                                f"The last good checkpoint is {self.ckpt_path}."
-                                if os.path.exists(self.ckpt_path)
-                                else "No checkpoint was written yet."
-                            )  # fmt: skip
-                            + " Try a lower --blr, --clip-grad 1.0, or --amp none."
-                        )
-                    with ctx:
+                    # DDP all-reduces gradients only on the micro-batch that ends an accumulation
+                    no_sync = self.ddp.no_sync() if (env.world > 1 and not boundary) else contextlib.nullcontext()
+                    with no_sync:
+                        with torch.autocast(**autocast):
+                            out = self.ddp(frame1, frame2)
+                        loss = out["loss"]
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(self._nan_message(loss))
                         self.scaler.scale(loss / cfg.accum_iter).backward()
                     for k, v in out.items():
                         if k.startswith("loss"):
@@ -459,6 +452,17 @@ class _Trainer:
                 print(f"{msg}: stopped at step {self.step}/{self.total_steps}; resume with --resume {self.out}")
             return dict(step=self.step, stopped=True, checkpoint=self.ckpt_path)
         return self._finish(last_batch)
+
+    def _nan_message(self, loss: torch.Tensor) -> str:
+        where = (
+            f"The last good checkpoint is {self.ckpt_path}."
+            if os.path.exists(self.ckpt_path)
+            else "No checkpoint was written yet."
+        )
+        return (
+            f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); stopping. {where} "
+            "Try a lower --blr, --clip-grad 1.0, or --amp none."
+        )
 
     def _on_sigterm(self, signum, frame) -> None:
         self.stop_requested = True
@@ -548,11 +552,3 @@ def _tensorboard(out_dir: str):
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
