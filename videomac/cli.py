@@ -13,6 +13,8 @@ _COMMANDS = [
     "videomac.pretrain.command",
     "videomac.eval.command",
     "videomac.hub_command",
+    "videomac.propagate_command",
+    "videomac.bench",
 ]
 
 

@@ -33,7 +33,10 @@ from videomac.eval.features import FeatureExtractor
 from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
 
-__all__ = ["run_davis", "run_vip", "run_jhmdb", "contact_sheet", "gaussian_joint_maps", "maps_to_joints"]
+__all__ = [
+    "run_davis", "run_vip", "run_jhmdb", "argmax_labels", "blend_labels", "contact_sheet", "gaussian_joint_maps",
+    "maps_to_joints",
+]
 
 
 def _tqdm(it, progress: bool, **kw):
@@ -61,6 +64,18 @@ def _overlay_indices(n: int, k: int) -> List[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n - 1, min(k, n))}) if n else []
 
 
+def blend_labels(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the non-zero labels' palette colours blended over ``image`` (labels are
+    nearest-resized to the image if their size differs)."""
+    img = np.asarray(image, np.float32)
+    lab = np.asarray(labels)
+    if lab.shape != img.shape[:2]:
+        lab = np.asarray(Image.fromarray(lab.astype(np.uint8)).resize(img.shape[1::-1], Image.NEAREST))
+    col = np.asarray(palette)[lab].astype(np.float32)
+    fg = (lab > 0)[..., None]
+    return np.where(fg, (1 - alpha) * img + alpha * col, img).clip(0, 255).astype(np.uint8)
+
+
 def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], palette: np.ndarray, path: str,
                   titles: Optional[Sequence[str]] = None, width: int = 320, cols: int = 3, alpha: float = 0.5) -> str:
     """Blend each label map (non-zero labels, palette colours) over its image; tile them into one PNG."""
@@ -68,13 +83,7 @@ def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], pa
 
     tiles = []
     for i, (img, lab) in enumerate(zip(images, labels)):
-        img = np.asarray(img, np.float32)
-        lab = np.asarray(lab)
-        if lab.shape != img.shape[:2]:
-            lab = np.asarray(Image.fromarray(lab.astype(np.uint8)).resize(img.shape[1::-1], Image.NEAREST))
-        col = palette[lab].astype(np.float32)
-        fg = (lab > 0)[..., None]
-        out = np.where(fg, (1 - alpha) * img + alpha * col, img).clip(0, 255).astype(np.uint8)
+        out = blend_labels(img, lab, palette, alpha)
         h = max(1, round(out.shape[0] * width / out.shape[1]))
         tile = Image.fromarray(out).resize((width, h), Image.BILINEAR)
         if titles:
@@ -104,7 +113,7 @@ def _propagate_video(extractor, paths, size, first_onehot: torch.Tensor, config,
         yield t, prop.step(f)
 
 
-def _argmax_labels(soft: torch.Tensor, size, ids: np.ndarray) -> np.ndarray:
+def argmax_labels(soft: torch.Tensor, size, ids: np.ndarray) -> np.ndarray:
     up = resize_labels(soft.float(), size)
     return ids[up.argmax(0).cpu().numpy()]
 
@@ -140,7 +149,7 @@ def run_davis(
         onehot = labels_to_onehot(torch.from_numpy(ann0), ids.tolist())
         steps = _propagate_video(extractor, paths, None, onehot, config, batch_size, tile, max_chunk_mb)
         for t, soft in _tqdm(steps, progress, desc=seq, total=len(paths), leave=False, unit="frame"):
-            lab = ann0 if t == 0 else _argmax_labels(soft, size, ids)
+            lab = ann0 if t == 0 else argmax_labels(soft, size, ids)
             write_label_png(lab, os.path.join(out_dir, seq, f"{names[t]}.png"), palette)
             if t in keep:
                 shown[t] = lab
@@ -193,7 +202,7 @@ def run_vip(
         shown, vconf = {}, np.zeros((n, n), np.int64)
         steps = _propagate_video(extractor, paths, sz, onehot, config, batch_size, tile, max_chunk_mb)
         for t, soft in _tqdm(steps, progress, desc=v.name, total=len(paths), leave=False, unit="frame"):
-            pred = lab0 if t == 0 else _argmax_labels(soft, sz, ids)
+            pred = lab0 if t == 0 else argmax_labels(soft, sz, ids)
             stem = os.path.splitext(os.path.basename(paths[t]))[0]
             write_label_png(pred, os.path.join(out_dir, v.name, f"{stem}.png"), pal)
             gp = ds.label_path(v, paths[t])

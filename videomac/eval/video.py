@@ -1,0 +1,222 @@
+"""Streaming video input/output for propagation on arbitrary videos.
+
+:class:`FrameReader` yields the frames of a video file (any container PyAV decodes: mp4, webm, mkv,
+avi, mov, ...) or of a folder of images one at a time, so long videos never sit in memory.
+:class:`VideoWriter` encodes frames as they come (h264, else mpeg4). :func:`read_mask` turns a
+first-frame mask (indexed/palette, grayscale, binary or coloured PNG) into object ids.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "read_mask", "resize_frame"]
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".ogv")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _natural_key(s: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a ``(H, W, 3)`` uint8 frame to ``size = (h, w)`` (no-op when equal)."""
+    if frame.shape[:2] == tuple(size):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size[1], size[0]), Image.BILINEAR))
+
+
+class FrameReader:
+    """Frames of a video file or an image folder, decoded lazily as ``(H, W, 3)`` uint8 RGB.
+
+    Opening validates the source: a missing path raises ``FileNotFoundError``; a file PyAV cannot
+    open, one without a video stream, an empty folder or frames of differing sizes raise
+    ``ValueError``. ``size`` ``(H, W)`` and ``num_frames`` (None when the container does not say)
+    are known after opening; ``fps`` defaults to 25 for folders.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
+        if not os.path.exists(source):
+            raise FileNotFoundError(f"video not found: {source} (expected a video file or a folder of frames)")
+        self.paths = None
+        if os.path.isdir(source):
+            names = sorted((n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTS)), key=_natural_key)
+            if not names:
+                raise ValueError(f"{source}: folder holds no frames (expected images {', '.join(IMAGE_EXTS)})")
+            self.paths = [os.path.join(source, n) for n in names]
+            with Image.open(self.paths[0]) as im:
+                self.size = (im.height, im.width)
+            self.num_frames: Optional[int] = len(self.paths)
+            self.fps = 25.0
+            return
+        import av
+
+        has_video, first = False, None
+        try:
+            with av.open(source) as container:
+                if container.streams.video:
+                    has_video = True
+                    stream = container.streams.video[0]
+                    self.num_frames = int(stream.frames) or None
+                    self.fps = float(stream.average_rate or 25)
+                    # Decode one frame now so a corrupt file fails here, with a clear message.
+                    first = next(container.decode(stream), None)
+        except Exception as e:  # PyAV raises many error types (some are ValueErrors) for damaged files
+            raise ValueError(f"cannot read video {source}: {e} "
+                             "(expected a video PyAV decodes, or a folder of frames)") from e
+        if not has_video:
+            raise ValueError(f"{source}: no video stream (expected a video such as .mp4 or .webm)")
+        if first is None:
+            raise ValueError(f"{source}: the video has no decodable frames")
+        self.size = (first.height, first.width)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.paths is not None:
+            for p in self.paths:
+                with Image.open(p) as im:
+                    frame = np.asarray(im.convert("RGB"))
+                if frame.shape[:2] != self.size:
+                    raise ValueError(f"{p} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
+                                     f"{self.size[1]}x{self.size[0]}: all frames must have one size")
+                yield frame
+            return
+        import av
+
+        with av.open(self.source) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            n = 0
+            try:
+                for frame in container.decode(stream):
+                    n += 1
+                    yield frame.to_ndarray(format="rgb24")
+            except av.error.FFmpegError as e:
+                # A truncated or damaged tail: keep what was decoded, say where it stopped.
+                warnings.warn(f"{self.source}: decoding stopped after {n} frames: {e}", stacklevel=2)
+
+
+class VideoWriter:
+    """Encode ``(H, W, 3)`` uint8 frames one at a time to a video file with PyAV.
+
+    h264 where this PyAV build has it, else mpeg4; yuv420p, so an odd width/height loses its last
+    column/row. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str, fps: float = 25.0, crf: int = 20):
+        from fractions import Fraction
+
+        import av
+
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.path = path
+        self._container = av.open(path, mode="w")
+        rate = Fraction(fps).limit_denominator(1001)
+        self._stream = None
+        for codec in ("libx264", "h264", "mpeg4"):
+            try:
+                self._stream = self._container.add_stream(codec, rate=rate)
+                break
+            except Exception:  # encoder missing from this PyAV build
+                continue
+        if self._stream is None:
+            self._container.close()
+            raise RuntimeError("PyAV has neither an h264 nor an mpeg4 encoder")
+        self._stream.pix_fmt = "yuv420p"
+        if self._stream.codec_context.name in ("libx264", "h264"):
+            self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        else:
+            self._stream.bit_rate = 8_000_000
+        self._hw: Optional[Tuple[int, int]] = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        import av
+
+        H, W = frame.shape[:2]
+        if self._hw is None:
+            self._hw = (H - H % 2, W - W % 2)
+            self._stream.height, self._stream.width = self._hw
+        h, w = self._hw
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:h, :w], dtype=np.uint8), format="rgb24")
+        for packet in self._stream.encode(f):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._container is None:
+            return
+        if self._hw is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A first-frame mask as ``(H, W)`` uint8 object ids (0 = background).
+
+    Indexed (palette, DAVIS-style) PNGs keep their indices; 255 (DAVIS "void") becomes background.
+    Grayscale or 1-bit masks with only two values (0 and anything) are binary: one object, id 1;
+    with more values the values are the ids. RGB masks: black is background, every other colour an
+    object (DAVIS palette colours keep their index, other colours are numbered in sorted order).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode == "P":
+                lab = np.asarray(im).astype(np.uint8)
+            elif mode in ("1", "L", "I", "I;16", "LA"):
+                lab = np.asarray(im.convert("I") if mode != "LA" else im.getchannel(0)).astype(np.int64)
+            else:
+                rgb = np.asarray(im.convert("RGB"))
+    except OSError as e:
+        raise ValueError(f"cannot read mask {path}: {e} (expected a PNG label image)") from e
+    if mode == "P":
+        lab = lab.copy()
+    elif mode in ("1", "L", "I", "I;16", "LA"):
+        vals = np.unique(lab)
+        if len(vals) <= 2:
+            lab = (lab > 0).astype(np.uint8)
+        elif vals.max() > 255:
+            raise ValueError(f"{path}: label values above 255 (expected object ids 1..255)")
+        else:
+            lab = lab.astype(np.uint8)
+    else:
+        lab = _colours_to_ids(rgb, path)
+    lab[lab == 255] = 0
+    return lab
+
+
+def _colours_to_ids(rgb: np.ndarray, path: str) -> np.ndarray:
+    from videomac.eval.datasets import default_palette
+
+    flat = rgb.reshape(-1, 3).astype(np.int64)
+    codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
+    uniq, inv = np.unique(codes, return_inverse=True)
+    pal = default_palette().astype(np.int64)
+    pal_codes = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
+    fg = [c for c in uniq.tolist() if c != 0]
+    if len(fg) > 254:
+        raise ValueError(f"{path}: {len(fg)} colours; expected a mask with at most 254 object colours "
+                         "(an anti-aliased or photographic image is not a mask)")
+    if all(c in pal_codes for c in fg):
+        ids = [pal_codes.get(c, 0) for c in uniq.tolist()]
+    else:
+        order = {c: i + 1 for i, c in enumerate(fg)}
+        ids = [order.get(c, 0) for c in uniq.tolist()]
+    return np.asarray(ids, np.uint8)[inv].reshape(rgb.shape[:2])

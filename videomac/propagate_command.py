@@ -1,0 +1,224 @@
+"""``videomac propagate``: track the objects of a first-frame mask through any video.
+
+Frames are streamed (decoded, encoded and propagated a few at a time), so memory stays bounded for
+long videos: the propagator keeps only frame 0 and the last ``n_context`` frames' features. The
+pieces are those of ``videomac eval`` (:class:`~videomac.eval.features.FeatureExtractor`,
+:class:`~videomac.eval.propagation.LabelPropagator`, the runner's label resizing and overlays).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = ["register", "main", "propagate_video", "processing_size"]
+
+DEFAULT_MODEL = "videomac_rn18"
+
+
+def processing_size(video_hw: Sequence[int], size: Union[None, int, Sequence[int]]) -> Tuple[int, int]:
+    """The ``(H, W)`` frames are resized to before feature extraction.
+
+    ``size`` None or 0: the video's own size; an int: the short side is scaled down to it (never up),
+    keeping the aspect ratio; ``(H, W)``: exactly that.
+    """
+    H, W = int(video_hw[0]), int(video_hw[1])
+    if not size:
+        return H, W
+    if isinstance(size, int):
+        s = min(1.0, size / min(H, W))
+        return max(1, round(H * s)), max(1, round(W * s))
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be a short side or (H, W), got {size}")
+    return int(size[0]), int(size[1])
+
+
+def _batched(frames: Iterable[np.ndarray], n: int) -> Iterator[List[np.ndarray]]:
+    batch: List[np.ndarray] = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def propagate_video(
+    video: str,
+    mask: Union[str, np.ndarray],
+    out_dir: str,
+    model: str = DEFAULT_MODEL,
+    weights: Optional[str] = None,
+    extractor=None,
+    size: Union[None, int, Sequence[int]] = 480,
+    device: str = "cpu",
+    config=None,
+    batch_size: int = 4,
+    overlay: bool = True,
+    alpha: float = 0.5,
+    max_frames: Optional[int] = None,
+    progress: bool = True,
+) -> Dict[str, object]:
+    """Propagate ``mask`` (a PNG path or an ``(H, W)`` id map of the first frame) through ``video``.
+
+    Writes ``out_dir/masks/<frame>.png`` (DAVIS-palette PNGs at the video's size, frame 0 = the given
+    mask), ``out_dir/overlay.mp4`` (frames with the masks blended, unless ``overlay=False``) and
+    ``out_dir/summary.json``; returns the summary. ``extractor`` (a FeatureExtractor) overrides
+    ``model``/``weights``/``device``. Raises ``FileNotFoundError`` for a missing video or mask and
+    ``ValueError`` for an unreadable video, a mask of another size or a mask without objects.
+    """
+    import torch
+
+    from videomac.eval.datasets import default_palette, write_label_png
+    from videomac.eval.features import FeatureExtractor
+    from videomac.eval.propagation import LabelPropagator, labels_to_onehot, resize_labels
+    from videomac.eval.runner import argmax_labels, blend_labels
+    from videomac.eval.video import FrameReader, VideoWriter, read_mask, resize_frame
+
+    reader = FrameReader(video)
+    lab0 = read_mask(mask) if isinstance(mask, str) else np.asarray(mask, dtype=np.uint8)
+    what = mask if isinstance(mask, str) else "the mask"
+    if lab0.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D label map, got shape {lab0.shape}")
+    H, W = reader.size
+    if lab0.shape != (H, W):
+        raise ValueError(f"{what} is {lab0.shape[1]}x{lab0.shape[0]} (WxH) but the video frames are {W}x{H}; "
+                         "expected a mask of the first frame at the video's resolution")
+    ids = np.union1d([0], np.unique(lab0)).astype(np.uint8)
+    if len(ids) == 1:
+        raise ValueError(f"{what} has no objects (every pixel is background 0); expected object ids 1..N "
+                         "(an indexed PNG) or a binary mask with the object non-zero")
+    proc = processing_size((H, W), size)
+    if extractor is None:
+        extractor = FeatureExtractor(model, weights=weights, device=device)
+    palette = default_palette()
+    names = ([os.path.splitext(os.path.basename(p))[0] for p in reader.paths] if reader.paths else None)
+    total = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames or max_frames)
+    mask_dir = os.path.join(out_dir, "masks")
+    os.makedirs(mask_dir, exist_ok=True)
+    writer = VideoWriter(os.path.join(out_dir, "overlay.mp4"), fps=reader.fps) if overlay else None
+    onehot = labels_to_onehot(torch.from_numpy(lab0), ids.tolist())
+    frames = reader if max_frames is None else (f for t, f in zip(range(max_frames), reader))
+    prop, t, areas = None, 0, {}
+    start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="propagate", unit="frame", dynamic_ncols=True)
+    try:
+        for batch in _batched(frames, batch_size):
+            feats = extractor(np.stack([resize_frame(f, proc) for f in batch]), batch_size=batch_size)
+            for frame, feat in zip(batch, feats):
+                if prop is None:
+                    prop = LabelPropagator(feat, resize_labels(onehot.to(feat.device), feat.shape[-2:]), config)
+                    lab = lab0
+                else:
+                    lab = argmax_labels(prop.step(feat), (H, W), ids)
+                name = names[t] if names else f"{t:05d}"
+                write_label_png(lab, os.path.join(mask_dir, f"{name}.png"), palette)
+                if writer is not None:
+                    writer.write(blend_labels(frame, lab, palette, alpha))
+                areas = {int(i): float((lab == i).mean()) for i in ids[1:]}
+                t += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - start
+    summary = {
+        "video": video, "frames": t, "size": [H, W], "processing_size": list(proc), "objects": ids[1:].tolist(),
+        "last_frame_area": areas, "seconds": round(seconds, 3), "frames_per_second": round(t / max(seconds, 1e-9), 3),
+        "encoder": extractor.describe(), "masks": mask_dir, "overlay": writer.path if writer else None,
+    }  # fmt: skip
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
+
+
+def _size(s: str) -> Union[int, Tuple[int, int]]:
+    try:
+        if "x" in s.lower():
+            h, w = s.lower().split("x")
+            return int(h), int(w)
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a short side (480) or HxW (272x640), got {s!r}") from None
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "propagate",
+        help="track the objects of a first-frame mask through a video (label propagation)",
+        description="Propagate a first-frame mask through a video file or a folder of frames with a frozen "
+        "encoder; writes one palette PNG per frame and an overlay MP4.",
+    )
+    p.add_argument("video", help="video file (mp4, webm, mkv, ... anything PyAV decodes) or a folder of frames")
+    p.add_argument("--mask", required=True,
+                   help="first-frame mask PNG: indexed (DAVIS palette; ids 1..N), binary, grayscale ids or colours")
+    p.add_argument("--out", required=True, help="output folder (masks/, overlay.mp4, summary.json)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"encoder name (default {DEFAULT_MODEL}) or any timm model")
+    p.add_argument("--weights", default=None, help="encoder state dict (.safetensors/.pt/.pth), e.g. a run's "
+                   "encoder.safetensors")
+    p.add_argument("--pretrained", action="store_true", help="use the model's published weights (timm pretrained=True)")
+    p.add_argument("--size", type=_size, default=480,
+                   help="frames are downscaled to this short side for the encoder (default 480; 0 = native) or "
+                   "resized to HxW; outputs keep the video's size")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--half", action="store_true", help="bf16 features on CUDA")
+    p.add_argument("--stage", default=None, help="feature module (default per family: layer3 / stages.2)")
+    p.add_argument("--stride", type=int, default=None, help="feature stride (default 8)")
+    p.add_argument("--n-context", type=int, default=20)
+    p.add_argument("--radius", type=float, default=12.0)
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=4, help="frames per encoder forward")
+    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    p.add_argument("--no-overlay", action="store_true", help="write the PNGs only")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from videomac.eval.features import FeatureExtractor, create_encoder
+    from videomac.eval.propagation import PropagationConfig
+    from videomac.hub import WeightsNotPublishedError
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    # Check the inputs before building the encoder, so mistakes fail in a second, not after model setup.
+    from videomac.eval.video import FrameReader, read_mask
+
+    FrameReader(args.video)
+    read_mask(args.mask)
+    try:
+        encoder = create_encoder(args.model, args.weights, pretrained=args.pretrained)
+    except WeightsNotPublishedError as e:
+        raise ValueError(str(e)) from None
+    if not (args.weights or args.pretrained):
+        print(f"note: no --weights: {args.model} is randomly initialised; pass --weights encoder.safetensors "
+              "(from `videomac pretrain`) for real tracking quality", file=sys.stderr)
+    dtype = torch.bfloat16 if args.half and device.startswith("cuda") else torch.float32
+    extractor = FeatureExtractor(encoder, stage=args.stage, stride=args.stride, device=device, dtype=dtype)
+    extractor.model_name = args.model
+    config = PropagationConfig(n_context=args.n_context, radius=args.radius, topk=args.topk,
+                               temperature=args.temperature)
+    s = propagate_video(args.video, args.mask, args.out, extractor=extractor, size=args.size, config=config,
+                        batch_size=args.batch_size, overlay=not args.no_overlay, alpha=args.alpha,
+                        max_frames=args.max_frames, progress=not args.no_progress)
+    print(json.dumps({k: s[k] for k in ("frames", "objects", "frames_per_second", "masks", "overlay")}))
+    return 0
