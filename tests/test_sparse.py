@@ -44,11 +44,12 @@ def stage_outputs(enc_or_model, x, mask=None):
     return outs + [final]
 
 
+@pytest.mark.parametrize("backend", ["masked", "visible"])
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("hw", SIZES)
-def test_a_unmasked_equals_dense(name, hw):
+def test_a_unmasked_equals_dense(name, hw, backend):
     dense = make(name)
-    enc = videomac.SparseEncoder(make(name))
+    enc = videomac.SparseEncoder(make(name), backend=backend)
     x = torch.randn(3, 3, *hw)
     mask = torch.zeros(3, hw[0] // 32, hw[1] // 32, dtype=torch.bool)
     with torch.no_grad():
@@ -66,11 +67,12 @@ def test_a_unmasked_equals_dense_batchnorm_training():
     torch.testing.assert_close(bn_s.running_var, bn_d.running_var)
 
 
+@pytest.mark.parametrize("backend", ["masked", "visible"])
 @pytest.mark.parametrize("name", FAMILIES)
 @pytest.mark.parametrize("hw", SIZES)
 @pytest.mark.parametrize("train", [False, True])
-def test_b_masked_pixels_do_not_leak(name, hw, train):
-    enc = videomac.SparseEncoder(make(name, train=train))
+def test_b_masked_pixels_do_not_leak(name, hw, train, backend):
+    enc = videomac.SparseEncoder(make(name, train=train), backend=backend)
     gh, gw = hw[0] // 32, hw[1] // 32
     mask = random_mask(3, (gh, gw), 0.5, generator=torch.Generator().manual_seed(1))
     x = torch.randn(3, 3, *hw)
@@ -83,11 +85,14 @@ def test_b_masked_pixels_do_not_leak(name, hw, train):
         visible = ~upsample_mask(mask, fa.shape[-2:]).unsqueeze(1)
         assert ((fa - fb).abs() * visible).max() < 1e-5
         assert (fa * visible).abs().max() > 0  # visible outputs are not trivially zero
+        assert (fa * ~visible).abs().max() == 0  # and every stage's masked cells are exactly zero
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_c_masked_cells_zero_after_every_layer(name):
-    enc = videomac.SparseEncoder(make(name, train=True))
+    # layer by layer on the masked backend (every layer a module call); the visible backend equals it
+    # (tests/test_visible.py) and its stage outputs are checked in test_b
+    enc = videomac.SparseEncoder(make(name, train=True), backend="masked")
     hw = (64, 96)
     mask = random_mask(3, (2, 3), 0.5, generator=torch.Generator().manual_seed(2))
     checked = []
@@ -127,9 +132,10 @@ def test_d_to_dense_strict_load(name):
     assert enc(x, torch.zeros(2, 2, 2, dtype=torch.bool)).shape[-2:] == (2, 2)
 
 
+@pytest.mark.parametrize("backend", ["masked", "visible"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_e_gradients_only_through_visible(name):
-    enc = videomac.SparseEncoder(make(name, train=True))
+def test_e_gradients_only_through_visible(name, backend):
+    enc = videomac.SparseEncoder(make(name, train=True), backend=backend)
     mask = random_mask(2, (2, 3), 0.5, generator=torch.Generator().manual_seed(3))
     x = torch.randn(2, 3, 64, 96, requires_grad=True)
     enc(x, mask).square().sum().backward()

@@ -99,17 +99,22 @@ class _SparseBatchNorm(_Sparse):
         n = (m.sum() * 1.0).clamp_min(1.0)
         mean = (x * m).sum(dim=(0, 2, 3)) / n
         var = (((x - mean.view(1, -1, 1, 1)) * m) ** 2).sum(dim=(0, 2, 3)) / n
-        if self.training and self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                unbiased = var * (n / (n - 1).clamp_min(1.0))
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        update_running_stats(self, mean, var, n)
         y = (x - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         return y * m
+
+
+def update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean, var, n) -> None:
+    """BatchNorm's running-statistics update from batch ``mean``/biased ``var`` over ``n`` positions."""
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var * (n / (n - 1).clamp_min(1.0))
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
 
 
 class _SparseMaxPool(_Sparse):
@@ -254,16 +259,25 @@ class SparseEncoder(nn.Module):
     """Run a dense timm ConvNet sparsely: ``forward(x, mask)`` -> last feature map, masked cells 0.
 
     ``mask`` is bool ``(B, h, w)`` over the grid of the model's total stride (32), True = masked.
+    ``backend``: ``'visible'`` (the default) runs pointwise layers on the visible positions only
+    (:mod:`videomac.models.visible`; 1.9x-3.4x faster training than ``'masked'`` on CPU, see
+    docs/performance.md); ``'masked'`` is the layer-by-layer reference (every layer a module call
+    that runs dense and zeroes masked positions; same results); ``'minkowski'`` is refused
+    (MinkowskiEngine is optional and no conversion to it is implemented).
     The wrapped model keeps its parameter names (under ``model.``); :meth:`to_dense` returns a
     plain dense copy whose state_dict loads strictly into ``timm.create_model(name)``.
     """
 
-    BACKENDS = ("masked",)
+    BACKENDS = ("masked", "visible", "minkowski")
 
-    def __init__(self, model: nn.Module, backend: str = "masked"):
+    def __init__(self, model: nn.Module, backend: str = "visible"):
         super().__init__()
         if backend not in self.BACKENDS:
             raise ValueError(f"unknown sparse backend {backend!r}; available: {', '.join(self.BACKENDS)}")
+        if backend == "minkowski":
+            from videomac.models.visible import require_minkowski
+
+            require_minkowski()
         self.backend = backend
         if not hasattr(model, "forward_features"):
             raise TypeError(f"{type(model).__name__} has no forward_features(); pass a timm classification model")
@@ -275,6 +289,10 @@ class SparseEncoder(nn.Module):
         self.in_chans = int(model.stem[0].in_channels if hasattr(model, "stem") else model.conv1.in_channels)
         self.ctx = MaskContext()
         self.model = sparsify(model, self.ctx)
+        if backend == "visible":
+            from videomac.models.visible import visibilize
+
+            visibilize(self.model, self.ctx)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         grid = check_images(x, self.patch_size, self.in_chans)

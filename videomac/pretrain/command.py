@@ -45,7 +45,8 @@ def register(sub) -> None:
     g.add_argument("--norm-pix-loss", type=_bool)
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
-    g.add_argument("--backend", help="sparse execution backend of the encoder (default masked)")
+    g.add_argument("--backend", choices=["visible", "masked", "minkowski"],
+                   help="encoder execution: visible-only pointwise layers (default) or masked-dense")  # fmt: skip
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")

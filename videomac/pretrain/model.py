@@ -61,7 +61,7 @@ class Decoder(nn.Module):
 class Branch(nn.Module):
     """Sparse encoder + decoder."""
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "masked"):
+    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "visible"):
         super().__init__()
         self.encoder = SparseEncoder(encoder, backend=backend)
         self.decoder = Decoder(self.encoder.num_features, self.encoder.patch_size, decoder_dim, decoder_depth)
@@ -90,7 +90,7 @@ class VideoMAC(nn.Module):
         norm_pix_loss: bool = True,
         motion_weight: float = 0.0,
         drop_path_rate: float = 0.0,
-        backend: str = "masked",
+        backend: str = "visible",
     ):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:

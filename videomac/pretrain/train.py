@@ -51,7 +51,7 @@ class PretrainConfig:
     norm_pix_loss: bool = True
     motion_weight: float = 0.0
     drop_path: float = 0.0
-    backend: str = "masked"  # sparse execution: masked | visible | minkowski (where available)
+    backend: str = "visible"  # sparse execution: visible | masked (same results) | minkowski (where available)
     batch_size: int = 64  # per process
     accum_iter: int = 1
     total_batch: Optional[int] = None  # if set, accum_iter = total_batch / (batch_size * world)

@@ -1,0 +1,36 @@
+"""`videomac bench pretrain --quick` (the CI smoke test) and `videomac bench propagate`."""
+
+import json
+
+from videomac.bench import CONFIGS, flop_split
+from videomac.cli import main
+
+
+def test_bench_pretrain_quick(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "pretrain", "--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["config"]): r for r in result["rows"]}
+    expected = {(m, c) for m in ("videomac_cnxv2_atto", "videomac_rn18") for c in CONFIGS}
+    assert set(rows) == expected | {("vit_small_patch16_224", "vit_s16_siammae")}
+    for r in rows.values():
+        assert r["pairs_per_s"] > 0 and r["peak_mem_mb"] > 0 and r["loss"] == r["loss"]
+    for m in ("videomac_cnxv2_atto", "videomac_rn18"):
+        assert rows[(m, "masked")]["speed_vs_masked"] == 1.0
+        assert 1.0 <= rows[(m, "visible")]["flop_bound"] == result["flops"][m]["bound"]
+    assert result["meta"]["input_size"] == 64 and "getrusage" in result["meta"]["memory_method"]
+    table = capsys.readouterr().out
+    assert "x masked" in table and "FLOP bound" in table
+
+
+def test_flop_split():
+    fl = flop_split("videomac_cnxv2_atto", 64, 0.75)
+    # ConvNeXt is mostly pointwise MLP: the bound is close to the 4x of 75% masking
+    assert 0.8 < fl["pointwise_share"] < 0.95 and 2.5 < fl["bound"] < 4.0
+    assert flop_split("videomac_cnxv2_atto", 64, 0.0)["bound"] == 1.0
+
+
+def test_bench_propagate(capsys):
+    rc = main(["bench", "propagate", "--quick"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "fps" in out or rc == 2 and "not available" in out
