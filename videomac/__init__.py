@@ -5,6 +5,7 @@
 
 from videomac import masking
 from videomac.models import SparseEncoder, register_sparse_container
+from videomac.pretrain.model import VideoMAC
 from videomac.version import __version__
 
-__all__ = ["SparseEncoder", "masking", "register_sparse_container", "__version__"]
+__all__ = ["SparseEncoder", "VideoMAC", "masking", "register_sparse_container", "__version__"]
