@@ -340,17 +340,18 @@ def format_table(result: Dict) -> str:
            f"{'FLOP bound':>10s} {'of bound':>8s}"  # fmt: skip
     lines = [head, "-" * len(head)]
 
-    def f(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) else "-"
+    def f(v, fmt, width, suffix=""):
+        return (format(v, fmt) + suffix if isinstance(v, (int, float)) else "-").rjust(width)
 
     for r in result["rows"]:
         if "error" in r:
             lines.append(f"{r['model']:22s} {r['config']:16s} error: {r['error']}")
             continue
         lines.append(
-            f"{r['model']:22s} {r['config']:16s} {f(r['pairs_per_s'], '8.2f')} {f(r.get('speed_vs_masked'), '7.2f')}x "
-            f"{f(r.get('peak_mem_mb'), '8.0f')} {f(r.get('mem_vs_masked'), '5.2f')}x "
-            f"{f(r.get('flop_bound'), '9.2f')}x {f(r.get('of_bound'), '7.0%')}"
+            f"{r['model']:22s} {r['config']:16s} {f(r['pairs_per_s'], '.2f', 8)} "
+            f"{f(r.get('speed_vs_masked'), '.2f', 8, 'x')} {f(r.get('peak_mem_mb'), '.0f', 8)} "
+            f"{f(r.get('mem_vs_masked'), '.2f', 6, 'x')} {f(r.get('flop_bound'), '.2f', 10, 'x')} "
+            f"{f(r.get('of_bound'), '.0%', 8)}"
         )
     lines.append("")
     lines.append(f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "
