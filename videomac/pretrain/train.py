@@ -401,7 +401,7 @@ class _Trainer:
                         with torch.autocast(**autocast):
                             out = self.ddp(frame1, frame2)
                         loss = out["loss"]
-                        if not torch.isfinite(loss):
+                        if not self._all_finite(loss):
                             raise FloatingPointError(self._nan_message(loss))
                         self.scaler.scale(loss / cfg.accum_iter).backward()
                     for k, v in out.items():
@@ -452,6 +452,13 @@ class _Trainer:
                 print(f"{msg}: stopped at step {self.step}/{self.total_steps}; resume with --resume {self.out}")
             return dict(step=self.step, stopped=True, checkpoint=self.ckpt_path)
         return self._finish(last_batch)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (so all ranks stop together, none hangs)."""
+        ok = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.env.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
 
     def _nan_message(self, loss: torch.Tensor) -> str:
         where = (
