@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Union
+from typing import Dict, Optional, Tuple, Union
 
 import timm
 import torch
@@ -13,16 +13,22 @@ from timm.models.convnext import ConvNeXtBlock
 from videomac.masking import check_images, check_mask, patchify, random_mask
 from videomac.models.sparse import SparseEncoder
 
-__all__ = ["VideoMAC", "Branch", "Decoder", "masked_mse", "patch_targets"]
+__all__ = ["VideoMAC", "Branch", "Decoder", "masked_mse", "patch_mean_std", "patch_targets"]
+
+
+def patch_mean_std(patches: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and std (variance + 1e-6, as MAE's norm_pix_loss) of ``(B, L, D)`` patches."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True)
+    return mean, (var + 1.0e-6) ** 0.5
 
 
 def patch_targets(frames: torch.Tensor, patch_size: int, norm_pix_loss: bool) -> torch.Tensor:
     """Per-patch pixel targets ``(B, L, P*P*3)``, normalized per patch (mean/var, eps 1e-6) if asked."""
     target = patchify(frames.float(), patch_size)
     if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
+        mean, std = patch_mean_std(target)
+        target = (target - mean) / std
     return target
 
 

@@ -101,14 +101,25 @@ PRESETS: Dict[str, Dict] = {
 }
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+@contextlib.contextmanager
+def _atomic_file(path: str) -> Iterator[str]:
+    """Yields a temporary path beside ``path``; once written it is fsynced and renamed over ``path``,
+    so a crash leaves either the old file or the new one, never a partial one."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save, atomically."""
+    with _atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_encoder(model: VideoMAC, path: str) -> None:
@@ -116,9 +127,8 @@ def save_encoder(model: VideoMAC, path: str) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in model.export_encoder().state_dict().items()}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    save_file(state, tmp, metadata={"architecture": model.encoder_name, "format": "pt"})
-    os.replace(tmp, path)
+    with _atomic_file(path) as tmp:
+        save_file(state, tmp, metadata={"architecture": model.encoder_name, "format": "pt"})
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict:

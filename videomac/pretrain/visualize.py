@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from videomac.masking import PATCH_SIZE, check_images, check_mask, patchify, unpatchify, upsample_mask
 from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+from videomac.pretrain.model import patch_mean_std
 
 __all__ = ["COLUMN_TITLES", "reconstruction_panels", "reconstruction_figure", "save_reconstruction_figure"]
 
@@ -27,10 +28,8 @@ _GREY = 0.5
 
 def _unnormalize_pred(pred: torch.Tensor, frame: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Undo the per-patch normalization of ``norm_pix_loss`` with the true patches' stats (as in MAE)."""
-    target = patchify(frame, patch_size)
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return pred * (var + 1.0e-6) ** 0.5 + mean
+    mean, std = patch_mean_std(patchify(frame, patch_size))
+    return pred * std + mean
 
 
 def reconstruction_panels(
