@@ -30,7 +30,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff"],
+        "dev": ["pytest>=7", "ruff", "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["videomac=videomac.cli:main"]},
     classifiers=[

@@ -15,7 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from videomac.masking import PATCH_SIZE, random_mask, upsample_mask
-from videomac.pretrain.train import PretrainConfig, pretrain
+from videomac.pretrain.config import PretrainConfig
+from videomac.pretrain.train import pretrain
 from videomac.synthetic import render_video
 
 IMG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "img")

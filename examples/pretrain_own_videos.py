@@ -14,7 +14,8 @@ import os
 import timm
 import torch
 
-from videomac.pretrain.train import PretrainConfig, pretrain
+from videomac.pretrain.config import PretrainConfig
+from videomac.pretrain.train import pretrain
 
 
 def main():

@@ -2,7 +2,8 @@
 
 import json
 
-from videomac.bench import CONFIGS, flop_split
+from videomac.bench import CONFIGS
+from videomac.bench.pretrain import flop_split
 from videomac.cli import main
 
 

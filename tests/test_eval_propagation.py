@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from videomac.eval.bench import bench_propagation
+from videomac.bench.propagate import bench_propagation
 from videomac.eval.propagation import (
     LabelPropagator,
     PropagationConfig,

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 import videomac  # noqa: F401
 from videomac.cli import main
 from videomac.convert import convert_official, kernel_to_dense
-from videomac.hub import WeightsNotPublishedError, export_folder, sha256_file
+from videomac.hub import export_folder
+from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[1]

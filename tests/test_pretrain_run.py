@@ -13,7 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from videomac.cli import main
-from videomac.pretrain.train import PretrainConfig, load_checkpoint, pretrain
+from videomac.pretrain.checkpoint import load_checkpoint
+from videomac.pretrain.config import PretrainConfig
+from videomac.pretrain.train import pretrain
 
 SMALL = dict(
     model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=64, num_workers=0,

@@ -10,8 +10,8 @@ from PIL import Image
 
 from videomac.cli import main
 from videomac.eval.datasets import read_label_png
+from videomac.eval.track import processing_size, propagate_video
 from videomac.eval.video import FrameReader, VideoWriter, read_mask
-from videomac.propagate_command import processing_size, propagate_video
 from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
 
 T, SIZE = 12, (96, 128)

@@ -1,10 +1,9 @@
-"""Weights in and out: verified downloads for ``pretrained=True``, safetensors export, model cards,
-Hugging Face Hub push, and the torch.hub entry points. Downloads go through huggingface_hub (its
-cache, ``HF_HUB_OFFLINE=1`` and revisions apply); loading goes through timm."""
+"""Publishing: a run's encoder as a Hub-ready folder (safetensors, timm config, model card), the
+Hugging Face Hub push, and the torch.hub entry points. Downloads for ``pretrained=True`` are
+:mod:`videomac.pretrained` (below the models); reading runs is :mod:`videomac.pretrain.checkpoint`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,96 +11,11 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from videomac.registry import WeightEntry, find_entry, registry_path
+from videomac.pretrain.checkpoint import encoder_from_checkpoint
+from videomac.pretrained import WeightsNotPublishedError, sha256_file
+from videomac.registry import WeightEntry, find_entry
 
-__all__ = [
-    "WeightsNotPublishedError",
-    "sha256_file",
-    "fetch_weights",
-    "resolve_pretrained",
-    "encoder_from_checkpoint",
-    "export_folder",
-    "push",
-    "model_card",
-    "hub_entrypoints",
-]
-
-
-class WeightsNotPublishedError(RuntimeError):
-    """``pretrained=True`` for a model or tag that has no published weights."""
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fetch_weights(entry: WeightEntry) -> str:
-    """Download (or find in the Hugging Face cache) a registry entry's file and check its sha256."""
-    from huggingface_hub import hf_hub_download
-
-    path = hf_hub_download(entry.hf_hub_id, entry.filename, revision=entry.revision)
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        raise ValueError(
-            f"sha256 mismatch for {entry.name} ({entry.hf_hub_id}/{entry.filename}, file {path}): "
-            f"the registry expects {entry.sha256}, the file has {digest}"
-        )
-    return path
-
-
-def _not_published(variant: str, tag: Optional[str]) -> WeightsNotPublishedError:
-    from videomac.pretrain.train import PRESETS
-
-    preset = next((k for k, v in PRESETS.items() if v["model"] == variant), None)
-    recipe = f"--preset {preset}" if preset else f"--model {variant}"
-    what = f"{variant}.{tag}" if tag else variant
-    return WeightsNotPublishedError(
-        f"{what} has no published weights yet (registry: {registry_path()}). Train your own and load them:\n"
-        f"  videomac pretrain {recipe} --data /path/to/videos --output-dir runs/{variant}\n"
-        f"  timm.create_model('{variant}', pretrained=True, "
-        f"pretrained_cfg_overlay=dict(file='runs/{variant}/encoder.safetensors'))"
-    )
-
-
-def resolve_pretrained(variant: str, pretrained: bool, kwargs: Dict) -> Dict:
-    """Called by the model entry points: for registry weights, fetch and verify the file and point
-    timm at it; the user's own file, state_dict or ``hf-hub:`` repo is left to timm; no weights at
-    all is an error, never a silent random init."""
-    if not pretrained:
-        return kwargs
-    from timm.models import resolve_pretrained_cfg
-
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
-    if cfg.file or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir") or cfg.url:
-        return kwargs
-    entry = find_entry(variant, tag=cfg.tag)
-    if entry is None or not entry.published:
-        raise _not_published(variant, cfg.tag)
-    overlay["file"] = fetch_weights(entry)
-    return dict(kwargs, pretrained_cfg_overlay=overlay)
-
-
-def encoder_from_checkpoint(path: str) -> torch.nn.Module:
-    """The dense online encoder (a timm model) of a ``videomac pretrain`` checkpoint or run folder."""
-    import timm
-
-    from videomac.pretrain.train import load_checkpoint
-
-    ck = load_checkpoint(path)
-    prefix = "online.encoder.model."
-    state = {k[len(prefix) :]: v for k, v in ck["model"].items() if k.startswith(prefix)}
-    if not state:
-        raise ValueError(f"{path} holds no online encoder weights (keys {prefix}*)")
-    model = timm.create_model(ck["config"]["model"])
-    model.load_state_dict(state, strict=True)
-    model.videomac_config = ck["config"]
-    model.videomac_step = ck.get("step")
-    return model
+__all__ = ["export_folder", "push", "model_card", "hub_entrypoints", "WeightsNotPublishedError", "sha256_file"]
 
 
 def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None,
@@ -237,7 +151,7 @@ def hub_entrypoints() -> Dict[str, Callable]:
     """One torch.hub entry point per registered videomac model, sharing timm's registry."""
     import timm
 
-    import videomac  # noqa: F401  (registers the models)
+    import videomac.models  # noqa: F401  (registers the models)
 
     def make(name: str) -> Callable:
         def entry(pretrained: bool = False, **kwargs):

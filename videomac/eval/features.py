@@ -57,7 +57,7 @@ def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = 
     a state dict from ``weights`` (.safetensors/.pt/.pth). Unknown names raise ``ValueError``."""
     import timm
 
-    import videomac  # noqa: F401  (registers videomac_* with timm)
+    import videomac.models  # noqa: F401  (registers videomac_* with timm)
     if not timm.is_model(name):
         names = timm.list_models()
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)

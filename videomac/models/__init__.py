@@ -1,6 +1,7 @@
 """Encoders (registered with timm on import) and their sparse execution."""
 
-from videomac.models import videomac_convnext, videomac_resnet  # noqa: F401  (registers with timm)
-from videomac.models.sparse import SparseEncoder, register_sparse_container
+from videomac.models import timm_blocks, videomac_convnext, videomac_resnet  # noqa: F401  (registers)
+from videomac.models.blocks import register_block, register_sparse_container
+from videomac.models.encoder import SparseEncoder
 
-__all__ = ["SparseEncoder", "register_sparse_container"]
+__all__ = ["SparseEncoder", "register_sparse_container", "register_block"]

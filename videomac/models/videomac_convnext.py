@@ -9,8 +9,8 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, register_model
 from timm.models.convnext import ConvNeXt
 
-from videomac.hub import resolve_pretrained
 from videomac.models._cfgs import make_default_cfgs
+from videomac.pretrained import resolve_pretrained
 
 _V2 = dict(use_grn=True, ls_init_value=None)
 _V2C = dict(_V2, conv_mlp=True)

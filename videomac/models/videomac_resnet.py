@@ -15,8 +15,9 @@ from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
-from videomac.hub import resolve_pretrained
 from videomac.models._cfgs import make_default_cfgs
+from videomac.models.blocks import BlockParts, layer_list, register_block, register_sparse_container
+from videomac.pretrained import resolve_pretrained
 
 __all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck"]
 
@@ -190,6 +191,19 @@ class VideoMACResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+register_sparse_container(VideoMACResNet)
+register_block(
+    BasicBlock,
+    lambda b: BlockParts([b.conv1, b.norm1, b.act1, b.conv2, b.norm2], None, b.drop_path, layer_list(b.downsample),
+                         [b.act2]),
+)  # fmt: skip
+register_block(
+    Bottleneck,
+    lambda b: BlockParts([b.conv1, b.norm1, b.act1, b.conv2, b.norm2, b.act2, b.conv3, b.norm3], None, b.drop_path,
+                         layer_list(b.downsample), [b.act3]),
+)  # fmt: skip
 
 
 def create_videomac_resnet(variant: str, pretrained: bool = False, **kwargs) -> VideoMACResNet:

@@ -1,8 +1,8 @@
 """Visible-only execution of sparse ConvNets (the ``'visible'`` backend of :class:`SparseEncoder`).
 
-On top of the masked conversion of :mod:`videomac.models.sparse`, residual blocks (ConvNeXt, the
-VideoMAC and timm ResNet blocks) and the ``nn.Sequential`` holding them get visible classes (names
-and parameters untouched). Inside a run of blocks the activations stay *packed*: a ``(N, C)``
+On top of the masked conversion of :mod:`videomac.models.sparse`, the residual blocks each family
+declares (:func:`videomac.models.blocks.register_block`) and the ``nn.Sequential`` holding them get
+visible classes (names and parameters untouched). Inside a run of blocks the activations stay *packed*: a ``(N, C)``
 tensor of the N visible positions of the batch (row-major over ``(b, h, w)``). Pointwise layers
 (Linear, 1x1 conv, LayerNorm, BatchNorm, GRN, activations) run on the packed tokens only; spatial
 convs (depthwise 7x7, 3x3, strided) scatter to a dense zero-filled map, run dense and gather
@@ -15,7 +15,7 @@ copies, and PyTorch's CPU depthwise conv is several times faster in that layout.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -23,15 +23,12 @@ import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers.grn import GlobalResponseNorm
-from timm.layers.mlp import ConvMlp, GlobalResponseNormMlp, Mlp
-from timm.models.convnext import ConvNeXtBlock
-from timm.models.resnet import BasicBlock as TimmBasicBlock
-from timm.models.resnet import Bottleneck as TimmBottleneck
 
-from videomac.models.sparse import _ZERO_PRESERVING, MaskContext, _Sparse, update_running_stats
-from videomac.models.videomac_resnet import BasicBlock, Bottleneck
+from videomac.masking import upsample_mask
+from videomac.models.blocks import ZERO_PRESERVING, block_parts, dense_class
+from videomac.models.context import MaskContext, SparseLayer, update_running_stats
 
-__all__ = ["visibilize", "minkowski_available", "require_minkowski"]
+__all__ = ["visibilize", "gather", "scatter"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -43,8 +40,6 @@ def _index(ctx: MaskContext, hw: Tuple[int, int], device) -> Dict[str, object]:
     key = ("visible", hw, device)
     info = ctx._cache.get(key)
     if info is None:
-        from videomac.masking import upsample_mask
-
         if ctx.active is None:
             raise RuntimeError("visible layer called outside SparseEncoder.forward (no mask set)")
         B = ctx.active.shape[0]
@@ -122,10 +117,6 @@ class _State:
 # Pointwise layers on packed tokens.
 
 
-def _dense_cls(m: nn.Module) -> Type[nn.Module]:
-    return getattr(m, "_vm_dense_cls", type(m))
-
-
 def _segment_sum(x: torch.Tensor, info: Dict[str, object]) -> torch.Tensor:
     """Per-sample sums over packed tokens: ``(N, C)`` -> ``(B, C)``."""
     k = info["per_sample"]
@@ -169,7 +160,7 @@ _LAYER_NORMS = (nn.LayerNorm, LayerNorm2d, TimmLayerNorm)
 
 def _kind(m: nn.Module) -> Optional[str]:
     """How ``m`` runs on packed tokens, or None if it is not pointwise (it then runs dense)."""
-    cls = _dense_cls(m)
+    cls = dense_class(m)
     if cls is nn.Linear:
         return "linear"
     if cls is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1:
@@ -182,7 +173,7 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "grn"
     if isinstance(m, DropPath):
         return "drop_path"
-    if isinstance(m, _ZERO_PRESERVING):
+    if isinstance(m, ZERO_PRESERVING):
         return "elementwise"
     return None
 
@@ -223,7 +214,7 @@ def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State
         kind = _kind(m)
         if kind is not None:
             st = _pointwise(m, kind, st, ctx)
-        elif _dense_cls(m) is nn.Conv2d:
+        elif dense_class(m) is nn.Conv2d:
             # Visible outputs of a conv only read zeros at masked inputs; its output mask is left to
             # the next gather (or to_dense).
             st = _State.dense(nn.Conv2d.forward(m, st.to_dense(ctx)), masked=False)
@@ -233,76 +224,15 @@ def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State
 
 
 # ----------------------------------------------------------------------------------------------
-# Blocks: each supported class lists its layers in forward order.
+# Blocks (declared by each family with videomac.models.blocks.register_block) on packed tokens.
 
 
-def _mlp_ops(mlp: nn.Module) -> Optional[List[nn.Module]]:
-    cls = _dense_cls(mlp)
-    if cls is GlobalResponseNormMlp:
-        return [mlp.fc1, mlp.act, mlp.drop1, mlp.grn, mlp.fc2, mlp.drop2]
-    if cls is Mlp:
-        return [mlp.fc1, mlp.act, mlp.drop1, mlp.norm, mlp.fc2, mlp.drop2]
-    if cls is ConvMlp:
-        return [mlp.fc1, mlp.norm, mlp.act, mlp.drop, mlp.fc2]
-    return None
-
-
-# class -> fn(block) -> (main ops, layer scale or None, drop_path, shortcut ops, post-residual ops),
-# or None when this instance has parts the packed path does not know (it then stays masked).
-_Parts = Tuple[List[nn.Module], Optional[torch.Tensor], Optional[nn.Module], List[nn.Module], List[nn.Module]]
-
-
-def _convnext_parts(b: ConvNeXtBlock) -> Optional[_Parts]:
-    mlp = _mlp_ops(b.mlp)
-    if mlp is None or type(b.shortcut) is not nn.Identity:
-        return None
-    return [b.conv_dw, b.norm, *mlp], b.gamma, b.drop_path, [], []
-
-
-def _vm_basic_parts(b: BasicBlock) -> _Parts:
-    return [b.conv1, b.norm1, b.act1, b.conv2, b.norm2], None, b.drop_path, _seq(b.downsample), [b.act2]
-
-
-def _vm_bottleneck_parts(b: Bottleneck) -> _Parts:
-    main = [b.conv1, b.norm1, b.act1, b.conv2, b.norm2, b.act2, b.conv3, b.norm3]
-    return main, None, b.drop_path, _seq(b.downsample), [b.act3]
-
-
-def _timm_basic_parts(b: TimmBasicBlock) -> Optional[_Parts]:
-    if b.se is not None:
-        return None
-    main = [b.conv1, b.bn1, b.drop_block, b.act1, b.aa, b.conv2, b.bn2]
-    return main, None, b.drop_path, _seq(b.downsample), [b.act2]
-
-
-def _timm_bottleneck_parts(b: TimmBottleneck) -> Optional[_Parts]:
-    if b.se is not None:
-        return None
-    main = [b.conv1, b.bn1, b.act1, b.conv2, b.bn2, b.drop_block, b.act2, b.aa, b.conv3, b.bn3]
-    return main, None, b.drop_path, _seq(b.downsample), [b.act3]
-
-
-def _seq(m: Optional[nn.Module]) -> List[nn.Module]:
-    if m is None:
-        return []
-    return list(m) if _dense_cls(m) is nn.Sequential else [m]
-
-
-_BLOCKS: Dict[Type[nn.Module], Callable[[nn.Module], Optional[_Parts]]] = {
-    ConvNeXtBlock: _convnext_parts,
-    BasicBlock: _vm_basic_parts,
-    Bottleneck: _vm_bottleneck_parts,
-    TimmBasicBlock: _timm_basic_parts,
-    TimmBottleneck: _timm_bottleneck_parts,
-}
-
-
-class _VisibleBlock(_Sparse):
+class _VisibleBlock(SparseLayer):
     """A residual block run on packed visible tokens; ``forward`` keeps the dense interface."""
 
     def forward_packed(self, st: _State) -> _State:
         ctx = self._vm_ctx
-        main, gamma, drop_path, shortcut, post = _BLOCKS[self._vm_dense_cls](self)
+        main, gamma, drop_path, shortcut, post = block_parts(self)
         y = _run(main, st, ctx).to_packed(ctx)
         if gamma is not None:
             y = _State(y.t * gamma, y.hw, True)
@@ -314,7 +244,7 @@ class _VisibleBlock(_Sparse):
         return self.forward_packed(_State.dense(x)).to_dense(self._vm_ctx)
 
 
-class _VisibleSequential(_Sparse):
+class _VisibleSequential(SparseLayer):
     """``nn.Sequential`` of blocks that hands packed tokens from one block to the next."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -341,8 +271,7 @@ def visibilize(model: nn.Module, ctx: MaskContext) -> nn.Module:
     visible classes, in place; other layers keep the masked semantics. ``densify`` undoes both."""
     blocks = []
     for m in model.modules():
-        fn = _BLOCKS.get(type(m))
-        if fn is not None and fn(m) is not None:
+        if block_parts(m) is not None:
             blocks.append(m)
     for m in blocks:
         m.__class__ = _visible_class(type(m), _VisibleBlock)
@@ -352,29 +281,3 @@ def visibilize(model: nn.Module, ctx: MaskContext) -> nn.Module:
             m.__class__ = _visible_class(nn.Sequential, _VisibleSequential)
             m._vm_ctx = ctx
     return model
-
-
-# ----------------------------------------------------------------------------------------------
-# MinkowskiEngine (optional, never required).
-
-
-def minkowski_available() -> Tuple[bool, str]:
-    """Whether ``import MinkowskiEngine`` works, and why not."""
-    try:
-        import MinkowskiEngine  # noqa: F401
-    except Exception as e:  # ImportError, or a broken build raising at import time
-        return False, f"MinkowskiEngine is not importable ({type(e).__name__}: {e})"
-    return True, ""
-
-
-def require_minkowski() -> None:
-    """Raise the reason ``backend='minkowski'`` cannot run here."""
-    ok, why = minkowski_available()
-    if not ok:
-        raise ImportError(f"backend='minkowski' needs MinkowskiEngine: {why}. Use backend='visible' or 'masked'.")
-    # Importable, but no conversion to Minkowski layers has been implemented and verified
-    # against the masked backend; refusing is better than running unchecked numerics.
-    raise NotImplementedError(
-        "backend='minkowski': MinkowskiEngine is importable but videomac has no verified conversion to it yet; "
-        "use backend='visible' (pure PyTorch, same results as 'masked')."
-    )

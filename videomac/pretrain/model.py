@@ -11,7 +11,7 @@ import torch.nn as nn
 from timm.models.convnext import ConvNeXtBlock
 
 from videomac.masking import check_images, check_mask, patchify, random_mask
-from videomac.models.sparse import SparseEncoder
+from videomac.models.encoder import SparseEncoder
 
 __all__ = ["VideoMAC", "Branch", "Decoder", "masked_mse", "patch_mean_std", "patch_targets"]
 

@@ -4,7 +4,6 @@ checkpoints with exact resume, JSONL metrics, reconstruction figures, dense enco
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -12,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -20,149 +18,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from videomac.pretrain.checkpoint import atomic_save, build_model, load_checkpoint, save_encoder
+from videomac.pretrain.config import CHECKPOINT, ENCODER, METRICS, PretrainConfig
 from videomac.pretrain.data import FramePairDataset
-from videomac.pretrain.model import VideoMAC
 from videomac.pretrain.schedule import build_optimizer, ema_momentum, learning_rate
 from videomac.pretrain.visualize import save_reconstruction_figure
 
-__all__ = [
-    "PretrainConfig", "PRESETS", "pretrain", "build_model", "save_encoder", "load_checkpoint", "load_pretrainer",
-    "atomic_save",
-]  # fmt: skip
-
-CHECKPOINT = "checkpoint.pt"
-ENCODER = "encoder.safetensors"
-METRICS = "metrics.jsonl"
-
-
-@dataclass
-class PretrainConfig:
-    """Every setting of a run; the defaults are the paper recipe (DESIGN.md §1)."""
-
-    model: str = "videomac_cnxv2_s"
-    data: Optional[str] = None  # None: the built-in procedural videos
-    output_dir: str = "runs/videomac"
-    input_size: int = 224
-    gap: int = 1
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 1
-    gamma: float = 1.0
-    norm_pix_loss: bool = True
-    motion_weight: float = 0.0
-    drop_path: float = 0.0
-    backend: str = "visible"  # sparse execution: visible | masked (same results) | minkowski (where available)
-    batch_size: int = 64  # per process
-    accum_iter: int = 1
-    total_batch: Optional[int] = None  # if set, accum_iter = total_batch / (batch_size * world)
-    epochs: int = 100
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs
-    stop_after: Optional[int] = None  # stop (with a checkpoint) after this many steps of this invocation
-    warmup_epochs: float = 10.0
-    warmup_steps: Optional[int] = None
-    blr: float = 1.0e-3
-    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    ema_base: float = 0.996
-    ema_final: float = 1.0
-    clip_grad: Optional[float] = None
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
-    device: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
-    vis_every: int = 10  # epochs between reconstruction figures (and one at the end)
-    pairs_per_video: int = 1
-    synthetic_videos: int = 32
-    synthetic_frames: int = 32
-    video_short_side: Optional[int] = None
-    progress: bool = True
-    export: bool = True
-    resume: Optional[str] = None  # checkpoint to continue from
-
-    def to_dict(self) -> Dict:
-        return dataclasses.asdict(self)
-
-
-_PAPER = dict(
-    input_size=224, mask_ratio=0.75, gamma=1.0, norm_pix_loss=True, total_batch=512, epochs=100,
-    warmup_epochs=10.0, blr=1.0e-3, weight_decay=0.05, ema_base=0.996, gap=1, amp="bf16",
-)  # fmt: skip
-PRESETS: Dict[str, Dict] = {
-    "paper-rn18": dict(_PAPER, model="videomac_rn18"),
-    "paper-rn50": dict(_PAPER, model="videomac_rn50"),
-    "paper-rn101": dict(_PAPER, model="videomac_rn101"),
-    "paper-cnxv2-t": dict(_PAPER, model="videomac_cnxv2_t"),
-    "paper-cnxv2-s": dict(_PAPER, model="videomac_cnxv2_s"),
-    "paper-cnxv1-t": dict(_PAPER, model="videomac_cnxv1_t"),
-    "paper-cnxv1-s": dict(_PAPER, model="videomac_cnxv1_s"),
-}
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str) -> Iterator[str]:
-    """Yields a temporary path beside ``path``; once written it is fsynced and renamed over ``path``,
-    so a crash leaves either the old file or the new one, never a partial one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_save(obj, path: str) -> None:
-    """torch.save, atomically."""
-    with _atomic_file(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def save_encoder(model: VideoMAC, path: str) -> None:
-    """The dense online encoder as safetensors with timm key names (atomic)."""
-    from safetensors.torch import save_file
-
-    state = {k: v.contiguous() for k, v in model.export_encoder().state_dict().items()}
-    with _atomic_file(path) as tmp:
-        save_file(state, tmp, metadata={"architecture": model.encoder_name, "format": "pt"})
-
-
-def load_checkpoint(path: str, map_location="cpu") -> Dict:
-    """A pretraining checkpoint (``path`` may be the run folder)."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
-
-
-def build_model(cfg: PretrainConfig) -> VideoMAC:
-    return VideoMAC(
-        cfg.model,
-        mask_ratio=cfg.mask_ratio,
-        decoder_dim=cfg.decoder_dim,
-        decoder_depth=cfg.decoder_depth,
-        gamma=cfg.gamma,
-        norm_pix_loss=cfg.norm_pix_loss,
-        motion_weight=cfg.motion_weight,
-        drop_path_rate=cfg.drop_path,
-        backend=cfg.backend,
-    )
-
-
-def load_pretrainer(path: str, map_location="cpu") -> Tuple[VideoMAC, PretrainConfig]:
-    """The VideoMAC module (online and target) and config of a pretraining checkpoint."""
-    ck = load_checkpoint(path, map_location)
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
-    cfg = PretrainConfig(**{k: v for k, v in ck["config"].items() if k in names})
-    model = build_model(cfg)
-    model.load_state_dict(ck["model"])
-    return model, cfg
-
+__all__ = ["pretrain"]
 
 class _Dist:
     """torch.distributed from torchrun's environment (gloo on CPU, nccl on CUDA), or a single process."""

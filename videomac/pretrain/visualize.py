@@ -18,7 +18,10 @@ from videomac.masking import PATCH_SIZE, check_images, check_mask, patchify, unp
 from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
 from videomac.pretrain.model import patch_mean_std
 
-__all__ = ["COLUMN_TITLES", "reconstruction_panels", "reconstruction_figure", "save_reconstruction_figure"]
+__all__ = [
+    "COLUMN_TITLES", "reconstruction_panels", "reconstruction_figure", "save_reconstruction_figure",
+    "visualize_checkpoint",
+]  # fmt: skip
 
 COLUMN_TITLES = ("frame 1", "frame 2", "masked input", "online recon", "target recon")
 _PAD = 4
@@ -112,3 +115,25 @@ def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
     os.makedirs(d, exist_ok=True)
     fig.save(path, format="PNG")
     return fig
+
+
+def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0) -> str:
+    """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model."""
+    from videomac.pretrain.checkpoint import load_pretrainer
+    from videomac.pretrain.data import FramePairDataset
+
+    model, cfg = load_pretrainer(checkpoint)
+    model.eval()
+    size = input_size or cfg.input_size
+    torch.manual_seed(seed)
+    data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
+    pairs = [data[i] for i in range(rows)]
+    frame1 = torch.stack([p[0] for p in pairs])
+    frame2 = torch.stack([p[1] for p in pairs])
+    with torch.no_grad():
+        result = model(frame1, frame2)
+    save_reconstruction_figure(
+        out, frame1, frame2, result["mask"], result["pred_online"], result["pred_target"],
+        patch_size=model.patch_size, norm_pix_loss=cfg.norm_pix_loss, max_rows=rows,
+    )  # fmt: skip
+    return out

@@ -1,4 +1,5 @@
 """Label-propagation throughput: local-window :class:`LabelPropagator` vs the naive dense form."""
+
 from __future__ import annotations
 
 import time
@@ -6,14 +7,10 @@ from typing import Dict, Optional, Union
 
 import torch
 
+from videomac.bench.common import sync
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, propagate_dense
 
 __all__ = ["bench_propagation"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -45,14 +42,14 @@ def bench_propagation(
     feats = torch.randn(num_frames, channels, height, width, generator=g).to(device, dtype)
     labels = torch.softmax(3 * torch.randn(num_labels, height, width, generator=g), 0).to(device)
 
-    _sync(device)
+    sync(device)
     t_all = time.perf_counter()
     prop = LabelPropagator(feats[0], labels, cfg, tile=tile, max_chunk_mb=max_chunk_mb)
     local, local_t = [labels], []
     for t in range(1, num_frames):
         t0 = time.perf_counter()
         local.append(prop.step(feats[t]))
-        _sync(device)
+        sync(device)
         local_t.append(time.perf_counter() - t0)
     local_total = time.perf_counter() - t_all
     local = torch.stack(local)
@@ -62,10 +59,17 @@ def bench_propagation(
 
     steady = slice(cfg.n_context, None)
     out: Dict[str, object] = {
-        "frames": num_frames, "feature_map": [height, width], "channels": channels, "labels": num_labels,
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-        "config": cfg.__dict__, "tile": tile,
-        "local_fps": (num_frames - 1) / local_total, "local_fps_steady": fps(local_t[steady]),
+        "frames": num_frames,
+        "feature_map": [height, width],
+        "channels": channels,
+        "labels": num_labels,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "config": cfg.__dict__,
+        "tile": tile,
+        "local_fps": (num_frames - 1) / local_total,
+        "local_fps_steady": fps(local_t[steady]),
     }
     if device.type == "cuda":
         out["local_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

@@ -1,18 +1,12 @@
 """``videomac eval {davis,vip,jhmdb}``: label propagation with a frozen encoder."""
+
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-
-__all__ = ["register", "main"]
 
 
-def _stage(s: str):
-    return None if s in ("", "auto") else s
-
-
-def register(subparsers) -> argparse.ArgumentParser:
+def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
         help="label-propagation evaluation (DAVIS-2017, VIP, JHMDB)",
@@ -22,7 +16,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     bench.required = True
     for name, help_ in (("davis", "DAVIS-2017 video object segmentation (J&F)"),
                         ("vip", "VIP human part propagation (mIoU)"),
-                        ("jhmdb", "JHMDB pose keypoint propagation (PCK)")):
+                        ("jhmdb", "JHMDB pose keypoint propagation (PCK)")):  # fmt: skip
         b = bench.add_parser(name, help=help_)
         b.add_argument("--model", required=True, help="registered encoder (videomac_rn50, ...) or timm model")
         b.add_argument("--weights", default=None, help="state dict (.safetensors / .pt / .pth)")
@@ -37,7 +31,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         b.add_argument("--topk", type=int, default=10)
         b.add_argument("--temperature", type=float, default=0.05)
         b.add_argument("--restrict-first", action="store_true",
-                       help="apply the spatial radius to the first frame too (CRW searches it globally)")
+                       help="apply the spatial radius to the first frame too (CRW searches it globally)")  # fmt: skip
         b.add_argument("--batch-size", type=int, default=8, help="frames per encoder forward")
         b.add_argument("--overlay-frames", type=int, default=6, help="frames per overlay contact sheet (0: none)")
         b.add_argument("--no-progress", action="store_true")
@@ -49,37 +43,19 @@ def register(subparsers) -> argparse.ArgumentParser:
             b.add_argument("--list", dest="list_file", default=None, help="video list file")
             b.add_argument("--size", type=int, default=560 if name == "vip" else 320, help="square input size")
         b.set_defaults(func=main)
-    return p
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
+    from videomac.eval.benchmark import run_benchmark
 
-    from videomac.eval.features import FeatureExtractor
-    from videomac.eval.propagation import PropagationConfig
-    from videomac.eval.runner import run_davis, run_jhmdb, run_vip
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
-    dtype = torch.bfloat16 if args.half and device.startswith("cuda") else torch.float32
-    extractor = FeatureExtractor(args.model, stage=_stage(args.stage) if args.stage else None,
-                                 stride=args.stride, weights=args.weights, device=device, dtype=dtype)
-    config = PropagationConfig(n_context=args.n_context, radius=args.radius, topk=args.topk,
-                               temperature=args.temperature, restrict_first=args.restrict_first)
-    common = dict(config=config, batch_size=args.batch_size, overlay_frames=args.overlay_frames,
-                  progress=not args.no_progress)
-    print(f"encoder: {extractor.describe()}  device: {device}", file=sys.stderr)
-    if args.benchmark == "davis":
-        m = run_davis(extractor, args.root, args.out, sequences=args.sequences, split=args.split, **common)
-        keys = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]
-    elif args.benchmark == "vip":
-        m = run_vip(extractor, args.root, args.out, list_file=args.list_file, videos=args.videos,
-                    size=args.size, **common)
-        keys = ["mIoU"]
-    else:
-        m = run_jhmdb(extractor, args.root, args.out, list_file=args.list_file, videos=args.videos,
-                      size=args.size, **common)
-        keys = ["PCK@0.1", "PCK@0.2"]
-    print(json.dumps({k: round(float(m[k]), 6) for k in keys}))
+    extra = dict(sequences=args.sequences, split=args.split) if args.benchmark == "davis" else dict(
+        list_file=args.list_file, videos=args.videos, size=args.size)  # fmt: skip
+    stage = None if args.stage in (None, "", "auto") else args.stage
+    metrics, keys = run_benchmark(
+        args.benchmark, args.model, args.root, args.out, weights=args.weights, device=args.device,
+        stage=stage, stride=args.stride, half=args.half, n_context=args.n_context, radius=args.radius,
+        topk=args.topk, temperature=args.temperature, restrict_first=args.restrict_first,
+        batch_size=args.batch_size, overlay_frames=args.overlay_frames, progress=not args.no_progress, **extra,
+    )  # fmt: skip
+    print(json.dumps({k: round(float(metrics[k]), 6) for k in keys}))
     return 0

@@ -1,4 +1,4 @@
-"""``videomac pretrain`` and ``videomac visualize``."""
+"""``videomac pretrain``: VideoMAC pretraining on frame pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import dataclasses
 import json
 import os
 
-from videomac.pretrain.train import CHECKPOINT, PRESETS, PretrainConfig
+from videomac.presets import PRESETS
+from videomac.pretrain.config import PretrainConfig
 
 _DEFAULT = PretrainConfig()
 
@@ -45,8 +46,8 @@ def register(sub) -> None:
     g.add_argument("--norm-pix-loss", type=_bool)
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
-    g.add_argument("--backend", choices=["visible", "masked", "minkowski"],
-                   help="encoder execution: visible-only pointwise layers (default) or masked-dense")  # fmt: skip
+    g.add_argument("--backend", choices=["visible", "masked"],
+                   help="encoder execution: visible-only pointwise layers or masked-dense (the reference)")  # fmt: skip
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
@@ -75,84 +76,16 @@ def register(sub) -> None:
     g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
     g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
     g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    p.set_defaults(func=run_pretrain)
-
-    v = sub.add_parser(
-        "visualize",
-        help="reconstruction figure (frame pair, mask, online and target reconstructions) from a checkpoint",
-    )
-    v.add_argument("checkpoint", help="checkpoint.pt of a pretraining run (or its folder)")
-    v.add_argument("video", help="a video file or a folder of frames")
-    v.add_argument("--out", default="reconstruction.png")
-    v.add_argument("--rows", type=int, default=4, help="frame pairs to show")
-    v.add_argument("--input-size", type=int, default=None, help="default: the run's")
-    v.add_argument("--seed", type=int, default=0)
-    v.set_defaults(func=run_visualize)
+    p.set_defaults(func=main)
 
 
-def config_from_args(args) -> PretrainConfig:
-    values = {}
-    if args.preset:
-        values.update(PRESETS[args.preset])
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    for name in fields:
-        v = getattr(args, name, None)
-        if v is not None:
-            values[name] = v
-    resume = getattr(args, "resume_from", None)
-    if resume:
-        path = resume
-        if resume == "auto":
-            path = os.path.join(values.get("output_dir", _DEFAULT.output_dir), CHECKPOINT)
-        elif os.path.isdir(resume):
-            path = os.path.join(resume, CHECKPOINT)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        # A resumed run keeps its recorded settings unless overridden on this command line.
-        with open(os.path.join(os.path.dirname(path), "config.json")) as f:
-            saved = json.load(f)
-        saved = {k: v for k, v in saved.items() if k in fields and k not in values and k != "resume"}
-        values = {**saved, **values, "resume": path}
-        values.setdefault("output_dir", os.path.dirname(path))
-    return PretrainConfig(**values)
-
-
-def run_pretrain(args) -> int:
+def main(args: argparse.Namespace) -> int:
+    from videomac.pretrain.config import resolve_config
     from videomac.pretrain.train import pretrain
 
-    cfg = config_from_args(args)
-    summary = pretrain(cfg)
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    summary = pretrain(resolve_config(values, preset=args.preset, resume=args.resume_from))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
-    return 0
-
-
-def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0) -> str:
-    """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model."""
-    import torch
-
-    from videomac.pretrain.data import FramePairDataset
-    from videomac.pretrain.train import load_pretrainer
-    from videomac.pretrain.visualize import save_reconstruction_figure
-
-    model, cfg = load_pretrainer(checkpoint)
-    model.eval()
-    size = input_size or cfg.input_size
-    torch.manual_seed(seed)
-    data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
-    pairs = [data[i] for i in range(rows)]
-    frame1 = torch.stack([p[0] for p in pairs])
-    frame2 = torch.stack([p[1] for p in pairs])
-    with torch.no_grad():
-        result = model(frame1, frame2)
-    save_reconstruction_figure(
-        out, frame1, frame2, result["mask"], result["pred_online"], result["pred_target"],
-        patch_size=model.patch_size, norm_pix_loss=cfg.norm_pix_loss, max_rows=rows,
-    )  # fmt: skip
-    return out
-
-
-def run_visualize(args) -> int:
-    path = visualize_checkpoint(args.checkpoint, args.video, args.out, args.rows, args.input_size, args.seed)
-    print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
-"""The ``videomac`` command. Each subcommand lives in its own module and registers itself here."""
+"""The ``videomac`` command. Each subcommand is one thin module of this package (parse the arguments,
+call one library function, print); the library functions live in their subsystems."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ import importlib
 import sys
 from typing import List, Optional
 
-# (subcommand module, attribute) pairs; each module defines ``register(subparsers)`` which adds
-# its parser and sets ``func`` to a callable taking the parsed args and returning an exit code.
-_COMMANDS = [
-    "videomac.pretrain.command",
-    "videomac.eval.command",
-    "videomac.hub_command",
-    "videomac.propagate_command",
-    "videomac.bench",
-]
+# Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+# taking the parsed args and returning an exit code.
+_COMMANDS = ["pretrain", "visualize", "export", "push", "convert", "eval", "propagate", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"videomac {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"videomac.cli.{name}").register(sub)
     return parser
 
 

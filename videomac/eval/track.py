@@ -1,4 +1,4 @@
-"""``videomac propagate``: track the objects of a first-frame mask through any video.
+"""Track the objects of a first-frame mask through any video (``videomac propagate``).
 
 Frames are streamed (decoded, encoded and propagated a few at a time), so memory stays bounded for
 long videos: the propagator keeps only frame 0 and the last ``n_context`` frames' features. The
@@ -7,7 +7,6 @@ pieces are those of ``videomac eval`` (:class:`~videomac.eval.features.FeatureEx
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-__all__ = ["register", "main", "propagate_video", "processing_size"]
+__all__ = ["propagate_video", "track_video", "processing_size"]
 
 DEFAULT_MODEL = "videomac_rn18"
 
@@ -145,80 +144,48 @@ def propagate_video(
     return summary
 
 
-def _size(s: str) -> Union[int, Tuple[int, int]]:
-    try:
-        if "x" in s.lower():
-            h, w = s.lower().split("x")
-            return int(h), int(w)
-        return int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a short side (480) or HxW (272x640), got {s!r}") from None
-
-
-def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "propagate",
-        help="track the objects of a first-frame mask through a video (label propagation)",
-        description="Propagate a first-frame mask through a video file or a folder of frames with a frozen "
-        "encoder; writes one palette PNG per frame and an overlay MP4.",
-    )
-    p.add_argument("video", help="video file (mp4, webm, mkv, ... anything PyAV decodes) or a folder of frames")
-    p.add_argument("--mask", required=True,
-                   help="first-frame mask PNG: indexed (DAVIS palette; ids 1..N), binary, grayscale ids or colours")
-    p.add_argument("--out", required=True, help="output folder (masks/, overlay.mp4, summary.json)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"encoder name (default {DEFAULT_MODEL}) or any timm model")
-    p.add_argument("--weights", default=None, help="encoder state dict (.safetensors/.pt/.pth), e.g. a run's "
-                   "encoder.safetensors")
-    p.add_argument("--pretrained", action="store_true", help="use the model's published weights (timm pretrained=True)")
-    p.add_argument("--size", type=_size, default=480,
-                   help="frames are downscaled to this short side for the encoder (default 480; 0 = native) or "
-                   "resized to HxW; outputs keep the video's size")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--half", action="store_true", help="bf16 features on CUDA")
-    p.add_argument("--stage", default=None, help="feature module (default per family: layer3 / stages.2)")
-    p.add_argument("--stride", type=int, default=None, help="feature stride (default 8)")
-    p.add_argument("--n-context", type=int, default=20)
-    p.add_argument("--radius", type=float, default=12.0)
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--temperature", type=float, default=0.05)
-    p.add_argument("--batch-size", type=int, default=4, help="frames per encoder forward")
-    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
-    p.add_argument("--no-overlay", action="store_true", help="write the PNGs only")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=main)
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
+def track_video(
+    video: str,
+    mask: str,
+    out_dir: str,
+    model: str = DEFAULT_MODEL,
+    weights: Optional[str] = None,
+    pretrained: bool = False,
+    device: Optional[str] = None,
+    half: bool = False,
+    stage: Optional[str] = None,
+    stride: Optional[int] = None,
+    n_context: int = 20,
+    radius: float = 12.0,
+    topk: int = 10,
+    temperature: float = 0.05,
+    **kwargs,
+) -> Dict[str, object]:
+    """:func:`propagate_video` with the encoder built from a name: checks the video and mask first (so
+    mistakes fail in a second, not after model setup), then builds the feature extractor
+    (``device`` None: CUDA when available; ``half``: bf16 features on CUDA). ``kwargs`` go to
+    :func:`propagate_video`."""
     import torch
 
     from videomac.eval.features import FeatureExtractor, create_encoder
     from videomac.eval.propagation import PropagationConfig
-    from videomac.hub import WeightsNotPublishedError
+    from videomac.eval.video import FrameReader, read_mask
+    from videomac.pretrained import WeightsNotPublishedError
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
-    # Check the inputs before building the encoder, so mistakes fail in a second, not after model setup.
-    from videomac.eval.video import FrameReader, read_mask
-
-    FrameReader(args.video)
-    read_mask(args.mask)
+    FrameReader(video)
+    read_mask(mask)
     try:
-        encoder = create_encoder(args.model, args.weights, pretrained=args.pretrained)
+        encoder = create_encoder(model, weights, pretrained=pretrained)
     except WeightsNotPublishedError as e:
         raise ValueError(str(e)) from None
-    if not (args.weights or args.pretrained):
-        print(f"note: no --weights: {args.model} is randomly initialised; pass --weights encoder.safetensors "
-              "(from `videomac pretrain`) for real tracking quality", file=sys.stderr)
-    dtype = torch.bfloat16 if args.half and device.startswith("cuda") else torch.float32
-    extractor = FeatureExtractor(encoder, stage=args.stage, stride=args.stride, device=device, dtype=dtype)
-    extractor.model_name = args.model
-    config = PropagationConfig(n_context=args.n_context, radius=args.radius, topk=args.topk,
-                               temperature=args.temperature)
-    s = propagate_video(args.video, args.mask, args.out, extractor=extractor, size=args.size, config=config,
-                        batch_size=args.batch_size, overlay=not args.no_overlay, alpha=args.alpha,
-                        max_frames=args.max_frames, progress=not args.no_progress)
-    print(json.dumps({k: s[k] for k in ("frames", "objects", "frames_per_second", "masks", "overlay")}))
-    return 0
+    if not (weights or pretrained):
+        print(f"note: no --weights: {model} is randomly initialised; pass --weights encoder.safetensors "
+              "(from `videomac pretrain`) for real tracking quality", file=sys.stderr)  # fmt: skip
+    dtype = torch.bfloat16 if half and device.startswith("cuda") else torch.float32
+    extractor = FeatureExtractor(encoder, stage=stage, stride=stride, device=device, dtype=dtype)
+    extractor.model_name = model
+    config = PropagationConfig(n_context=n_context, radius=radius, topk=topk, temperature=temperature)
+    return propagate_video(video, mask, out_dir, extractor=extractor, config=config, **kwargs)

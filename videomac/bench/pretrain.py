@@ -1,32 +1,12 @@
-"""``videomac bench``: pretraining step throughput/memory per sparse backend, and propagation speed.
-
-``videomac bench pretrain`` times one full train step (forward + backward + AdamW step + EMA update)
-of the same batch under four configurations per encoder, side by side in one run:
-
-- ``visible``: VideoMAC with ``backend='visible'`` (pointwise layers on visible positions only);
-- ``masked``: VideoMAC with ``backend='masked'`` (every layer dense, masked positions zeroed);
-- ``visible_r0``: the visible path with nothing masked (separates implementation effects from sparsity);
-- ``dense``: the plain timm encoder on unmasked frames + the same decoder, EMA target and losses;
-
-plus one ``vit_s16_siammae`` row: a siamese MAE step on timm's ``vit_small_patch16_224`` that
-encodes only the visible tokens of both frames (shared encoder, 2-block 256-d decoder, MSE on masked
-patches, no EMA). Peak memory: each configuration runs in its own process forked from a fresh
-server process (``multiprocessing`` 'forkserver'); on CPU it is the rise of the process's max RSS
-(``getrusage``) over its RSS just before the first step, i.e. optimizer state, gradients and
-activations; on CUDA it is ``torch.cuda.max_memory_allocated`` over the allocation before the
-first step.
-"""
+"""``videomac bench pretrain``: one full train step per configuration, side by side in one run
+(see :mod:`videomac.bench` for what each row measures)."""
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import multiprocessing as mp
 import os
 import platform
-import resource
-import sys
 import time
 import traceback
 from typing import Dict, List, Optional
@@ -36,16 +16,13 @@ import torch
 import torch.nn as nn
 
 import videomac.models  # noqa: F401  (registers the videomac encoders with timm)
+from videomac.bench import CONFIGS, DEFAULT_MODELS, QUICK_MODELS, VIT
+from videomac.bench.common import device_name, maxrss_mb, rss_mb, sync
 from videomac.masking import random_mask
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
 
-__all__ = ["bench_pretrain", "flop_split", "register", "DEFAULT_MODELS", "CONFIGS"]
-
-DEFAULT_MODELS = ["videomac_rn18", "videomac_rn50", "videomac_cnxv2_t", "videomac_cnxv2_s"]
-QUICK_MODELS = ["videomac_cnxv2_atto", "videomac_rn18"]
-CONFIGS = ["visible", "masked", "visible_r0", "dense"]
-VIT = "vit_s16_siammae"
+__all__ = ["bench_pretrain", "flop_split", "format_table", "resolve_options"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,21 +139,6 @@ class SiamMAEViT(nn.Module):
 # One configuration (runs in its own process)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _maxrss_mb() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / 2**20 if sys.platform == "darwin" else r / 1024  # bytes on macOS, KiB on Linux
-
-
 def run_config(cfg: Dict) -> Dict:
     """Build one row's model and time ``cfg['steps']`` train steps on a fixed batch."""
     device = torch.device(cfg["device"])
@@ -213,20 +175,20 @@ def run_config(cfg: Dict) -> Dict:
         model.update_target(0.996)
         return float(loss.detach())
 
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
     else:
-        base = _rss_mb()
+        base = rss_mb()
     for _ in range(cfg["warmup"]):
         step()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     losses = [step() for _ in range(cfg["steps"])]
-    _sync(device)
+    sync(device)
     dt = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _maxrss_mb()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else maxrss_mb()
     return dict(
         model=cfg["model"], config=kind, pairs_per_s=B * cfg["steps"] / dt, step_s=dt / cfg["steps"],
         peak_mem_mb=peak - base, loss=losses[-1],
@@ -287,7 +249,7 @@ def bench_pretrain(
     ctx = None
     if isolate:
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["videomac.bench"])  # one torch import for all rows
+        ctx.set_forkserver_preload(["videomac.bench.pretrain"])  # one torch import for all rows
     rows = []
     for cfg in todo:
         t0 = time.perf_counter()
@@ -301,7 +263,7 @@ def bench_pretrain(
     meta = dict(
         torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count(),
-        threads=torch.get_num_threads(), device_name=_device_name(device),
+        threads=torch.get_num_threads(), device_name=device_name(device),
         memory_method=(
             "torch.cuda.max_memory_allocated - allocated before the first step" if device.startswith("cuda")
             else "max RSS (getrusage) - RSS before the first step, one forked process per row"
@@ -312,12 +274,6 @@ def bench_pretrain(
         for r in rows:
             r.pop("peak_mem_mb", None)
     return dict(meta=meta, rows=rows, flops=flops)
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
@@ -362,95 +318,17 @@ def format_table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def _cmd_pretrain(args) -> int:
-    quick = args.quick
-    models = args.models or (QUICK_MODELS if quick else DEFAULT_MODELS)
-    models = [m for part in models for m in part.split(",") if m]
+def resolve_options(quick: bool = False, models=None, configs=None, batch_size=None, input_size=None, steps=None,
+                    warmup=None, **rest) -> Dict:  # fmt: skip
+    """:func:`bench_pretrain` keywords from options where None means "the default" (``quick``: a smoke test)."""
 
     def pick(v, quick_v, full_v):
         return v if v is not None else (quick_v if quick else full_v)
 
-    kw = dict(
-        models=models,
-        batch_size=pick(args.batch_size, 2, 8),
-        input_size=pick(args.input_size, 64, 224),
-        steps=pick(args.steps, 2, 3),
-        warmup=pick(args.warmup, 1, 1),
-        device=args.device,
-        amp=args.amp,
-        compile=args.compile,
-        mask_ratio=args.mask_ratio,
-        configs=args.configs.split(",") if args.configs else None,
-        vit=not args.no_vit,
-        isolate=not args.no_isolate,
-    )
-    unknown = set(kw["configs"] or []) - set(CONFIGS)
+    models = [m for part in (models or (QUICK_MODELS if quick else DEFAULT_MODELS)) for m in part.split(",") if m]
+    configs = configs.split(",") if isinstance(configs, str) else configs
+    unknown = set(configs or []) - set(CONFIGS)
     if unknown:
         raise ValueError(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
-    print(f"videomac bench pretrain: {json.dumps({k: v for k, v in kw.items() if k != 'models'})}")
-    result = bench_pretrain(**kw)
-    print()
-    print(format_table(result))
-    print(f"\nmemory: {result['meta']['memory_method']}")
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
-        print(f"wrote {args.out}")
-    return 1 if any("error" in r for r in result["rows"]) else 0
-
-
-def _cmd_propagate(args) -> int:
-    try:
-        from videomac.eval.bench import bench_propagation
-    except ImportError as e:
-        print(f"videomac bench propagate: not available (videomac.eval.bench.bench_propagation: {e})")
-        return 2
-    kw = dict(device=args.device)
-    if args.quick:
-        kw.update(num_frames=6, height=24, width=40, channels=64)
-    result = bench_propagation(**kw)
-    print(json.dumps(result, indent=2, default=str))
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2, default=str)
-        print(f"wrote {args.out}")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: sparse pretraining step, label propagation")
-    sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
-
-    pp = sub.add_parser(
-        "pretrain",
-        help="train-step pairs/s and peak memory: visible vs masked vs dense vs ViT-S/16 SiamMAE",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pp.add_argument("--models", nargs="+", help=f"encoders (default {' '.join(DEFAULT_MODELS)})")
-    pp.add_argument("--configs", help=f"comma-separated subset of {','.join(CONFIGS)} (default all)")
-    pp.add_argument("--batch-size", type=int, help="frame pairs per step (default 8; quick 2)")
-    pp.add_argument("--input-size", type=int, help="square input size in px (default 224; quick 64)")
-    pp.add_argument("--steps", type=int, help="timed steps per row (default 3; quick 2)")
-    pp.add_argument("--warmup", type=int, help="untimed steps first (default 1)")
-    pp.add_argument("--mask-ratio", type=float, default=0.75)
-    pp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    pp.add_argument("--compile", action="store_true", help="torch.compile the model of every row")
-    pp.add_argument("--no-vit", action="store_true", help="skip the ViT-S/16 SiamMAE row")
-    pp.add_argument("--no-isolate", action="store_true", help="run rows in this process (no CPU memory numbers)")
-    pp.add_argument("--quick", action="store_true", help="smoke test: cnxv2_atto + rn18, 64 px, batch 2, 2 steps")
-    pp.add_argument("--out", help="write the results as JSON")
-    pp.set_defaults(func=_cmd_pretrain)
-
-    pr = sub.add_parser("propagate", help="label-propagation frames/s (videomac.eval.bench.bench_propagation)")
-    pr.add_argument("--device", default="cpu")
-    pr.add_argument("--quick", action="store_true", help="small sizes")
-    pr.add_argument("--out", help="write the results as JSON")
-    pr.set_defaults(func=_cmd_propagate)
+    return dict(models=models, configs=configs, batch_size=pick(batch_size, 2, 8), input_size=pick(input_size, 64, 224),
+                steps=pick(steps, 2, 3), warmup=pick(warmup, 1, 1), **rest)  # fmt: skip

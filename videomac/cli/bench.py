@@ -1,0 +1,80 @@
+"""``videomac bench pretrain|propagate``: benchmarks, measured side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from videomac import bench
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks: sparse pretraining step, label propagation")
+    sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    pp = sub.add_parser(
+        "pretrain",
+        help="train-step pairs/s and peak memory: visible vs masked vs dense vs ViT-S/16 SiamMAE",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pp.add_argument("--models", nargs="+", help=f"encoders (default {' '.join(bench.DEFAULT_MODELS)})")
+    pp.add_argument("--configs", help=f"comma-separated subset of {','.join(bench.CONFIGS)} (default all)")
+    pp.add_argument("--batch-size", type=int, help="frame pairs per step (default 8; quick 2)")
+    pp.add_argument("--input-size", type=int, help="square input size in px (default 224; quick 64)")
+    pp.add_argument("--steps", type=int, help="timed steps per row (default 3; quick 2)")
+    pp.add_argument("--warmup", type=int, help="untimed steps first (default 1)")
+    pp.add_argument("--mask-ratio", type=float, default=0.75)
+    pp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    pp.add_argument("--compile", action="store_true", help="torch.compile the model of every row")
+    pp.add_argument("--no-vit", action="store_true", help="skip the ViT-S/16 SiamMAE row")
+    pp.add_argument("--no-isolate", action="store_true", help="run rows in this process (no CPU memory numbers)")
+    pp.add_argument("--quick", action="store_true", help="smoke test: cnxv2_atto + rn18, 64 px, batch 2, 2 steps")
+    pp.add_argument("--out", help="write the results as JSON")
+    pp.set_defaults(func=pretrain)
+
+    pr = sub.add_parser("propagate", help="label-propagation frames/s: local window vs naive dense affinity")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--quick", action="store_true", help="small sizes")
+    pr.add_argument("--out", help="write the results as JSON")
+    pr.set_defaults(func=propagate)
+
+
+def _write(result, path) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=2, default=str)
+        print(f"wrote {path}")
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    from videomac.bench.pretrain import bench_pretrain, format_table, resolve_options
+
+    kw = resolve_options(
+        args.quick, models=args.models, configs=args.configs, batch_size=args.batch_size,
+        input_size=args.input_size, steps=args.steps, warmup=args.warmup, device=args.device, amp=args.amp,
+        compile=args.compile, mask_ratio=args.mask_ratio, vit=not args.no_vit, isolate=not args.no_isolate,
+    )  # fmt: skip
+    print(f"videomac bench pretrain: {json.dumps({k: v for k, v in kw.items() if k != 'models'})}")
+    result = bench_pretrain(**kw)
+    print()
+    print(format_table(result))
+    print(f"\nmemory: {result['meta']['memory_method']}")
+    _write(result, args.out)
+    return 1 if any("error" in r for r in result["rows"]) else 0
+
+
+def propagate(args: argparse.Namespace) -> int:
+    from videomac.bench.propagate import bench_propagation
+
+    kw = dict(device=args.device)
+    if args.quick:
+        kw.update(num_frames=6, height=24, width=40, channels=64)
+    result = bench_propagation(**kw)
+    print(json.dumps(result, indent=2, default=str))
+    _write(result, args.out)
+    return 0

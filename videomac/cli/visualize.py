@@ -1,0 +1,27 @@
+"""``videomac visualize``: reconstruction figure of a pretraining checkpoint on any video."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    v = sub.add_parser(
+        "visualize",
+        help="reconstruction figure (frame pair, mask, online and target reconstructions) from a checkpoint",
+    )
+    v.add_argument("checkpoint", help="checkpoint.pt of a pretraining run (or its folder)")
+    v.add_argument("video", help="a video file or a folder of frames")
+    v.add_argument("--out", default="reconstruction.png")
+    v.add_argument("--rows", type=int, default=4, help="frame pairs to show")
+    v.add_argument("--input-size", type=int, default=None, help="default: the run's")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from videomac.pretrain.visualize import visualize_checkpoint
+
+    path = visualize_checkpoint(args.checkpoint, args.video, args.out, args.rows, args.input_size, args.seed)
+    print(f"wrote {path}")
+    return 0

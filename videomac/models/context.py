@@ -1,0 +1,63 @@
+"""What every sparse layer shares: the mask of the current forward pass and the mixin that marks a
+converted layer. Both backends (:mod:`.sparse`, :mod:`.visible`) build on this module."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from videomac.masking import upsample_mask
+
+__all__ = ["MaskContext", "SparseLayer", "update_running_stats"]
+
+
+class MaskContext:
+    """The mask of the current forward pass, shared by all sparse layers of one encoder."""
+
+    def __init__(self) -> None:
+        self.active: Optional[torch.Tensor] = None  # (B, h, w) bool, True = visible
+        self._cache: Dict[Tuple, object] = {}
+
+    def set(self, mask: torch.Tensor) -> None:
+        self.active = ~mask
+        self._cache = {}
+
+    def clear(self) -> None:
+        self.active = None
+        self._cache = {}
+
+    def get(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Float active mask broadcastable to ``x``: (B, 1, H, W), or (B, H, W, 1) if channels-last."""
+        if self.active is None:
+            raise RuntimeError("sparse layer called outside SparseEncoder.forward (no mask set)")
+        hw = tuple(x.shape[1:3]) if channels_last else tuple(x.shape[-2:])
+        key = (hw, x.dtype, x.device)
+        m = self._cache.get(key)
+        if m is None:
+            m = upsample_mask(self.active, hw).to(device=x.device, dtype=x.dtype).unsqueeze(1)
+            self._cache[key] = m
+        return m.permute(0, 2, 3, 1) if channels_last else m
+
+
+class SparseLayer:
+    """Mixin placed before a converted module's original class. ``_vm_ctx`` (the encoder's
+    :class:`MaskContext`) is set at conversion; ``_vm_dense_cls`` is the original class."""
+
+    _vm_ctx: MaskContext
+    _vm_dense_cls: type
+
+    def _mask_out(self, y: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        return y * self._vm_ctx.get(y, channels_last)
+
+
+def update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean, var, n) -> None:
+    """BatchNorm's running-statistics update from batch ``mean``/biased ``var`` over ``n`` positions."""
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var * (n / (n - 1).clamp_min(1.0))
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
