@@ -36,7 +36,7 @@ def main():
     if first.shape != frames.size:
         raise SystemExit(f"the mask is {first.shape}, the video {frames.size} (H, W): they must match")
     ids = np.union1d([0], np.unique(first))
-    # layer3 at stride 8 (ResNets) / stages.2 (ConvNeXt): the paper's evaluation features.
+    # the last stage at stride 8 (layer4 for ResNets / stages.3 for ConvNeXt): the paper's evaluation features.
     device = "cuda" if torch.cuda.is_available() else "cpu"
     extractor = FeatureExtractor(args.model, weights=args.weights, device=device)
     config = PropagationConfig(n_context=args.n_context)

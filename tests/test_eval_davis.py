@@ -94,7 +94,9 @@ def test_cli_end_to_end(davis_root, tmp_path, capsys):
         ]
     )
     assert rc == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    assert "DAVIS layout: DAVIS-2017" in captured.err
+    printed = json.loads(captured.out.strip().splitlines()[-1])
     with open(out / "results.json") as f:
         saved = json.load(f)
     again = evaluate(davis_root, str(out), sequences=[SEQS[0]])
@@ -102,6 +104,9 @@ def test_cli_end_to_end(davis_root, tmp_path, capsys):
         assert again[k] == pytest.approx(saved[k], abs=1e-12)
         assert printed[k] == pytest.approx(saved[k], abs=1e-6)
     assert [r["sequence"] for r in saved["per_sequence"]] == [SEQS[0]] * 2
+    assert saved["layout"] == "DAVIS-2017" and saved["excluded_sequences"] == []
+    assert saved["encoder"]["stage"] == "layer4" and saved["encoder"]["stride"] == 8
+    assert (out / "excluded-sequences-val.csv").read_text().splitlines() == ["Sequence,Reason"]
     pngs = sorted(os.listdir(out / SEQS[0]))
     assert pngs == [f"{t:05d}.png" for t in range(T)]
     from PIL import Image

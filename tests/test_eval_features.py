@@ -1,5 +1,7 @@
 """Frozen-feature extraction: stages, strides, normalization, weights."""
 
+import copy
+
 import numpy as np
 import pytest
 import timm
@@ -13,11 +15,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     "name,stage,stride,natural,channels",
     [
-        ("resnet18", None, None, 16, 256),  # default: layer3 at stride 8
-        ("resnet18", "layer4", 8, 32, 512),
-        ("convnextv2_atto", None, None, 16, 160),  # default: stages.2 at stride 8
+        ("resnet18", None, None, 32, 512),  # default: the last stage (layer4) at stride 8
+        ("resnet18", "layer3", 8, 16, 256),
+        ("convnextv2_atto", None, None, 32, 320),  # default: stages.3 at stride 8
         ("convnextv2_atto", "stages.2", 16, 16, 160),
-        ("videomac_rn18", None, None, 16, 256),
+        ("videomac_rn18", None, None, 32, 512),
     ],
 )
 def test_stage_and_stride(name, stage, stride, natural, channels):
@@ -26,6 +28,57 @@ def test_stage_and_stride(name, stage, stride, natural, channels):
     assert fe.stride == want and fe.natural_stride == natural
     f = fe(np.zeros((2, 64, 96, 3), np.uint8))
     assert f.shape == (2, channels, 64 // want, 96 // want)
+
+
+@pytest.mark.parametrize(
+    "name,stage,channels", [("videomac_rn50", "layer4", 2048), ("videomac_cnxv2_s", "stages.3", 768)]
+)
+def test_paper_default_features(name, stage, channels):
+    """DESIGN.md section 5: the last stage at output stride 8 (RN50 2048-d, CNXv2-S 768-d)."""
+    import videomac  # noqa: F401  (registers the videomac_* encoders)
+
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    fe = FeatureExtractor(model)
+    assert fe.stage == stage and fe.stride == 8 and fe.natural_stride == 32 and fe.post_norm is None
+    f = fe(np.random.default_rng(0).integers(0, 256, (1, 64, 96, 3), dtype=np.uint8))
+    assert f.shape == (1, channels, 64 // 8, 96 // 8)
+    assert torch.isfinite(f).all() and f.std() > 0
+    # kernel sizes and weights are unchanged: only strides (and, for ConvNeXt, the padding of the 2x2
+    # downsampling convs) differ; the strided convs of the last two stages are stride 1 now
+    fresh = dict(timm.create_model(name).named_modules())
+    for mname, m in fe.model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            ref = fresh.get(mname) or fresh[mname.replace(".conv", "")]
+            assert m.kernel_size == ref.kernel_size and m.weight.shape == ref.weight.shape
+    strided = [n for n, m in fe.model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1)]
+    last_two = ("layer3", "layer4") if name.endswith("rn50") else ("stages.2", "stages.3")
+    assert strided and not [n for n in strided if n.startswith(last_two)], strided
+
+
+def test_features_after_stage_norm():
+    """A model with ``norm{i}`` after ``stages.i`` (the videomac ConvNeXt with per-stage LayerNorms): the
+    extractor's features are taken after that norm, whether or not the model's forward applies it."""
+    from timm.layers import LayerNorm2d
+
+    torch.manual_seed(0)
+    model = timm.create_model("convnextv2_atto")
+    plain = FeatureExtractor(copy.deepcopy(model))
+    frames = np.random.default_rng(1).integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)
+    before = plain(frames)
+    norm = LayerNorm2d(320)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    model.norm3 = norm
+    model.norm2 = torch.nn.Identity()  # a norm of another stage plays no part
+    fe = FeatureExtractor(model)
+    assert fe.stage == "stages.3" and fe.post_norm == "norm3" and fe.describe()["post_norm"] == "norm3"
+    after = fe(frames)
+    assert after.shape == before.shape == (2, 320, 8, 12)
+    torch.testing.assert_close(after, norm(before))
+    assert FeatureExtractor(model, stage="stages.2", stride=8).post_norm == "norm2"
+    assert FeatureExtractor(model, stage="stages.1").post_norm is None
 
 
 def test_normalization_from_pretrained_cfg():

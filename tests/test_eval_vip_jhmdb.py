@@ -5,10 +5,14 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+from PIL import Image
 
 from videomac.cli import main as cli_main
 from videomac.eval.datasets import DatasetLayoutError, JhmdbDataset, VipDataset
-from videomac.eval.runner import gaussian_joint_maps, maps_to_joints
+from videomac.eval.features import FeatureExtractor
+from videomac.eval.metrics import confusion_matrix, miou_from_confusion
+from videomac.eval.runner import gaussian_joint_maps, maps_to_joints, run_vip, vip_confusion
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -33,6 +37,59 @@ def test_vip_cli(tmp_path, capsys):
     )
     assert "mIoU" in capsys.readouterr().out
     assert len(os.listdir(out / "videos1")) == 6 and (out / "results.json").is_file()
+
+
+class Colour(nn.Module):
+    """Raw-colour features: the average colour of each 4x4 cell."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(4)
+
+    def forward(self, x):
+        return self.pool(x)
+
+
+def test_vip_confusion_upsamples_prediction_to_native_size():
+    pred = np.array([[1, 2, 3], [0, 1, 19]], np.uint8)  # at processing size 2x3
+    gt = np.kron(pred, np.ones((2, 2), np.uint8))  # native size 4x6: each cell a 2x2 block
+    gt[0, 0] = 255  # ignored, as CRW's fast_hist skips labels outside 0..19
+    gt[3, 5] = 4
+    conf = vip_confusion(gt, pred, 20)
+    assert conf.shape == (20, 20) and conf.sum() == 4 * 6 - 1
+    expect = np.zeros((20, 20), np.int64)
+    for g, p_, n in [(1, 1, 3 + 4), (2, 2, 4), (3, 3, 4), (0, 0, 4), (19, 19, 3), (4, 19, 1)]:
+        expect[g, p_] += n
+    np.testing.assert_array_equal(conf, expect)
+
+
+def test_vip_scored_at_annotation_size_with_frame_0(tmp_path):
+    """As CRW's eval_vip.py: every saved prediction with a label PNG is scored -- frame 0 included -- after
+    a nearest resize from the processing size (40x40 here) to the annotation's native size (72x56)."""
+    r = tmp_path / "vip"
+    H, W, size = 72, 56, 40
+    frames, labels = render_video(7, num_frames=5, size=(H, W), num_objects=3)
+    write_frames(frames, str(r / "Images" / "videos1"))
+    labelled = [0, 2, 4]
+    for t in labelled:
+        write_palette_png(labels[t], str(r / "Category_ids" / "videos1" / f"{t:05d}.png"))
+    (r / "val_videos.txt").write_text("videos1\n")
+    out = tmp_path / "out"
+    m = run_vip(FeatureExtractor(Colour(), stage="pool"), str(r), str(out), size=size, progress=False, overlay_frames=0)
+    conf = np.asarray(m["confusion_matrix"])
+    assert conf.sum() == len(labelled) * H * W  # native size, three labelled frames (frame 0 among them)
+    preds = {t: np.asarray(Image.open(out / "videos1" / f"{t:05d}.png")) for t in range(5)}
+    assert all(p.shape == (size, size) for p in preds.values())
+    expect = sum(
+        confusion_matrix(labels[t], np.asarray(Image.fromarray(preds[t]).resize((W, H), Image.NEAREST)), 20)
+        for t in labelled
+    )
+    np.testing.assert_array_equal(conf, expect)
+    assert m["mIoU"] == miou_from_confusion(expect)[0] == m["per_video"][0]["mIoU"]
+    assert 0.3 < m["mIoU"] < 1.0
+    # frame 0 is the given labels passed through the feature grid and back, as CRW saves it
+    lab0 = np.asarray(Image.fromarray(labels[0]).resize((size, size), Image.NEAREST))
+    assert 0.9 < (preds[0] == lab0).mean() < 1.0
 
 
 def test_joint_maps_roundtrip():

@@ -18,7 +18,7 @@ def bench_propagation(
     num_frames: int = 24,
     height: int = 60,
     width: int = 107,
-    channels: int = 256,
+    channels: int = 512,
     num_labels: int = 8,
     config: Optional[PropagationConfig] = None,
     device: Union[str, torch.device] = "cpu",
@@ -30,7 +30,7 @@ def bench_propagation(
     seed: int = 0,
 ) -> Dict[str, object]:
     """Frames/s of propagating ``num_labels`` soft maps through ``num_frames`` random feature maps of
-    ``channels x height x width`` (default: stride-8 features of a 480x854 frame, ResNet-18 layer3).
+    ``channels x height x width`` (default: stride-8 features of a 480x854 frame, ResNet-18 layer4).
 
     Both implementations run on the same inputs; ``max_abs_diff`` and ``argmax_equal`` (fraction of
     cells with the same argmax label) compare their outputs. ``*_fps`` count all propagated frames;

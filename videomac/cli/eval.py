@@ -9,12 +9,12 @@ import json
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="label-propagation evaluation (DAVIS-2017, VIP, JHMDB)",
+        help="label-propagation evaluation (DAVIS-2017/2016, VIP, JHMDB)",
         description="Propagate first-frame labels with frozen features (CRW protocol) and score them.",
     )
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench.required = True
-    for name, help_ in (("davis", "DAVIS-2017 video object segmentation (J&F)"),
+    for name, help_ in (("davis", "DAVIS video object segmentation, 2016 or 2017 layout (J&F)"),
                         ("vip", "VIP human part propagation (mIoU)"),
                         ("jhmdb", "JHMDB pose keypoint propagation (PCK)")):  # fmt: skip
         b = bench.add_parser(name, help=help_)
@@ -23,7 +23,11 @@ def register(subparsers) -> None:
         b.add_argument("--root", required=True, help="dataset root (see docs/evaluation.md)")
         b.add_argument("--out", required=True, help="output folder")
         b.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-        b.add_argument("--stage", default=None, help="feature module, e.g. layer3 or stages.2 (default per family)")
+        b.add_argument(
+            "--stage",
+            default=None,
+            help="feature module, e.g. layer3 or stages.2 (default: the last stage, layer4 / stages.3, at stride 8)",
+        )
         b.add_argument("--stride", type=int, default=None, help="output stride (default 8)")
         b.add_argument("--half", action="store_true", help="bf16 features on CUDA")
         b.add_argument("--n-context", type=int, default=20)
@@ -38,6 +42,9 @@ def register(subparsers) -> None:
         if name == "davis":
             b.add_argument("--sequences", nargs="+", default=None, help="subset of the split's sequences")
             b.add_argument("--split", default="val")
+            b.add_argument(
+                "--layout", default="auto", choices=["auto", "2016", "2017"], help="DAVIS layout (default: detect)"
+            )
         else:
             b.add_argument("--videos", nargs="+", default=None, help="subset of the list's videos")
             b.add_argument("--list", dest="list_file", default=None, help="video list file")
@@ -48,7 +55,7 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from videomac.eval.benchmark import run_benchmark
 
-    extra = dict(sequences=args.sequences, split=args.split) if args.benchmark == "davis" else dict(
+    extra = dict(sequences=args.sequences, split=args.split, layout=args.layout) if args.benchmark == "davis" else dict(
         list_file=args.list_file, videos=args.videos, size=args.size)  # fmt: skip
     stage = None if args.stage in (None, "", "auto") else args.stage
     metrics, keys = run_benchmark(

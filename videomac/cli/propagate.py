@@ -47,7 +47,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--half", action="store_true", help="bf16 features on CUDA")
-    p.add_argument("--stage", default=None, help="feature module (default per family: layer3 / stages.2)")
+    p.add_argument(
+        "--stage", default=None, help="feature module (default: the last stage, layer4 / stages.3, at stride 8)"
+    )
     p.add_argument("--stride", type=int, default=None, help="feature stride (default 8)")
     p.add_argument("--n-context", type=int, default=20)
     p.add_argument("--radius", type=float, default=12.0)

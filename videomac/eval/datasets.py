@@ -1,12 +1,13 @@
 """Readers for the label-propagation benchmarks; each validates its layout up front and names
 exactly what is missing. Layouts are documented in docs/evaluation.md.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -15,6 +16,11 @@ from videomac.palette import davis_palette as default_palette
 
 __all__ = [
     "DatasetLayoutError",
+    "DAVIS_LAYOUTS",
+    "check_name",
+    "check_relative_path",
+    "normalize_davis_layout",
+    "read_binary_mask",
     "read_image",
     "read_label_png",
     "read_palette",
@@ -34,9 +40,7 @@ class DatasetLayoutError(FileNotFoundError):
 def _fail(name: str, root: str, problems: List[str], limit: int = 12) -> None:
     if problems:
         more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-        raise DatasetLayoutError(
-            f"{name} layout problem under {root}:\n  " + "\n  ".join(problems[:limit]) + more
-        )
+        raise DatasetLayoutError(f"{name} layout problem under {root}:\n  " + "\n  ".join(problems[:limit]) + more)
 
 
 def _natural_key(s: str):
@@ -56,7 +60,7 @@ def read_image(path: str) -> np.ndarray:
 def read_label_png(path: str) -> np.ndarray:
     """``(H, W)`` uint8 label indices of an indexed ('P') or grayscale PNG."""
     with Image.open(path) as im:
-        if im.mode not in ("P", "L", "I", "I;16"):
+        if im.mode not in ("P", "L", "I", "I;16", "1"):
             raise ValueError(f"{path}: expected an indexed (palette) or grayscale label PNG, got mode {im.mode}")
         a = np.asarray(im)
     if a.max(initial=0) > 255:
@@ -86,36 +90,135 @@ def write_label_png(label_map: np.ndarray, path: str, palette: Optional[np.ndarr
     return path
 
 
-class DavisDataset:
-    """DAVIS-2017: ``JPEGImages/480p/<seq>/*.jpg``, ``Annotations/480p/<seq>/*.png`` (palette PNGs) and
-    ``ImageSets/2017/<split>.txt``. ``images=False`` checks only what the metric needs."""
+def _safe_name(name: str) -> Optional[str]:
+    """Why ``name`` cannot be one path component (a sequence/video/frame name), or None if it can."""
+    if not name or not name.strip():
+        return "it is empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a name"
+    if "/" in name or "\\" in name or (os.sep in name) or (os.altsep and os.altsep in name):
+        return "it contains a path separator"
+    if os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        return "it is an absolute path"
+    if "\0" in name:
+        return "it contains a NUL character"
+    return None
 
-    def __init__(self, root: str, split: str = "val", resolution: str = "480p", images: bool = True,
-                 sequences: Optional[Sequence[str]] = None):
+
+def check_name(name: str, what: str = "name", where: str = "") -> str:
+    """Return ``name`` if it is one safe path component (not empty, not ``.``/``..``, no ``/`` or ``\\``, not
+    absolute); otherwise raise :class:`DatasetLayoutError` naming it and ``where`` it came from (e.g.
+    ``list.txt:3``). Names from list files become output paths, so this keeps every output under ``--out``."""
+    why = _safe_name(name)
+    if why is not None:
+        at = f"{where}: " if where else ""
+        raise DatasetLayoutError(f"{at}invalid {what} {name!r}: {why} (names must be single path components)")
+    return name
+
+
+def check_relative_path(path: str, what: str = "path", where: str = "") -> List[str]:
+    """The components of a relative ``a/b/c`` path, each checked with :func:`check_name`."""
+    parts = path.split("/")
+    for p in parts:
+        why = _safe_name(p)
+        if why is not None:
+            at = f"{where}: " if where else ""
+            raise DatasetLayoutError(f"{at}invalid {what} {path!r}: component {p!r}: {why}")
+    return parts
+
+
+DAVIS_LAYOUTS = ("DAVIS-2017", "DAVIS-2016")
+
+
+def normalize_davis_layout(layout: Optional[str]) -> Optional[str]:
+    """``None``/``'auto'`` -> None (autodetect); ``'2016'``, ``'davis2016'``, ``'DAVIS-2016'`` -> ``'DAVIS-2016'``."""
+    if layout is None:
+        return None
+    s = str(layout).strip().lower().replace("_", "-")
+    if s in ("", "auto"):
+        return None
+    m = re.fullmatch(r"(davis-?)?(2016|2017)", s)
+    if not m:
+        raise ValueError(f"unknown DAVIS layout {layout!r}: use 'auto', '2016' or '2017'")
+    return f"DAVIS-{m.group(2)}"
+
+
+def read_binary_mask(path: str) -> np.ndarray:
+    """A DAVIS-2016 annotation as ``(H, W)`` uint8 labels: 0 = background, 1 = the object.
+
+    DAVIS-2016 masks are 8-bit images holding 0 (background) and 255 (object): 255 is the object here,
+    never void. Grayscale, palette, 1-bit and grey-RGB PNGs are accepted; ``{0, 1}`` masks are kept as
+    they are; any other value is an error naming the file."""
+    with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA", "LA"):
+            a = np.asarray(im)
+            a = a[..., :3] if im.mode != "LA" else a[..., :1]
+            if not (a == a[..., :1]).all():
+                raise ValueError(f"{path}: a DAVIS-2016 mask must be grayscale, got colours (mode {im.mode})")
+            a = a[..., 0]
+        elif im.mode in ("1", "P", "L", "I", "I;16"):
+            a = np.asarray(im)
+        else:
+            raise ValueError(f"{path}: expected an 8-bit DAVIS-2016 mask, got mode {im.mode}")
+    vals = np.unique(a)
+    if set(vals.tolist()) <= {0, 255}:
+        return (a == 255).astype(np.uint8)
+    if set(vals.tolist()) <= {0, 1}:
+        return a.astype(np.uint8)
+    raise ValueError(
+        f"{path}: a DAVIS-2016 mask should hold only 0 (background) and 255 (object), found {vals[:8].tolist()}"
+    )
+
+
+class DavisDataset:
+    """DAVIS in either of its distributed layouts (``layout``: None/``'auto'`` detects it, or ``'2016'`` /
+    ``'2017'``); the detected one is :attr:`layout` (``'DAVIS-2016'`` or ``'DAVIS-2017'``).
+
+    * DAVIS-2017: ``ImageSets/2017/<split>.txt`` (one sequence name per line),
+      ``JPEGImages/480p/<seq>/*.jpg`` and ``Annotations/480p/<seq>/*.png`` palette PNGs (object ids
+      ``1..N``, 255 = void).
+    * DAVIS-2016: ``ImageSets/480p/<split>.txt`` whose lines are root-relative path pairs
+      ``/JPEGImages/480p/<seq>/<frame>.jpg /Annotations/480p/<seq>/<frame>.png``; sequences and frame
+      lists come from these pairs; masks hold 0/255 = background/object, read as ONE object (id 1),
+      never void (:func:`read_binary_mask`).
+
+    Both split lists present (or neither) is an error naming the files. Every name read from a list
+    (sequence, frame) must be a single path component (:func:`check_name`): outputs are written under
+    those names. ``images=False`` checks only what the metric needs."""
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "val",
+        resolution: str = "480p",
+        images: bool = True,
+        sequences: Optional[Sequence[str]] = None,
+        layout: Optional[str] = None,
+    ):
         self.root = root
         self.split = split
+        self.resolution = resolution
         self.ann_dir = os.path.join(root, "Annotations", resolution)
         self.img_dir = os.path.join(root, "JPEGImages", resolution)
-        set_file = os.path.join(root, "ImageSets", "2017", f"{split}.txt")
-        problems = []
         if not os.path.isdir(root):
             _fail("DAVIS", root, [f"root folder {root} does not exist"])
-        if not os.path.isfile(set_file):
-            problems.append(f"missing split list {set_file}")
-        if not os.path.isdir(self.ann_dir):
-            problems.append(f"missing folder {self.ann_dir}")
-        if images and not os.path.isdir(self.img_dir):
-            problems.append(f"missing folder {self.img_dir}")
-        _fail("DAVIS", root, problems)
-        with open(set_file) as f:
-            listed = [ln.strip() for ln in f if ln.strip()]
+        self.layout, self.split_file = self._detect(normalize_davis_layout(layout), images)
+        # DAVIS-2016: seq -> [(frame name, image path, annotation path)] from the pair list
+        self._pairs: Dict[str, List[Tuple[str, str, str]]] = {}
+        listed = self._read_2017() if self.layout == "DAVIS-2017" else self._read_2016()
         if sequences:
             unknown = [s for s in sequences if s not in listed]
             if unknown:
-                raise ValueError(f"sequences not in {set_file}: {', '.join(unknown)}")
-            listed = list(sequences)
+                raise ValueError(f"sequences not in {self.split_file}: {', '.join(map(str, unknown))}")
+            listed = list(dict.fromkeys(sequences))
         self.sequences = listed
+        problems = []
         for seq in listed:
+            if self.layout == "DAVIS-2016":
+                problems += [f"missing annotation {a}" for _, _, a in self._pairs[seq] if not os.path.isfile(a)]
+                if images:
+                    problems += [f"missing frame {i}" for _, i, _ in self._pairs[seq] if not os.path.isfile(i)]
+                continue
             adir = os.path.join(self.ann_dir, seq)
             if not os.path.isdir(adir):
                 problems.append(f"missing annotation folder {adir}")
@@ -127,12 +230,103 @@ class DavisDataset:
                     problems.append(f"missing image folder {idir}")
                 elif not _list_files(idir, (".jpg", ".jpeg")):
                     problems.append(f"no JPEG frames in {idir}")
-        _fail("DAVIS", root, problems)
+        _fail(self.layout, root, problems)
+
+    def _detect(self, layout: Optional[str], images: bool) -> Tuple[str, str]:
+        f17 = os.path.join(self.root, "ImageSets", "2017", f"{self.split}.txt")
+        f16 = os.path.join(self.root, "ImageSets", self.resolution, f"{self.split}.txt")
+        what = {
+            "DAVIS-2017": f"{f17} (DAVIS-2017: one sequence name per line)",
+            "DAVIS-2016": f"{f16} (DAVIS-2016: '/JPEGImages/{self.resolution}/<seq>/<frame>.jpg "
+            f"/Annotations/{self.resolution}/<seq>/<frame>.png' per line)",
+        }
+        if layout is None:
+            found = [name for name, f in (("DAVIS-2017", f17), ("DAVIS-2016", f16)) if os.path.isfile(f)]
+            if len(found) == 2:
+                raise DatasetLayoutError(
+                    f"DAVIS layout under {self.root} is ambiguous: both {f17} (DAVIS-2017) and {f16} (DAVIS-2016) "
+                    "exist; choose one with layout='2016' or '2017'"
+                )
+            problems = [] if found else [f"missing split list {what['DAVIS-2017']} or {what['DAVIS-2016']}"]
+        else:
+            found = [layout]
+            f = f17 if layout == "DAVIS-2017" else f16
+            problems = [] if os.path.isfile(f) else [f"missing split list {what[layout]}"]
+        if not found or found[0] == "DAVIS-2017":
+            if not os.path.isdir(self.ann_dir):
+                problems.append(f"missing folder {self.ann_dir}")
+            if images and not os.path.isdir(self.img_dir):
+                problems.append(f"missing folder {self.img_dir}")
+        _fail(found[0] if found else "DAVIS", self.root, problems)
+        return found[0], f17 if found[0] == "DAVIS-2017" else f16
+
+    def _read_2017(self) -> List[str]:
+        listed: List[str] = []
+        with open(self.split_file) as f:
+            for i, ln in enumerate(f, 1):
+                s = ln.strip()
+                if not s:
+                    continue
+                where = f"{self.split_file}:{i}"
+                if len(s.split()) > 1:
+                    raise DatasetLayoutError(
+                        f"{where}: expected one sequence name per line (DAVIS-2017), got {s!r} "
+                        "(DAVIS-2016 path pairs belong in ImageSets/480p/<split>.txt)"
+                    )
+                check_name(s, "sequence name", where)
+                if s in listed:
+                    raise DatasetLayoutError(f"{where}: sequence {s!r} is listed twice")
+                listed.append(s)
+        return listed
+
+    def _read_2016(self) -> List[str]:
+        res = self.resolution
+        with open(self.split_file) as f:
+            for i, ln in enumerate(f, 1):
+                cols = ln.split()
+                if not cols:
+                    continue
+                where = f"{self.split_file}:{i}"
+                if len(cols) != 2:
+                    raise DatasetLayoutError(
+                        f"{where}: expected '/JPEGImages/{res}/<seq>/<frame>.jpg /Annotations/{res}/<seq>/<frame>.png'"
+                        f" (DAVIS-2016), got {ln.strip()!r}"
+                    )
+                parsed = []
+                for col, top, exts in ((cols[0], "JPEGImages", (".jpg", ".jpeg")), (cols[1], "Annotations", (".png",))):
+                    # root-relative paths: the leading '/' of the distributed lists is not the file system root
+                    parts = check_relative_path(col.lstrip("/"), "path", where)
+                    stem, ext = os.path.splitext(parts[-1])
+                    if len(parts) != 4 or parts[:2] != [top, res] or ext.lower() not in exts or not stem:
+                        raise DatasetLayoutError(
+                            f"{where}: expected /{top}/{res}/<seq>/<frame>{exts[0]}, got {col!r} (DAVIS-2016)"
+                        )
+                    parsed.append((parts[2], stem, os.path.join(self.root, *parts)))
+                (seq, stem, img), (aseq, astem, ann) = parsed
+                if (seq, stem) != (aseq, astem):
+                    raise DatasetLayoutError(f"{where}: image and annotation name different frames: {ln.strip()!r}")
+                frames = self._pairs.setdefault(seq, [])
+                if any(n == stem for n, _, _ in frames):
+                    raise DatasetLayoutError(f"{where}: frame {seq}/{stem} is listed twice")
+                frames.append((stem, img, ann))
+        for frames in self._pairs.values():
+            frames.sort(key=lambda p: _natural_key(p[0]))
+        return list(self._pairs)
+
+    def describe_layout(self) -> str:
+        """One line: the layout and its split list, e.g. for a log."""
+        if self.layout == "DAVIS-2016":
+            return f"DAVIS-2016 ({self.split_file}: image/annotation pairs; 0/255 masks = one object)"
+        return f"DAVIS-2017 ({self.split_file}: sequence names; palette PNGs, 255 = void)"
 
     def annotation_names(self, seq: str) -> List[str]:
+        if self.layout == "DAVIS-2016":
+            return [n for n, _, _ in self._pairs[seq]]
         return [os.path.splitext(f)[0] for f in _list_files(os.path.join(self.ann_dir, seq), (".png",))]
 
     def frame_paths(self, seq: str) -> List[str]:
+        if self.layout == "DAVIS-2016":
+            return [p for _, p, _ in self._pairs[seq]]
         d = os.path.join(self.img_dir, seq)
         return [os.path.join(d, f) for f in _list_files(d, (".jpg", ".jpeg"))]
 
@@ -143,18 +337,33 @@ class DavisDataset:
         return np.stack([read_image(p) for p in self.frame_paths(seq)])
 
     def annotation_path(self, seq: str, name: str) -> str:
+        if self.layout == "DAVIS-2016":
+            for n, _, a in self._pairs.get(seq, ()):
+                if n == name:
+                    return a
         return os.path.join(self.ann_dir, seq, f"{name}.png")
 
     def load_annotation(self, seq: str, name: str) -> np.ndarray:
-        return read_label_png(self.annotation_path(seq, name))
+        """``(H, W)`` uint8 object ids (DAVIS-2016: 0/1, see :func:`read_binary_mask`; DAVIS-2017: as stored,
+        255 = void)."""
+        p = self.annotation_path(seq, name)
+        return read_binary_mask(p) if self.layout == "DAVIS-2016" else read_label_png(p)
+
+    def read_result(self, path: str) -> np.ndarray:
+        """A result mask as object ids. DAVIS-2016 results may be 0/255 masks like the annotations (255 ->
+        object 1) or 0/1 id maps; DAVIS-2017 results are read as stored."""
+        lab = read_label_png(path)
+        if self.layout == "DAVIS-2016" and lab.max(initial=0) == 255 and set(np.unique(lab).tolist()) <= {0, 255}:
+            lab = (lab == 255).astype(np.uint8)
+        return lab
 
     def first_annotation(self, seq: str) -> Tuple[str, np.ndarray]:
         """Name and labels of the first frame's annotation (it must match the first image)."""
         frames = self.frame_names(seq)
         path = self.annotation_path(seq, frames[0])
         if not os.path.isfile(path):
-            raise DatasetLayoutError(f"DAVIS: missing first-frame annotation {path}")
-        return frames[0], read_label_png(path)
+            raise DatasetLayoutError(f"{self.layout}: missing first-frame annotation {path}")
+        return frames[0], self.load_annotation(seq, frames[0])
 
 
 @dataclass
@@ -164,19 +373,29 @@ class VideoEntry:
     label_path: str  # a label folder (VIP) or a joint_positions.mat (JHMDB)
 
 
-def _read_list(list_file: str, root: str, two_col_default) -> List[VideoEntry]:
-    """A list file: one video per line, either ``<name>`` or CRW's ``<image dir> <label path>``."""
+def _read_list(list_file: str, root: str, one_col, nested: bool = False) -> List[VideoEntry]:
+    """A list file: one video per line, either ``<name>`` or CRW's ``<image dir> <label path>``.
+
+    Every video name becomes an output path, so it is checked (:func:`check_name`; ``nested``: a relative
+    ``a/b`` of such names, as JHMDB's ``<action>/<video>``); a bad line raises naming ``file:line``."""
     out = []
     with open(list_file) as f:
-        for ln in f:
+        for i, ln in enumerate(f, 1):
             cols = ln.split()
             if not cols:
                 continue
+            where = f"{list_file}:{i}"
             if len(cols) >= 2:
                 img, lbl = (c if os.path.isabs(c) else os.path.join(root, c) for c in cols[:2])
-                out.append(VideoEntry(os.path.basename(os.path.normpath(img)), img, lbl))
+                name = os.path.basename(os.path.normpath(img))
+                check_name(name, f"video name (the last folder of {cols[0]!r})", where)
+                out.append(VideoEntry(name, img, lbl))
             else:
-                out.append(two_col_default(cols[0]))
+                if nested:
+                    check_relative_path(cols[0], "video name", where)
+                else:
+                    check_name(cols[0], "video name", where)
+                out.append(one_col(cols[0]))
     return out
 
 
@@ -195,8 +414,11 @@ class VipDataset:
         img_root = os.path.join(root, "Images")
         lbl_candidates = [os.path.join(root, "Category_ids"), os.path.join(root, "Annotations", "Category_ids")]
         lbl_root = next((c for c in lbl_candidates if os.path.isdir(c)), lbl_candidates[0])
-        list_candidates = [list_file] if list_file else [
-            os.path.join(root, "lists", "val_videos.txt"), os.path.join(root, "val_videos.txt")]
+        list_candidates = (
+            [list_file]
+            if list_file
+            else [os.path.join(root, "lists", "val_videos.txt"), os.path.join(root, "val_videos.txt")]
+        )
         lf = next((c for c in list_candidates if os.path.isfile(c)), None)
         if lf is None:
             _fail("VIP", root, [f"missing video list (looked for {', '.join(list_candidates)})"])
@@ -221,8 +443,9 @@ class VipDataset:
                 elif not lbls:
                     problems.append(f"no label PNGs in {e.label_path}")
                 elif min(imgs, key=_natural_key) not in lbls:
-                    problems.append(f"{e.label_path} lacks the first frame's labels "
-                                    f"({min(imgs, key=_natural_key)}.png)")
+                    problems.append(
+                        f"{e.label_path} lacks the first frame's labels ({min(imgs, key=_natural_key)}.png)"
+                    )
         _fail("VIP", root, problems)
         self.videos = entries
 
@@ -246,17 +469,21 @@ class JhmdbDataset:
         self.root = root
         if not os.path.isdir(root):
             _fail("JHMDB", root, [f"root folder {root} does not exist"])
-        list_candidates = [list_file] if list_file else [
-            os.path.join(root, "jhmdb_vallist.txt"), os.path.join(root, "val_list.txt")]
+        list_candidates = (
+            [list_file] if list_file else [os.path.join(root, "jhmdb_vallist.txt"), os.path.join(root, "val_list.txt")]
+        )
         lf = next((c for c in list_candidates if os.path.isfile(c)), None)
         if lf is None:
             _fail("JHMDB", root, [f"missing video list (looked for {', '.join(list_candidates)})"])
 
         def one_col(n: str) -> VideoEntry:
-            return VideoEntry(n, os.path.join(root, "Rename_Images", n),
-                              os.path.join(root, "joint_positions", n, "joint_positions.mat"))
+            return VideoEntry(
+                n,
+                os.path.join(root, "Rename_Images", n),
+                os.path.join(root, "joint_positions", n, "joint_positions.mat"),
+            )
 
-        entries = _read_list(lf, root, one_col)
+        entries = _read_list(lf, root, one_col, nested=True)
         for e in entries:
             if os.path.isdir(e.label_path):  # CRW lists sometimes give the folder
                 e.label_path = os.path.join(e.label_path, "joint_positions.mat")

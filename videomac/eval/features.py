@@ -1,18 +1,24 @@
 """Frozen per-frame features from one stage of an encoder, at a chosen output stride.
 
-Works for the registered ``videomac_*`` encoders and any timm ConvNet with ResNet-style stages
-(``layer1..layer4``) or ConvNeXt-style stages (``stages.0..3``); any other model works at its natural
-stride given an explicit ``stage`` (a module name). The stride is reduced as CRW does for ResNets:
-the stride-2 convolutions of the last stages up to the chosen one (the 3x3/strided conv and the 1x1
-``downsample`` conv of their first block) become stride 1. A ConvNeXt downsampling layer is a 2x2
-stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after replicate-padding one row/column at
-the bottom/right, which keeps the map size and the conv's weights and receptive field per tap.
-The forward pass stops at the chosen stage (later stages are never run).
+Default (DESIGN.md section 5, docs/evaluation.md): the LAST stage at output stride 8 -- ``layer4`` of a
+ResNet (2048-d for RN50), the last ``stages.*`` of a ConvNeXt (``stages.3``, 768-d for CNXv2-S) -- with the
+strides of the last two stages removed. Works for the registered ``videomac_*`` encoders and any timm
+ConvNet with ResNet-style stages (``layer1..layer4``) or ConvNeXt-style stages (``stages.0..3``); any
+other model works at its natural stride given an explicit ``stage`` (a module name). The stride is
+reduced as CRW does for ResNets: the stride-2 convolutions of the last stages up to the chosen one (the
+3x3/strided conv and the 1x1 ``downsample`` conv of their first block) become stride 1. A ConvNeXt
+downsampling layer is a 2x2 stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after
+replicate-padding one row/column at the bottom/right, which keeps the map size and the conv's weights
+and receptive field per tap. Kernel sizes and weights never change. When a ConvNeXt stage ``stages.i``
+is followed by a norm module ``norm{i}`` on the model, the features are taken after that norm. The
+forward pass stops at the chosen stage (later stages are never run).
 """
+
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -25,12 +31,14 @@ __all__ = [
     "create_encoder",
     "load_weights",
     "default_stage",
+    "post_norm",
     "FeatureExtractor",
 ]
 
-# Third stage at stride 8 for both families: CRW's ResNet protocol (res4 with its stride removed,
-# 60x107 cells for 480x854 frames), and the same grid for ConvNeXt so radius/top-k mean the same.
-DEFAULT_STAGE = {"resnet": ("layer3", 8), "convnext": ("stages.2", 8)}
+# The last stage at stride 8 for both families (the paper's features: RN50 2048-d layer4, CNXv2-S 768-d
+# stages.3), the strides of the last two stages removed: 60x107 cells for a 480x854 frame in both, so the
+# propagation's radius/top-k mean the same. A ConvNeXt with more or fewer stages uses its last one.
+DEFAULT_STAGE = {"resnet": ("layer4", 8), "convnext": ("stages.3", 8)}
 
 
 def _family(model: nn.Module) -> str:
@@ -46,10 +54,19 @@ def default_stage(model: nn.Module) -> Tuple[str, int]:
     """``(stage module name, output stride)`` used when none is given (see docs/evaluation.md)."""
     fam = _family(model)
     if fam == "other":
-        raise ValueError(
-            f"{type(model).__name__} has neither layer1..layer4 nor stages.*; pass stage=<module name>"
-        )
+        raise ValueError(f"{type(model).__name__} has neither layer1..layer4 nor stages.*; pass stage=<module name>")
+    if fam == "convnext":
+        return f"stages.{len(model.stages) - 1}", DEFAULT_STAGE[fam][1]
     return DEFAULT_STAGE[fam]
+
+
+def post_norm(model: nn.Module, stage: str) -> Optional[str]:
+    """``'norm{i}'`` when ``stage`` is ``stages.{i}`` and the model has a module ``norm{i}`` (a norm applied
+    after that stage); the features are then taken after it. None otherwise."""
+    m = re.fullmatch(r"stages\.(\d+)", stage)
+    if m and isinstance(getattr(model, f"norm{m.group(1)}", None), nn.Module):
+        return f"norm{m.group(1)}"
+    return None
 
 
 def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = False) -> nn.Module:
@@ -58,6 +75,7 @@ def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = 
     import timm
 
     import videomac.models  # noqa: F401  (registers videomac_* with timm)
+
     if not timm.is_model(name):
         names = timm.list_models()
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
@@ -101,6 +119,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     missing_body = [k for k in missing if not any(k == h or k.startswith(h + ".") for h in heads)]
     bad_shape = [k for k in sd if k in own and own[k].shape != sd[k].shape]
     if missing_body or unexpected or bad_shape:
+
         def show(ks: List[str]) -> str:
             return ", ".join(ks[:8]) + (f", ... ({len(ks)} in all)" if len(ks) > 8 else "")
 
@@ -165,6 +184,10 @@ def _destride(module: nn.Module) -> int:
 class FeatureExtractor(nn.Module):
     """Frozen features of ``stage`` at ``stride`` for a batch of frames.
 
+    Defaults: the model's last stage at stride 8 (:func:`default_stage`; ``videomac_rn50``: ``layer4``,
+    2048 channels; ``videomac_cnxv2_s``: ``stages.3``, 768 channels), taken after ``norm{i}`` when the model
+    has one for that stage (:func:`post_norm`). ``stage=`` picks another module (e.g. ``layer3``).
+
     ``model`` is a timm model name or module. Inputs are ``uint8 (T, H, W, 3)`` arrays/tensors or float
     ``(T, 3, H, W)`` tensors in [0, 1]; they are normalized with the model's ``pretrained_cfg`` mean/std.
     Returns ``(T, C, h, w)`` float features (not L2-normalized; propagation does that).
@@ -195,8 +218,10 @@ class FeatureExtractor(nn.Module):
             raise ValueError(f"{type(model).__name__} has no module {stage!r}; stages: {_stage_names(model)}")
         self.model = model.eval().requires_grad_(False)
         self.stage = stage
+        self.post_norm = post_norm(model, stage)
         self._hook_out: Optional[torch.Tensor] = None
-        modules[stage].register_forward_hook(self._hook)
+        # the hook is attached only while this extractor runs (see _run): the model stays usable on its own
+        self._stage_module = [modules[stage]]  # a list, so nn.Module does not register it twice
         self.natural_stride = self._measure_stride()
         if stride is not None and stride != self.natural_stride:
             self._set_stride(stride)
@@ -215,16 +240,21 @@ class FeatureExtractor(nn.Module):
         return self.mean.device
 
     def _hook(self, module, inputs, output):
+        if self.post_norm is not None:  # applied here whether or not the model's forward applies it
+            output = getattr(self.model, self.post_norm)(output)
         self._hook_out = output
         raise _StopForward
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         fwd = getattr(self.model, "forward_features", self.model)
+        handle = self._stage_module[0].register_forward_hook(self._hook)
         try:
             fwd(x)
         except _StopForward:
             out, self._hook_out = self._hook_out, None
             return out
+        finally:
+            handle.remove()
         raise RuntimeError(f"stage {self.stage!r} was not reached by the forward pass")
 
     @torch.no_grad()
@@ -270,8 +300,11 @@ class FeatureExtractor(nn.Module):
         return torch.cat(out)
 
     def describe(self) -> Dict[str, object]:
-        return {"model": self.model_name, "stage": self.stage, "stride": self.stride,
-                "natural_stride": self.natural_stride}
+        out = {"model": self.model_name, "stage": self.stage, "stride": self.stride}
+        if self.post_norm is not None:
+            out["post_norm"] = self.post_norm
+        out["natural_stride"] = self.natural_stride
+        return out
 
 
 def feature_size(size: Sequence[int], stride: int) -> Tuple[int, int]:

@@ -1,4 +1,4 @@
-"""End-to-end label-propagation evaluations: DAVIS-2017, VIP and JHMDB.
+"""End-to-end label-propagation evaluations: DAVIS (2016 and 2017 layouts), VIP and JHMDB.
 
 Each runner streams a video's frames through a :class:`~videomac.eval.features.FeatureExtractor`
 (a few frames at a time), propagates the first frame's labels with
@@ -6,12 +6,14 @@ Each runner streams a video's frames through a :class:`~videomac.eval.features.F
 and returns the metrics. Label maps go to feature resolution by bilinear resizing of their one-hot
 maps and come back by bilinear resizing of the propagated soft maps followed by an argmax, as CRW.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import math
 import os
+import sys
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -34,7 +36,14 @@ from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_c
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
 
 __all__ = [
-    "run_davis", "run_vip", "run_jhmdb", "argmax_labels", "blend_labels", "contact_sheet", "gaussian_joint_maps",
+    "run_davis",
+    "run_vip",
+    "vip_confusion",
+    "run_jhmdb",
+    "argmax_labels",
+    "blend_labels",
+    "contact_sheet",
+    "gaussian_joint_maps",
     "maps_to_joints",
 ]
 
@@ -76,8 +85,16 @@ def blend_labels(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alp
     return np.where(fg, (1 - alpha) * img + alpha * col, img).clip(0, 255).astype(np.uint8)
 
 
-def contact_sheet(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], palette: np.ndarray, path: str,
-                  titles: Optional[Sequence[str]] = None, width: int = 320, cols: int = 3, alpha: float = 0.5) -> str:
+def contact_sheet(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    palette: np.ndarray,
+    path: str,
+    titles: Optional[Sequence[str]] = None,
+    width: int = 320,
+    cols: int = 3,
+    alpha: float = 0.5,
+) -> str:
     """Blend each label map (non-zero labels, palette colours) over its image; tile them into one PNG."""
     from PIL import ImageDraw
 
@@ -130,15 +147,23 @@ def run_davis(
     progress: bool = True,
     tile: int = 8,
     max_chunk_mb: float = 256.0,
+    layout: Optional[str] = None,
 ) -> Dict[str, object]:
     """Propagate DAVIS first-frame masks; writes ``out_dir/<seq>/<frame>.png`` (palette PNGs for the
     official toolkit), ``global_results-<split>.csv``, ``per-sequence_results-<split>.csv``,
-    ``results.json`` and ``overlays/<seq>.png``; returns :func:`videomac.eval.davis.evaluate`'s dict."""
-    ds = DavisDataset(root, split=split, sequences=sequences)
+    ``excluded-sequences-<split>.csv``, ``results.json`` and ``overlays/<seq>.png``; returns
+    :func:`videomac.eval.davis.evaluate`'s dict.
+
+    ``layout``: None/``'auto'`` detects DAVIS-2016 (``ImageSets/480p/<split>.txt`` path pairs, 0/255
+    masks = one object) or DAVIS-2017 (``ImageSets/2017/<split>.txt``); the detected layout is printed
+    on stderr and saved in ``results.json`` (``layout``)."""
+    ds = DavisDataset(root, split=split, sequences=sequences, layout=layout)
+    print(f"DAVIS layout: {ds.describe_layout()}", file=sys.stderr)
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
         name0, ann0 = ds.first_annotation(seq)
-        palette = read_palette(ds.annotation_path(seq, name0))
+        # DAVIS-2016 masks are 0/255 images: their palette (if any) does not colour object 1
+        palette = read_palette(ds.annotation_path(seq, name0)) if ds.layout == "DAVIS-2017" else None
         palette = default_palette() if palette is None else palette
         ann0 = ann0.copy()
         ann0[ann0 == 255] = 0
@@ -155,9 +180,14 @@ def run_davis(
                 shown[t] = lab
         if overlay_frames:
             ts = sorted(shown)
-            contact_sheet([read_image(paths[t]) for t in ts], [shown[t] for t in ts], palette,
-                          os.path.join(out_dir, "overlays", f"{seq}.png"), titles=[names[t] for t in ts])
-    metrics = evaluate(root, out_dir, ds.sequences, split=split)
+            contact_sheet(
+                [read_image(paths[t]) for t in ts],
+                [shown[t] for t in ts],
+                palette,
+                os.path.join(out_dir, "overlays", f"{seq}.png"),
+                titles=[names[t] for t in ts],
+            )
+    metrics = evaluate(root, out_dir, ds.sequences, split=split, layout=ds.layout)
     write_csvs(metrics, out_dir, split)
     _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "davis")
     return metrics
@@ -185,8 +215,14 @@ def run_vip(
     tile: int = 8,
     max_chunk_mb: float = 256.0,
 ) -> Dict[str, object]:
-    """VIP part propagation at ``size x size`` (CRW); mIoU over 20 classes against the ground truth
-    resized (nearest) to the same size, accumulated over all labelled frames except the first."""
+    """VIP part propagation at ``size x size`` (CRW), scored as CRW's ``eval_vip.py``: mIoU over 20 classes
+    from one confusion matrix accumulated over every labelled frame of every video, **frame 0 included**
+    (CRW saves a prediction for frame 0 -- the given labels taken to feature resolution and back, as
+    every propagated map -- and ``eval_vip.py`` scores every saved prediction that has a label PNG);
+    each prediction is upsampled (nearest) from ``size x size`` to its annotation's native size before
+    the confusion matrix (see :func:`vip_confusion`). Writes the ``size x size`` predictions
+    ``out_dir/<video>/<frame>.png``, ``per-video_results.csv``, ``results.json`` and overlays; returns
+    ``mIoU``, ``per_class_IoU``, ``confusion_matrix`` (rows = ground truth) and ``per_video``."""
     ds = VipDataset(root, list_file=list_file, videos=videos)
     n = VipDataset.NUM_CLASSES
     conf = np.zeros((n, n), np.int64)
@@ -202,25 +238,38 @@ def run_vip(
         shown, vconf = {}, np.zeros((n, n), np.int64)
         steps = _propagate_video(extractor, paths, sz, onehot, config, batch_size, tile, max_chunk_mb)
         for t, soft in _tqdm(steps, progress, desc=v.name, total=len(paths), leave=False, unit="frame"):
-            pred = lab0 if t == 0 else argmax_labels(soft, sz, ids)
+            # frame 0 too: the given labels at feature resolution, brought back like every prediction (CRW)
+            pred = argmax_labels(soft, sz, ids)
             stem = os.path.splitext(os.path.basename(paths[t]))[0]
             write_label_png(pred, os.path.join(out_dir, v.name, f"{stem}.png"), pal)
             gp = ds.label_path(v, paths[t])
-            if t > 0 and gp is not None:
-                vconf += confusion_matrix(_resize_nearest(read_label_png(gp), sz), pred, n)
+            if gp is not None:
+                vconf += vip_confusion(read_label_png(gp), pred, n)
             if t in keep:
                 shown[t] = pred
         conf += vconf
         rows.append({"video": v.name, "mIoU": miou_from_confusion(vconf)[0]})
         if overlay_frames:
             ts = sorted(shown)
-            contact_sheet([_load(paths[t], sz) for t in ts], [shown[t] for t in ts], pal,
-                          os.path.join(out_dir, "overlays", f"{v.name}.png"))
+            contact_sheet(
+                [_load(paths[t], sz) for t in ts],
+                [shown[t] for t in ts],
+                pal,
+                os.path.join(out_dir, "overlays", f"{v.name}.png"),
+            )
     miou, per_class = miou_from_confusion(conf)
-    metrics = {"mIoU": miou, "per_class_IoU": per_class.tolist(), "per_video": rows}
+    metrics = {"mIoU": miou, "per_class_IoU": per_class.tolist(), "confusion_matrix": conf.tolist(), "per_video": rows}
     _write_rows(rows, ["video", "mIoU"], os.path.join(out_dir, "per-video_results.csv"))
     _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "vip")
     return metrics
+
+
+def vip_confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int = 20) -> np.ndarray:
+    """Confusion matrix of one VIP frame as CRW's ``eval_vip.py``: the prediction (any size) is resized
+    with nearest neighbour (PIL) to the annotation's native size ``gt.shape``; ground-truth values
+    outside ``0..num_classes-1`` are skipped."""
+    gt = np.asarray(gt)
+    return confusion_matrix(gt, _resize_nearest(np.asarray(pred, np.uint8), gt.shape), num_classes)
 
 
 def _resize_nearest(lab: np.ndarray, size) -> np.ndarray:
@@ -322,14 +371,14 @@ def run_jhmdb(
         for j in range(J):
             pooled[j].extend(d[j].tolist())
         rows.append({"video": v.name, **pck_from_distances(d)})
-        np.save(os.path.join(_mkdir(os.path.join(out_dir, "keypoints")), f"{v.name.replace('/', '__')}.npy"),
-                pred_px)
+        np.save(os.path.join(_mkdir(os.path.join(out_dir, "keypoints")), f"{v.name.replace('/', '__')}.npy"), pred_px)
         if overlay_frames:
             ts = _overlay_indices(T, overlay_frames)
             imgs = [read_image(paths[t]) for t in ts]
             labs = [_joint_dots(pred_px[:, :, t], (H0, W0)) for t in ts]
-            contact_sheet(imgs, labs, pal, os.path.join(out_dir, "overlays", f"{v.name.replace('/', '__')}.png"),
-                          alpha=1.0)
+            contact_sheet(
+                imgs, labs, pal, os.path.join(out_dir, "overlays", f"{v.name.replace('/', '__')}.png"), alpha=1.0
+            )
     metrics = {**pck_from_distances(pooled), "per_video": rows}
     _write_rows(rows, ["video", "PCK@0.1", "PCK@0.2"], os.path.join(out_dir, "per-video_results.csv"))
     _write_json(metrics, extractor, config, os.path.join(out_dir, "results.json"), "jhmdb")
