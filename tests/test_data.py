@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -9,11 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
+import videomac.pretrain.data as data_module
 from videomac.pretrain.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FramePairDataset,
     VideoCache,
+    _count_video_frames,
+    _indexed_frame_count,
     random_resized_crop_params,
 )
 from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
@@ -85,10 +89,12 @@ def test_writers_roundtrip(tmp_path):
 # ------------------------------------------------------------------------------------------- sources
 def test_synthetic_default_source():
     d = FramePairDataset(input_size=32, synthetic_videos=3, synthetic_frames=4, synthetic_size=(40, 48))
-    assert d.num_videos == 3 and len(d) == 3 and d.source_kind == "synthetic"
-    a, b = d[2]
+    assert d.num_videos == 3 and len(d) == 3 * 3 == d.num_pairs and d.source_kind == "synthetic"
+    assert [d.locate(i) for i in range(9)] == [(v, t) for v in range(3) for t in range(3)]
+    a, b = d[8]
     assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
-    assert "synthetic" in d.describe() and "3 videos" in d.describe()
+    assert "synthetic" in d.describe() and "3 videos" in d.describe() and "9 pairs/epoch" in d.describe()
+    assert len(FramePairDataset(synthetic_videos=3, synthetic_frames=4, gap=2)) == 3 * 2
     d2 = FramePairDataset(input_size=(32, 48), pairs_per_video=4, synthetic_videos=2, synthetic_frames=3)
     assert len(d2) == 8 and d2[7][0].shape == (3, 32, 48)
 
@@ -151,6 +157,193 @@ def test_text_list_source(tmp_path):
         assert d[i][0].shape == (3, 32, 32)
 
 
+# ------------------------------------------------------------------------------- epoch: every pair
+def _solid_frames(v, n, size=(16, 16)):
+    """``n`` frames, each one solid colour that encodes (video ``v``, frame ``t``)."""
+    return np.stack([np.full((*size, 3), (40 * v, 10 * t, 128), np.uint8) for t in range(n)])
+
+
+def _frame_id(x):
+    r, g, _ = (_pixels(x)[:, 0, 0] * 255).round().int().tolist()
+    return r // 40, g // 10
+
+
+def _exact(source, size, gap=1, **kw):
+    """Full-frame crop at the frame's own size and no flip: items are exactly the normalized frames."""
+    h, w = size
+    return _quiet(source=source, input_size=size, gap=gap, scale=(1, 1), ratio=(w / h, w / h), hflip=0.0, **kw)
+
+
+def _normalized(frame):
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float() / 255.0
+    return (x - MEAN) / STD
+
+
+def _decoded_count(path):
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def _encode(path, frames, codec, first_pts=0, options=None, container_options=None):
+    """Encode with PyAV; ``first_pts < 0`` makes the mp4 muxer write an edit list that discards frames."""
+    h, w = frames.shape[1:3]
+    with av.open(str(path), "w", options=container_options or {}) as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        if options:
+            s.options = options
+        for i, f in enumerate(frames):
+            fr = av.VideoFrame.from_ndarray(f, format="rgb24")
+            fr.pts, fr.time_base = first_pts + i, Fraction(1, 25)
+            for p in s.encode(fr):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return str(path)
+
+
+@pytest.mark.parametrize("gap", [1, 2])
+def test_every_pair_frame_folders(tmp_path, gap):
+    lengths = {"a": 6, "b": 3, "c": 2, "d": 1, "e": 9}  # d gives no pair at gap 1, c and d none at gap 2
+    for v, (name, n) in enumerate(lengths.items()):
+        write_frames(_solid_frames(v, n), str(tmp_path / name), ext="png")
+    d = _quiet(source=str(tmp_path), input_size=8, gap=gap)
+    usable = [k for k, n in lengths.items() if n > gap]
+    assert [c.name for c in d.clips] == usable
+    assert set(d.skipped) == {str(tmp_path / k) for k in lengths if k not in usable}
+    assert len(d) == d.num_pairs == sum(max(0, n - gap) for n in lengths.values()) == {1: 16, 2: 12}[gap]
+    located = [d.locate(i) for i in range(len(d))]
+    every = {(c, t) for c, k in enumerate(usable) for t in range(lengths[k] - gap)}
+    assert len(set(located)) == len(located) and set(located) == every  # every pair exactly once
+    assert located == sorted(located)  # videos in order, t ascending
+    torch.manual_seed(0)
+    for i, (c, t) in enumerate(located):
+        v = list(lengths).index(d.clips[c].name)
+        for _ in range(2):  # the same index is always the same pair
+            a, b = d[i]
+            assert _frame_id(a) == (v, t) and _frame_id(b) == (v, t + gap)
+    with pytest.raises(IndexError):
+        d[len(d)]
+
+
+@pytest.mark.parametrize("gap", [1, 2])
+def test_every_pair_video_files(tmp_path, gap):
+    lengths = {"a.mp4": 7, "b.mp4": 4, "c.mp4": 2, "d.mp4": 1, "e.mp4": 12}
+    for v, (name, n) in enumerate(lengths.items()):
+        write_video(_frames(v, t=n), str(tmp_path / name))
+    assert all(_decoded_count(tmp_path / k) == n for k, n in lengths.items())
+    d = _exact(str(tmp_path), (48, 64), gap)
+    usable = [k for k, n in lengths.items() if n > gap]
+    assert [c.name for c in d.clips] == usable and d.source_kind == "video files"
+    assert d.skipped[str(tmp_path / "d.mp4")] == f"1 frame < gap+1={gap + 1}"
+    assert len(d) == sum(max(0, n - gap) for n in lengths.values()) == {1: 21, 2: 17}[gap]
+    located = [d.locate(i) for i in range(len(d))]
+    assert located == [(c, t) for c, k in enumerate(usable) for t in range(lengths[k] - gap)]
+    for i, (c, t) in enumerate(located):
+        arr = d._video_array(d.clips[c])
+        a, b = d[i]
+        assert torch.allclose(a, _normalized(arr[t]), atol=1e-5)
+        assert torch.allclose(b, _normalized(arr[t + gap]), atol=1e-5)
+
+
+def test_frame_count_matches_full_decode(tmp_path):
+    f = _frames(0, t=13, size=(48, 64))
+    h264 = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    paths = [
+        write_video(f, str(tmp_path / "v" / "a_h264.mp4")),
+        _encode(tmp_path / "v" / "b_bframes.mp4", f, "mpeg4", options={"bf": "2"}),
+        _encode(tmp_path / "v" / "c_editlist.mp4", f, h264, first_pts=-3),
+        _encode(tmp_path / "v" / "d.mov", f, h264),
+        _encode(tmp_path / "v" / "e.mkv", f, h264),
+        _encode(tmp_path / "v" / "f.avi", f, "mpeg4", options={"bf": "2"}),
+    ]
+    if "libvpx-vp9" in av.codecs_available:
+        paths.append(_encode(tmp_path / "v" / "g.webm", f, "libvpx-vp9"))
+    decoded = [_decoded_count(p) for p in paths]
+    assert decoded[2] == 10  # the edit list really drops 3 frames: container metadata still says 13
+    with av.open(paths[2]) as c:
+        assert c.streams.video[0].frames == 13
+    for p, n in zip(paths, decoded):
+        assert _count_video_frames(p) == n, p
+        with av.open(p) as c:  # mp4 / mov from the sample index, the others by demuxing
+            indexed = _indexed_frame_count(c, c.streams.video[0], os.path.getsize(p))
+        assert (indexed is not None) == p.endswith((".mp4", ".mov")), p
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "decoded n of m frames": every counted pair decodes
+        d = FramePairDataset(str(tmp_path / "v"), input_size=16, gap=2)
+        assert len(d) == sum(n - 2 for n in decoded) and not d.skipped
+        for i in range(len(d)):
+            d[i]
+
+    # A truncated file's index points past its end: not trusted (counted by demuxing, checked on decode).
+    full = _encode(tmp_path / "fs.mp4", f, h264, container_options={"movflags": "faststart"})
+    data = open(full, "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with av.open(str(cut)) as c:
+        assert _indexed_frame_count(c, c.streams.video[0], os.path.getsize(cut)) is None
+
+
+def test_every_pair_list_single_and_synthetic(tmp_path):
+    write_frames(_frames(0, t=5), str(tmp_path / "data" / "f1"))
+    write_video(_frames(1, t=6), str(tmp_path / "data" / "v.mp4"))
+    write_frames(_frames(2, t=2), str(tmp_path / "data" / "short"))
+    lst = tmp_path / "data" / "list.txt"
+    lst.write_text("f1\nv.mp4\nshort\n")
+    assert len(FramePairDataset(str(lst), gap=1)) == 4 + 5 + 1
+    assert len(_quiet(source=str(lst), gap=2)) == 3 + 4  # short: skipped
+    assert len(FramePairDataset([str(tmp_path / "data" / "v.mp4"), str(tmp_path / "data" / "f1")])) == 5 + 4
+    assert len(FramePairDataset(str(tmp_path / "data" / "v.mp4"), gap=3)) == 3
+    assert len(FramePairDataset(str(tmp_path / "data" / "f1"), gap=3)) == 2
+    syn = _exact(None, (40, 48), gap=2, synthetic_videos=2, synthetic_frames=5, synthetic_size=(40, 48))
+    assert len(syn) == 2 * 3
+    for i in range(len(syn)):
+        c, t = syn.locate(i)
+        assert (c, t) == (i // 3, i % 3)
+        arr = syn._video_array(syn.clips[c])
+        assert torch.allclose(syn[i][1], _normalized(arr[t + 2]), atol=1e-5)
+
+
+def test_pairs_per_video_option(tmp_path):
+    write_frames(_solid_frames(0, 6), str(tmp_path / "a"), ext="png")
+    write_frames(_solid_frames(1, 3), str(tmp_path / "b"), ext="png")
+    d = FramePairDataset(str(tmp_path), input_size=8, pairs_per_video=3)
+    assert len(d) == 2 * 3 and d.num_pairs == 5 + 2 and "3/video" in d.describe()
+    assert [d.locate(i) for i in range(6)] == [(0, None), (1, None)] * 3
+    torch.manual_seed(0)
+    seen = {0: set(), 1: set()}
+    for _ in range(40):
+        for i in range(2):
+            a, b = d[i]
+            v, t = _frame_id(a)
+            assert v == i and _frame_id(b) == (v, t + 1)
+            seen[v].add(t)
+    assert seen == {0: set(range(5)), 1: {0, 1}}  # random t over every valid start
+    with pytest.raises(ValueError, match="pairs_per_video"):
+        FramePairDataset(str(tmp_path), pairs_per_video=0)
+
+
+def test_video_decoding_fewer_frames_than_counted(tmp_path, monkeypatch):
+    write_video(_frames(0, t=7), str(tmp_path / "a.mp4"))
+    write_video(_frames(1, t=4), str(tmp_path / "b.mp4"))
+    d = _exact(str(tmp_path), (48, 64))
+    assert len(d) == 6 + 3
+    real = data_module._decode_video
+
+    def short_a(path, short_side):
+        arr, err = real(path, short_side)
+        return (arr[:3], "cut short") if path.endswith("a.mp4") else (arr, err)
+
+    monkeypatch.setattr(data_module, "_decode_video", short_a)
+    b0 = _normalized(d._video_array(d.clips[1])[0])
+    with pytest.warns(UserWarning, match="decoded 3 of 7 frames"):
+        d[0]
+    assert torch.allclose(d[1][0], _normalized(d._video_array(d.clips[0])[1]), atol=1e-5)
+    for i in range(2, 6):  # a's pairs past its decoded end: replaced by the next video's first pair
+        assert torch.allclose(d[i][0], b0, atol=1e-5)
+    assert torch.allclose(d[6][0], b0, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------- crop, flip, stats
 def test_identical_frames_give_identical_outputs(tmp_path):
     f = _frames(3, t=1)[0]
@@ -208,14 +401,17 @@ def test_gap(tmp_path):
     frames = np.stack([np.full((16, 16, 3), 20 * t, np.uint8) for t in range(6)])
     write_frames(frames, str(tmp_path / "ramp"), ext="png")
     d = FramePairDataset(str(tmp_path / "ramp"), input_size=8, gap=3)
+    assert len(d) == 3
     torch.manual_seed(0)
-    firsts = set()
-    for _ in range(20):
-        a, b = d[0]
-        diff = _pixels(b) - _pixels(a)
-        assert torch.allclose(diff, torch.full_like(diff, 60 / 255), atol=1e-5)
-        firsts.add(round(_pixels(a)[0, 0, 0].item() * 255))
-    assert firsts == {0, 20, 40}  # t is drawn from all valid starts
+    for i in range(3):
+        for _ in range(3):  # the same index is always the same pair: t = i
+            a, b = d[i]
+            diff = _pixels(b) - _pixels(a)
+            assert torch.allclose(diff, torch.full_like(diff, 60 / 255), atol=1e-5)
+            assert round(_pixels(a)[0, 0, 0].item() * 255) == 20 * i
+    r = FramePairDataset(str(tmp_path / "ramp"), input_size=8, gap=3, pairs_per_video=1)
+    firsts = {round(_pixels(r[0][0])[0, 0, 0].item() * 255) for _ in range(20)}
+    assert firsts == {0, 20, 40}  # with pairs_per_video, t is drawn from all valid starts
     with pytest.warns(UserWarning), pytest.raises(ValueError, match="gap\\+1=7"):
         FramePairDataset(str(tmp_path / "ramp"), gap=6)
 
@@ -277,16 +473,33 @@ def test_corrupt_and_truncated_jpegs(tmp_path):
     bad = str(root / "noisy" / "00002.jpg")
     assert list(d.skipped) == [bad] and "unreadable image" in d.skipped[bad]
     assert d.num_videos == 3 and d.num_frames == 3 + 3 + 2
+    # No pair spans the unreadable frame: "noisy" keeps only (0, 1) of its 3 pairs.
+    assert len(d) == 2 + 1 + 1
+    noisy = [c.name for c in d.clips].index("noisy")
+    assert [d.locate(i) for i in range(len(d)) if d.locate(i)[0] == noisy] == [(noisy, 0)]
 
-    trunc_index = [c.name for c in d.clips].index("trunc")
+    trunc_clip = [c.name for c in d.clips].index("trunc")
+    trunc_index = [d.locate(i)[0] for i in range(len(d))].index(trunc_clip)
     with pytest.warns(UserWarning, match="00001.jpg: failed to decode"):
-        a, b = d[trunc_index]  # replaced by the next video's pair
+        a, b = d[trunc_index]  # replaced by the next index's pair
     assert a.shape == (3, 32, 32)
     assert paths[1] in d.skipped and len(d.skipped) == 2
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once per file: no second warning
         for _ in range(3):
             d[trunc_index]
+
+
+def test_no_pair_spans_an_unreadable_frame(tmp_path):
+    write_frames(_solid_frames(0, 5), str(tmp_path / "holes"), ext="png")
+    for k in (1, 3):
+        (tmp_path / "holes" / f"0000{k}.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="no two readable frames gap=1 apart"):
+        with pytest.raises(ValueError, match="no usable videos"):
+            FramePairDataset(str(tmp_path))  # frames 0, 2, 4 are readable but never 1 apart
+    d = _quiet(source=str(tmp_path), input_size=8, gap=2)
+    assert len(d) == 2 and [d.locate(i) for i in range(2)] == [(0, 0), (0, 2)]
+    assert [(_frame_id(d[i][0]), _frame_id(d[i][1])) for i in range(2)] == [((0, 0), (0, 2)), ((0, 2), (0, 4))]
 
 
 def test_truncated_and_one_frame_videos(tmp_path):

@@ -165,9 +165,10 @@ def test_weight_decay_groups(model):
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
-    assert "online.decoder.mask_token" in no_decay_names
-    assert any(n.endswith("grn.weight") for n in no_decay_names)
+    # the authors' groups (timm's rule on their shapes): the mask token and GRN gamma/beta are decayed
+    assert "online.decoder.mask_token" in decay_names
+    assert any(n.endswith("grn.weight") for n in decay_names) and any(n.endswith("grn.bias") for n in decay_names)
     assert any(".norm.weight" in n for n in no_decay_names)
-    assert all(n.endswith(".weight") for n in decay_names)
+    assert all(n.endswith(".weight") or ".grn." in n or n.endswith("mask_token") for n in decay_names)
     assert not any(n.startswith("target.") for n in decay_names | no_decay_names)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

@@ -19,7 +19,7 @@ from videomac.pretrain.train import pretrain
 
 SMALL = dict(
     model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=64, num_workers=0,
-    synthetic_videos=8, synthetic_frames=8, progress=False, lr=1e-3, warmup_steps=2,
+    synthetic_videos=8, synthetic_frames=8, pairs_per_video=1, progress=False, lr=1e-3, warmup_steps=2,
 )  # fmt: skip
 
 

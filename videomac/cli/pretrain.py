@@ -62,6 +62,17 @@ def register(sub) -> None:
     g.add_argument("--min-lr", type=float)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--ema-base", type=float, help="EMA momentum at step 0 (rises to 1 on a cosine)")
+    g.add_argument(
+        "--ema-schedule",
+        choices=["cosine", "authors"],
+        help="cosine over the whole run (default), or as the authors' code indexes it (the step within "
+        "the epoch, so the momentum stays ~ema-base; paper presets)",
+    )
+    g.add_argument(
+        "--init",
+        choices=["authors", "timm"],
+        help="online model init: timm's encoder init + 0.02 decoder (default), or the authors' rules (presets)",
+    )
     g.add_argument("--clip-grad", type=float)
     g = p.add_argument_group("system")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"])
@@ -71,7 +82,11 @@ def register(sub) -> None:
     g.add_argument("--log-every", type=int)
     g.add_argument("--save-every", type=int, help="steps between checkpoints")
     g.add_argument("--vis-every", type=int, help="epochs between reconstruction figures")
-    g.add_argument("--pairs-per-video", type=int, help="pairs drawn from each video per epoch")
+    g.add_argument(
+        "--pairs-per-video",
+        type=int,
+        help="random pairs drawn from each video per epoch (default: every (t, t+gap) pair, the authors')",
+    )
     g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
     g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
     g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")

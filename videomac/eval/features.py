@@ -16,7 +16,6 @@ forward pass stops at the chosen stage (later stages are never run).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -75,12 +74,9 @@ def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = 
     import timm
 
     import videomac.models  # noqa: F401  (registers videomac_* with timm)
+    from videomac.models.names import check_model_name
 
-    if not timm.is_model(name):
-        names = timm.list_models()
-        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (VideoMAC encoders: {timm.list_models('videomac_*')})")
+    check_model_name(name)
     model = timm.create_model(name, pretrained=pretrained)
     if weights:
         load_weights(model, weights)

@@ -71,6 +71,7 @@ def build_model(cfg: PretrainConfig) -> VideoMAC:
         motion_weight=cfg.motion_weight,
         drop_path_rate=cfg.drop_path,
         backend=cfg.backend,
+        init=cfg.init,
     )
 
 

@@ -49,6 +49,8 @@ class PretrainConfig:
     weight_decay: float = 0.05
     ema_base: float = 0.996
     ema_final: float = 1.0
+    ema_schedule: str = "cosine"  # cosine over the run | authors (their index: step within the epoch, so ~ema_base)
+    init: str = "timm"  # timm (timm's encoder init, 0.02 decoder; trains faster in short runs) | authors (presets)
     clip_grad: Optional[float] = None
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
     device: str = "auto"
@@ -57,7 +59,7 @@ class PretrainConfig:
     log_every: int = 10
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
     vis_every: int = 10  # epochs between reconstruction figures (and one at the end)
-    pairs_per_video: int = 1
+    pairs_per_video: Optional[int] = None  # None: every (t, t+gap) pair of every video per epoch (the authors')
     synthetic_videos: int = 32
     synthetic_frames: int = 32
     video_short_side: Optional[int] = None

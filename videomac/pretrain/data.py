@@ -2,8 +2,10 @@
 
 :class:`FramePairDataset` yields ``(frame1, frame2)`` pairs ``gap`` frames apart from one video, with one
 random-resized crop and one horizontal-flip decision shared by both frames (so the pair differs only by
-the video's own motion). Sources: frame folders (YouTube-VOS / DAVIS layouts), video files decoded with
-PyAV, a text list of either, or -- by default -- seeded synthetic videos from :mod:`videomac.synthetic`.
+the video's own motion). An epoch is every ``(t, t + gap)`` pair of every video once, as in the authors'
+YT18Dataset / K400Dataset; ``pairs_per_video=k`` instead draws ``k`` random pairs per video. Sources:
+frame folders (YouTube-VOS / DAVIS layouts), video files decoded with PyAV, a text list of either, or --
+by default -- seeded synthetic videos from :mod:`videomac.synthetic`.
 
 All randomness comes from torch's global RNG, so saving/restoring ``torch.get_rng_state()`` resumes the
 sample stream exactly (``num_workers=0``) and DataLoader workers (seeded per worker by torch) get
@@ -12,12 +14,13 @@ distinct streams. Bad data is skipped and reported rather than stopping a run.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -111,11 +114,14 @@ class VideoCache:
 @dataclass
 class _Clip:
     name: str
-    kind: str  # "frames" | "video" | "synthetic"
+    kind: str  # "frames" | "video" | "synthetic" | "dead" (failed to decode in this process)
     path: str = ""
-    frames: List[str] = field(default_factory=list)
-    num_frames: int = 0
+    frames: List[str] = field(default_factory=list)  # frame folders: every image, in order (positions)
+    num_frames: int = 0  # usable frames (video files: counted, then the decoded count once decoded)
     seed: int = 0
+    bad: Set[int] = field(default_factory=set)  # frame folders: positions of unreadable images
+    starts: Optional[List[int]] = None  # first frames of the pairs if not simply 0..num_pairs-1
+    num_pairs: int = 0  # (t, t + gap) pairs fixed at construction: this clip's share of the epoch
 
 
 def _is_video(path: str) -> bool:
@@ -127,11 +133,37 @@ def _list_images(folder: str) -> List[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def _count_video_frames(path: str) -> int:
-    """Count frames by demuxing every packet (no decoding, so cheap at construction).
+_INDEXED_FORMATS = ("mov", "mp4")  # sample tables list every frame, read at open without demuxing
 
-    Container metadata can lie for truncated files; packets that then fail to decode are caught on the
-    first decode in :meth:`FramePairDataset.__getitem__`.
+
+def _indexed_frame_count(container, stream, file_size: int) -> Optional[int]:
+    """Frames from the container's index (mp4 / mov), or ``None`` where it cannot be trusted.
+
+    ``stream.frames`` alone is not exact: an edit list can mark leading samples as discarded (the decoder
+    drops them), so the count skips index entries flagged discard, as the decoder does. The index is used
+    only when it lists every sample (``len == stream.frames``; fragmented mp4 fails this) and every sample
+    lies inside the file (a truncated file fails this).
+    """
+    if not set(container.format.name.split(",")) & set(_INDEXED_FORMATS) or stream.frames <= 0:
+        return None
+    entries = getattr(stream, "index_entries", None)  # PyAV >= 14
+    if entries is None or len(entries) != stream.frames:
+        return None
+    n = 0
+    for e in entries:
+        if e.pos < 0 or e.pos + e.size > file_size:
+            return None
+        n += e.size > 0 and not e.is_discard
+    return n
+
+
+def _count_video_frames(path: str) -> int:
+    """The number of frames a full decode yields, without decoding.
+
+    mp4 / mov: from the container's sample index (no packet is read). Other containers (mkv / webm
+    index keyframes only; avi's index is optional): by demuxing every packet, still without decoding.
+    Packets flagged discard (edit lists) and empty packets yield no frame and are not counted. A file
+    whose packets later fail to decode is caught on its first decode in :meth:`FramePairDataset.__getitem__`.
     """
     import av
 
@@ -139,7 +171,10 @@ def _count_video_frames(path: str) -> int:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        return sum(1 for p in container.demux(stream) if p.size > 0)
+        n = _indexed_frame_count(container, stream, os.path.getsize(path))
+        if n is not None:
+            return n
+        return sum(1 for p in container.demux(stream) if p.size > 0 and not p.is_discard)
 
 
 def _decode_video(path: str, short_side: Optional[int]) -> Tuple[np.ndarray, Optional[str]]:
@@ -180,8 +215,12 @@ def _short(path: str) -> str:
 class FramePairDataset(torch.utils.data.Dataset):
     """Pairs of frames ``gap`` apart from videos, with a shared random-resized crop and flip.
 
-    Each item is one video (repeated ``pairs_per_video`` times per epoch; item ``i`` uses video
-    ``i % num_videos``) and returns ``(frame1, frame2)``, float32 ``(3, H, W)`` ImageNet-normalized.
+    Each item returns ``(frame1, frame2)``, float32 ``(3, H, W)`` ImageNet-normalized, frames ``t`` and
+    ``t + gap`` of one video. By default (``pairs_per_video=None``) the items are every such pair of every
+    video once, as the authors' YT18Dataset / K400Dataset: ``len`` is the sum over videos of
+    ``n_frames - gap``, item ``i`` is a fixed ``(video, t)`` (:meth:`locate`; videos in order, ``t``
+    ascending; only the crop and flip are random). ``pairs_per_video=k`` gives ``k`` items per video
+    instead (item ``i`` uses video ``i % num_videos`` and a random ``t``), for shorter epochs.
 
     ``source``: a folder of frame folders (``root/<video>/<frame>``, also ``root/JPEGImages[/480p]/...``),
     a folder of video files, a text file listing frame folders / video files (one per line, relative to
@@ -189,8 +228,11 @@ class FramePairDataset(torch.utils.data.Dataset):
     ``synthetic_videos`` seeded synthetic videos (rendered lazily, cached in memory per process).
 
     Unusable inputs are skipped and recorded in :attr:`skipped` (path -> reason) with one warning at
-    construction; a frame that fails to decode later is recorded too (in that worker process), warned
-    about once, and the item is replaced by the next index's pair. ``ratio`` is width/height as in
+    construction; an unreadable image in a frame folder is skipped too, and no pair spans it (pairs are
+    always ``gap`` frames apart in the folder's order). A frame that fails to decode later is recorded
+    too (in that worker process), warned about once, and the item is replaced by the next index's pair
+    that decodes (a video that decodes fewer frames than counted loses its pairs past its end the same
+    way). ``ratio`` is width/height as in
     torchvision. ``video_short_side`` downscales decoded videos (before cropping) to save cache memory;
     ``video_cache_bytes`` is the per-process budget of the decoded-video LRU cache (see
     :class:`VideoCache`).
@@ -204,7 +246,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         scale: Sequence[float] = (0.2, 1.0),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
-        pairs_per_video: int = 1,
+        pairs_per_video: Optional[int] = None,
         video_short_side: Optional[int] = None,
         synthetic_videos: int = 32,
         synthetic_frames: int = 32,
@@ -223,13 +265,13 @@ class FramePairDataset(torch.utils.data.Dataset):
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
         if not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
-        if int(pairs_per_video) < 1:
-            raise ValueError(f"pairs_per_video must be >= 1, got {pairs_per_video}")
+        if pairs_per_video is not None and int(pairs_per_video) < 1:
+            raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
         self.gap = int(gap)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.hflip = float(hflip)
-        self.pairs_per_video = int(pairs_per_video)
+        self.pairs_per_video = None if pairs_per_video is None else int(pairs_per_video)
         self.video_short_side = video_short_side
         self.synthetic_size = (int(synthetic_size[0]), int(synthetic_size[1]))
         self.skipped: Dict[str, str] = {}
@@ -243,8 +285,9 @@ class FramePairDataset(torch.utils.data.Dataset):
             if int(synthetic_frames) < self.gap + 1:
                 raise ValueError(f"synthetic_frames={synthetic_frames} < gap+1={self.gap + 1}")
             self.source, self.source_kind = None, "synthetic"
+            n = int(synthetic_frames)
             self.clips = [
-                _Clip(f"synthetic-{seed + i}", "synthetic", num_frames=int(synthetic_frames), seed=seed + i)
+                _Clip(f"synthetic-{seed + i}", "synthetic", num_frames=n, seed=seed + i, num_pairs=n - self.gap)
                 for i in range(int(synthetic_videos))
             ]
         else:
@@ -268,6 +311,10 @@ class FramePairDataset(torch.utils.data.Dataset):
                 f"(<video>/<frame>{'|'.join(IMAGE_EXTS)}) or video files ({' '.join(VIDEO_EXTS)}) "
                 f"with at least gap+1={self.gap + 1} frames."
             )
+        # Item i of the every-pair epoch is pair i - offsets[c] of clip c, for offsets[c] <= i < offsets[c+1].
+        self._offsets = [0]
+        for c in self.clips:
+            self._offsets.append(self._offsets[-1] + c.num_pairs)
 
     # ----------------------------------------------------------------------------------- discovery
     def _where(self) -> str:
@@ -327,18 +374,26 @@ class FramePairDataset(torch.utils.data.Dataset):
             self.skipped[path] = "not found"
             return None
         if os.path.isdir(path):
-            frames = []
-            for f in _list_images(path):
+            frames, bad = _list_images(path), set()
+            for k, f in enumerate(frames):
                 try:
                     with Image.open(f):  # parses the header only: decoding every frame is too slow
                         pass
-                    frames.append(f)
                 except Exception as e:
+                    bad.add(k)
                     self.skipped[f] = f"unreadable image ({type(e).__name__})"
-            if len(frames) < need:
-                self.skipped[path] = f"{len(frames)} frame{'s' * (len(frames) != 1)} < gap+1={need}"
+            n = len(frames) - len(bad)
+            if n < need:
+                self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
                 return None
-            return _Clip(_short(path), "frames", path, frames, len(frames))
+            starts = None
+            if bad:
+                starts = [t for t in range(len(frames) - self.gap) if t not in bad and t + self.gap not in bad]
+                if not starts:
+                    self.skipped[path] = f"no two readable frames gap={self.gap} apart"
+                    return None
+            num_pairs = len(frames) - self.gap if starts is None else len(starts)
+            return _Clip(_short(path), "frames", path, frames, n, bad=bad, starts=starts, num_pairs=num_pairs)
         if not _is_video(path):
             self.skipped[path] = "not a frame folder or video file"
             return None
@@ -350,7 +405,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         if n < need:
             self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
             return None
-        return _Clip(_short(path), "video", path, num_frames=n)
+        return _Clip(_short(path), "video", path, num_frames=n, num_pairs=n - self.gap)
 
     # ------------------------------------------------------------------------------------- loading
     @property
@@ -361,17 +416,39 @@ class FramePairDataset(torch.utils.data.Dataset):
     def num_frames(self) -> int:
         return sum(c.num_frames for c in self.clips)
 
+    @property
+    def num_pairs(self) -> int:
+        """Every ``(t, t + gap)`` pair of every video (the length of an every-pair epoch)."""
+        return self._offsets[-1]
+
     def describe(self) -> str:
-        """One line for logs: source kind, #videos, #frames, #skipped."""
+        """One line for logs: source kind, #videos, #frames, #pairs, #skipped."""
         h, w = self.input_size
+        per_epoch = "all pairs" if self.pairs_per_video is None else f"{self.pairs_per_video}/video"
         return (
             f"FramePairDataset[{self.source_kind}] {self._where()}: {self.num_videos} videos, "
-            f"{self.num_frames} frames, {len(self.skipped)} skipped; gap={self.gap}, "
-            f"pairs/video={self.pairs_per_video}, input {h}x{w}"
+            f"{self.num_frames} frames, {self.num_pairs} pairs, {len(self.skipped)} skipped; gap={self.gap}, "
+            f"{len(self)} pairs/epoch ({per_epoch}), input {h}x{w}"
         )
 
     def __len__(self) -> int:
+        if self.pairs_per_video is None:
+            return self._offsets[-1]
         return len(self.clips) * self.pairs_per_video
+
+    def locate(self, index: int) -> Tuple[int, Optional[int]]:
+        """``(video, t)`` of item ``index``: the pair is frames ``t`` and ``t + gap`` of ``clips[video]``.
+
+        ``t`` is ``None`` with ``pairs_per_video`` set (it is drawn at random on each access).
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        if self.pairs_per_video is not None:
+            return index % len(self.clips), None
+        c = bisect.bisect_right(self._offsets, index) - 1
+        local = index - self._offsets[c]
+        starts = self.clips[c].starts
+        return c, local if starts is None else starts[local]
 
     def __getstate__(self):
         # Workers started by pickling (spawn) should not copy the parent's decoded frames.
@@ -409,27 +486,49 @@ class FramePairDataset(torch.utils.data.Dataset):
             self._warned.add(path)
             warnings.warn(f"FramePairDataset: {path}: {reason}", stacklevel=3)
 
-    def _load_pair(self, clip: _Clip) -> Tuple[np.ndarray, np.ndarray]:
+    def _load_pair(self, clip: _Clip, t: Optional[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Frames ``t`` and ``t + gap`` (``t=None``: a random valid ``t``), or ``None`` if that pair is unusable.
+
+        Failures are recorded here: an image that fails to decode is marked bad in this process (no pair
+        uses it again), a video that fails to decode is marked dead.
+        """
+        g = self.gap
+        if clip.kind == "dead":
+            return None
         if clip.kind == "frames":
-            t = int(torch.randint(0, len(clip.frames) - self.gap, (1,)).item())
-            paths = (clip.frames[t], clip.frames[t + self.gap])
+            if t is None:
+                if clip.bad:
+                    valid = [s for s in range(len(clip.frames) - g) if s not in clip.bad and s + g not in clip.bad]
+                    if not valid:
+                        return None
+                    t = valid[int(torch.randint(0, len(valid), (1,)).item())]
+                else:
+                    t = int(torch.randint(0, len(clip.frames) - g, (1,)).item())
+            elif t in clip.bad or t + g in clip.bad:
+                return None
             imgs = []
-            for p in paths:
+            for k in (t, t + g):
                 try:
-                    imgs.append(_read_image(p))
+                    imgs.append(_read_image(clip.frames[k]))
                 except Exception as e:
-                    # Drop the frame in this process so later draws avoid it.
-                    self._warn_once(p, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-                    if p in clip.frames:
-                        clip.frames.remove(p)
-                    raise
+                    clip.bad.add(k)
+                    self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+                    return None
             a, b = imgs
             if a.shape != b.shape:  # rare in real data; the shared crop needs equal sizes
                 b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BICUBIC))
             return a, b
-        arr = self._video_array(clip)
-        t = int(torch.randint(0, len(arr) - self.gap, (1,)).item())
-        return arr[t], arr[t + self.gap]
+        try:
+            arr = self._video_array(clip)
+        except Exception as e:
+            self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+            clip.kind = "dead"
+            return None
+        if t is None:
+            t = int(torch.randint(0, len(arr) - g, (1,)).item())
+        elif t + g >= len(arr):  # decoded fewer frames than counted
+            return None
+        return arr[t], arr[t + g]
 
     def _transform(self, a: np.ndarray, b: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
         H, W = a.shape[:2]
@@ -446,19 +545,18 @@ class FramePairDataset(torch.utils.data.Dataset):
         return x[0].contiguous(), x[1].contiguous()
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.clips)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        for k in range(n):
-            clip = self.clips[(index + k) % n]
-            if clip.kind == "dead" or (clip.kind == "frames" and len(clip.frames) < self.gap + 1):
-                continue  # failed earlier in this process
-            try:
-                a, b = self._load_pair(clip)
-            except Exception as e:
-                if clip.kind != "frames":  # frame failures are recorded per file in _load_pair
-                    self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-                    clip.kind = "dead"
-                continue
-            return self._transform(a, b)
+        total = len(self)
+        c, t = self.locate(index)
+        walked = 0
+        while walked < total:
+            clip = self.clips[c]
+            pair = self._load_pair(clip, t)
+            if pair is not None:
+                return self._transform(*pair)
+            # Unusable: take the next index's pair, skipping whole clips that cannot give one.
+            step = 1
+            if t is not None and (clip.kind == "dead" or (clip.kind != "frames" and t + self.gap >= clip.num_frames)):
+                step = self._offsets[c + 1] - index
+            index, walked = (index + step) % total, walked + step
+            c, t = self.locate(index)
         raise RuntimeError(f"FramePairDataset: no decodable video left (skipped: {len(self.skipped)})")

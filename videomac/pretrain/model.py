@@ -12,6 +12,7 @@ from timm.models.convnext import ConvNeXtBlock
 
 from videomac.masking import check_images, check_mask, patchify, random_mask
 from videomac.models.encoder import SparseEncoder
+from videomac.pretrain.init import INITS, init_authors_
 
 __all__ = ["VideoMAC", "Branch", "Decoder", "masked_mse", "patch_mean_std", "patch_targets"]
 
@@ -83,7 +84,9 @@ class VideoMAC(nn.Module):
     ``loss_online``, ``loss_target``, ``loss_consistency`` (and ``loss_motion`` when
     ``motion_weight > 0``), the predictions ``pred_online`` / ``pred_target`` ``(B, L, P*P*3)`` and
     the ``mask`` ``(B, h, w)``. ``backend`` selects the sparse execution of the encoders
-    (see :class:`videomac.SparseEncoder`).
+    (see :class:`videomac.SparseEncoder`). ``init="timm"`` keeps timm's encoder init and a std-0.02
+    decoder; ``"authors"`` applies the authors' rules (:mod:`videomac.pretrain.init`; the paper
+    presets). The target starts as an exact copy of the online model either way.
     """
 
     def __init__(
@@ -97,10 +100,13 @@ class VideoMAC(nn.Module):
         motion_weight: float = 0.0,
         drop_path_rate: float = 0.0,
         backend: str = "visible",
+        init: str = "timm",
     ):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; available: {', '.join(INITS)}")
         if isinstance(encoder, str):
             self.encoder_name = encoder
             encoder = timm.create_model(encoder, num_classes=0, drop_path_rate=drop_path_rate)
@@ -115,13 +121,16 @@ class VideoMAC(nn.Module):
         # DDP does not wait for their gradients; export_encoder() makes them trainable again.
         for head in self.online.encoder.head_modules():
             head.requires_grad_(False)
-        self.target = copy.deepcopy(self.online)
-        self.target.requires_grad_(False)
         self.patch_size = self.online.encoder.patch_size
         # Motion (MAM2): a second decoder on the online features predicts per-patch frame2 - frame1.
         self.motion = None
         if motion_weight > 0:
             self.motion = Decoder(self.online.encoder.num_features, self.patch_size, decoder_dim, decoder_depth)
+        if init == "authors":
+            decoders = [self.online.decoder] + ([self.motion] if self.motion is not None else [])
+            init_authors_(self.online.encoder.model, decoders, resnet=hasattr(self.online.encoder.model, "layer1"))
+        self.target = copy.deepcopy(self.online)
+        self.target.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["learning_rate", "ema_momentum", "param_groups", "build_optimizer"]
+__all__ = ["learning_rate", "ema_momentum", "EMA_SCHEDULES", "param_groups", "build_optimizer"]
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
@@ -20,24 +20,47 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def ema_momentum(step: int, total_steps: int, base: float = 0.996, final: float = 1.0) -> float:
-    """Cosine rise of the EMA momentum from ``base`` (step 0) to ``final`` (last step)."""
+EMA_SCHEDULES = ("cosine", "authors")
+
+
+def ema_momentum(
+    step: int,
+    total_steps: int,
+    base: float = 0.996,
+    final: float = 1.0,
+    schedule: str = "cosine",
+    steps_per_epoch: Optional[int] = None,
+) -> float:
+    """EMA momentum at optimizer step ``step``: a cosine rise from ``base`` (step 0) to ``final`` (last step).
+
+    ``schedule="authors"`` reads that cosine at the step *within the epoch*, as the released code does
+    (``momentum_schedule[data_iter_step]``), so the momentum stays within a hair of ``base`` all run;
+    that is what produced the paper's Table 1.
+    """
+    if schedule not in EMA_SCHEDULES:
+        raise ValueError(f"unknown EMA schedule {schedule!r}; available: {', '.join(EMA_SCHEDULES)}")
+    if schedule == "authors":
+        if not steps_per_epoch:
+            raise ValueError("the authors' EMA schedule needs steps_per_epoch")
+        step = step % steps_per_epoch
     progress = min(1.0, step / max(1, total_steps))
     return final - (final - base) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_names: Iterable[str] = ("mask_token",)) -> List[dict]:
-    """Two groups: weight decay on weights, none on norms, biases (1-D params) and mask tokens."""
-    skip = tuple(no_decay_names)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or any(s in name for s in skip):
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
+    """Weight-decay groups as the authors build them: timm's ``param_groups_weight_decay`` (no decay for
+    1-D parameters and ``.bias``), applied to the shapes of their modules. Their GRN keeps ``gamma`` and
+    ``beta`` as ``(1, C)`` tensors, so both are decayed; timm's GRN holds them 1-D as ``weight``/``bias``,
+    so they are moved to the decay group here. The mask token ``(1, D, 1, 1)`` is decayed under the rule."""
+    from timm.layers.grn import GlobalResponseNorm
+    from timm.optim import param_groups_weight_decay
+
+    no_decay, decay = param_groups_weight_decay(model, weight_decay)
+    grn = {id(p) for m in model.modules() if isinstance(m, GlobalResponseNorm) for p in m.parameters()}
+    moved = [p for p in no_decay["params"] if id(p) in grn]
+    no_decay["params"] = [p for p in no_decay["params"] if id(p) not in grn]
+    decay["params"] = list(decay["params"]) + moved
+    return [decay, no_decay]
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95)) -> torch.optim.AdamW:

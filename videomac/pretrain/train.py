@@ -18,13 +18,15 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from videomac.models.names import check_model_name
 from videomac.pretrain.checkpoint import atomic_save, build_model, load_checkpoint, save_encoder
 from videomac.pretrain.config import CHECKPOINT, ENCODER, METRICS, PretrainConfig
 from videomac.pretrain.data import FramePairDataset
-from videomac.pretrain.schedule import build_optimizer, ema_momentum, learning_rate
+from videomac.pretrain.schedule import EMA_SCHEDULES, build_optimizer, ema_momentum, learning_rate
 from videomac.pretrain.visualize import save_reconstruction_figure
 
 __all__ = ["pretrain"]
+
 
 class _Dist:
     """torch.distributed from torchrun's environment (gloo on CPU, nccl on CUDA), or a single process."""
@@ -137,6 +139,9 @@ def pretrain(cfg: PretrainConfig) -> Dict:
 class _Trainer:
     def __init__(self, cfg: PretrainConfig, env: _Dist):
         self.cfg, self.env = cfg, env
+        check_model_name(cfg.model)
+        if cfg.ema_schedule not in EMA_SCHEDULES:
+            raise ValueError(f"ema_schedule must be one of {', '.join(EMA_SCHEDULES)}, got {cfg.ema_schedule!r}")
         if cfg.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none, bf16 or fp16, got {cfg.amp!r}")
         if cfg.amp == "fp16" and env.device.type != "cuda":
@@ -164,7 +169,7 @@ class _Trainer:
             raise ValueError(
                 f"dataset of {len(self.dataset)} pairs is too small for batch {cfg.batch_size} x accum "
                 f"{cfg.accum_iter} x {env.world} process(es): no full step per epoch; lower --batch-size "
-                "or raise --pairs-per-video"
+                "add videos, or leave --pairs-per-video unset (every pair)"
             )
         self.steps_per_epoch = self.micro_per_epoch // cfg.accum_iter
         self.total_steps = cfg.max_steps if cfg.max_steps else cfg.epochs * self.steps_per_epoch
@@ -291,7 +296,8 @@ class _Trainer:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
-                    momentum = ema_momentum(self.step, self.total_steps, cfg.ema_base, cfg.ema_final)
+                    momentum = ema_momentum(self.step, self.total_steps, cfg.ema_base, cfg.ema_final,
+                                            cfg.ema_schedule, self.steps_per_epoch)  # fmt: skip
                     self.model.update_target(momentum)
                     self.step += 1
                     bar.update(1)
