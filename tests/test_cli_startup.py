@@ -1,0 +1,31 @@
+"""`videomac --help` and every `videomac SUBCOMMAND --help` start without importing torch (real processes)."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+HELPS = [[], ["pretrain"], ["visualize"], ["export"], ["push"], ["convert-official"], ["eval"], ["eval", "davis"],
+         ["propagate"], ["bench"], ["bench", "pretrain"], ["bench", "propagate"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("args", HELPS, ids=lambda a: " ".join(a) or "videomac")
+def test_help_imports_no_torch(args):
+    exe = shutil.which("videomac")
+    assert exe, "the videomac console script is not installed (pip install -e .)"
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    r = subprocess.run([exe, *args, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "usage: videomac" in r.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "videomac.cli" in imported  # the profile really lists this process's imports
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "timm", "torchvision", "av"))
+    assert not heavy, f"`videomac {' '.join(args)} --help` imported {heavy[:5]}"
+
+
+def test_import_videomac_registers_the_encoders():
+    code = "import videomac, timm; assert timm.is_model('videomac_rn50'); print(videomac.SparseEncoder.__name__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "SparseEncoder", r.stderr[-2000:]
