@@ -1,6 +1,8 @@
 """Weights hub without network: an offline Hugging Face cache (its real layout) serves
 pretrained=True, torch.hub.load(source='local'), hf-hub: and local-dir: loading, sha256 checks, the
-no-weights error, export/push --dry-run, and importing checkpoints in the authors' sparse layout."""
+no-weights error, export/push --dry-run, and importing checkpoints in the authors' sparse layout
+(tests/test_convert_official.py checks the conversion against the authors' forward)."""
+
 import json
 import os
 import subprocess
@@ -199,12 +201,16 @@ def test_kernel_orientation_matches_applying_the_stored_kernel_by_hand():
     torch.testing.assert_close(F.conv2d(x3, dense, padding=1, groups=3), hand)
 
 
-def fcmae_layout(model) -> dict:
-    """A ConvNeXt state_dict in the authors' / FCMAE sparse layout and names."""
+def authors_layout(model) -> dict:
+    """A VideoMAC ConvNeXt state_dict in the authors' sparse layout and names (ConvNeXt-V2 FCMAE names
+    plus their stage norms ``norm{i}.ln.*``)."""
     sd, out = model.state_dict(), {}
     for k, v in sd.items():
         if k.startswith("head."):
-            continue  # FCMAE encoders have no final norm
+            continue  # their encoders have no pooled head norm
+        if k.startswith("norm") and k[4].isdigit():  # MinkowskiLayerNorm after stage i
+            out["encoder." + k.replace(".weight", ".ln.weight").replace(".bias", ".ln.bias")] = v
+            continue
         k2 = k.replace("stem.", "downsample_layers.0.")
         k2 = k2.replace(".blocks.", ".").replace("conv_dw", "dwconv").replace("mlp.fc", "pwconv")
         k2 = k2.replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta")
@@ -235,7 +241,7 @@ def test_convert_official_convnext(name, tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_()
-    ck = {"online_without_ddp": fcmae_layout(model), "epoch": 99}
+    ck = {"online_without_ddp": authors_layout(model), "epoch": 99}
     torch.save(ck, tmp_path / "checkpoint-99.pth")
     out = tmp_path / "encoder.safetensors"
     assert main(["convert-official", str(tmp_path / "checkpoint-99.pth"), "--model", name, "--out", str(out)]) == 0

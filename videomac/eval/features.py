@@ -36,8 +36,9 @@ __all__ = [
 
 # The last stage at stride 8 for both families (the paper's features: RN50 2048-d layer4, CNXv2-S 768-d
 # stages.3), the strides of the last two stages removed: 60x107 cells for a 480x854 frame in both, so the
-# propagation's radius/top-k mean the same. A ConvNeXt with more or fewer stages uses its last one.
-DEFAULT_STAGE = {"resnet": ("layer4", 8), "convnext": ("stages.3", 8)}
+# propagation's radius/top-k mean the same. A ConvNeXt with more or fewer stages uses its last one; the
+# isotropic ConvNeXt (no stages) its final norm at its only stride, 16.
+DEFAULT_STAGE = {"resnet": ("layer4", 8), "convnext": ("stages.3", 8), "isotropic": ("norm", 16)}
 
 
 def _family(model: nn.Module) -> str:
@@ -46,6 +47,10 @@ def _family(model: nn.Module) -> str:
     stages = getattr(model, "stages", None)
     if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) >= 3:
         return "convnext"
+    # isotropic ConvNeXt (one patchify stem, blocks, final norm): its stride-16 stem cannot be de-strided
+    blocks, norm = getattr(model, "blocks", None), getattr(model, "norm", None)
+    if isinstance(blocks, nn.Sequential) and isinstance(norm, nn.Module):
+        return "isotropic"
     return "other"
 
 

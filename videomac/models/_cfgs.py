@@ -34,7 +34,8 @@ def base_cfg(**kwargs) -> Dict:
     return cfg
 
 
-def make_default_cfgs(names: Iterable[str], first_conv: str, classifier: str):
+def make_default_cfgs(names: Iterable[str], first_conv: str, classifier: str, reduction: int = 32):
+    """One cfg per registry entry of each name (or a bare one); ``reduction`` is the model's total stride."""
     cfgs = {}
     for name in names:
         entries = entries_for(name)
@@ -46,10 +47,10 @@ def make_default_cfgs(names: Iterable[str], first_conv: str, classifier: str):
                 hf_hub_id=e.hub_ref if e.published else None,
                 hf_hub_filename=e.filename,
                 input_size=(3, size, size),
-                pool_size=(size // 32, size // 32),
+                pool_size=(size // reduction, size // reduction),
                 license=e.license,
                 notes=(f"recipe {e.recipe}; data {e.data}",),
             )
         if not entries:
-            cfgs[name] = base_cfg(first_conv=first_conv, classifier=classifier)
+            cfgs[name] = base_cfg(first_conv=first_conv, classifier=classifier, pool_size=(224 // reduction,) * 2)
     return generate_default_cfgs(cfgs)

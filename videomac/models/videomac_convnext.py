@@ -1,19 +1,39 @@
-"""ConvNeXt-V2 and ConvNeXt-V1 encoders under videomac names: exactly timm's architectures.
+"""ConvNeXt-V2 and ConvNeXt-V1 encoders as the VideoMAC authors built them.
 
-Each ``videomac_cnxv2_*`` builds timm's ``ConvNeXt`` with the arguments of timm's ``convnextv2_*`` of
-the same size, so state_dicts move between the two with ``strict=True``.
+The authors' encoder (their ``SparseConvNeXtV2`` / ``SparseConvNeXtV1``) is ConvNeXt with one addition:
+a LayerNorm (channels-first, eps 1e-6) after EVERY stage, in the main path, so stage ``i``'s output is
+normalised before it feeds the next downsampling layer and the encoder ends with ``norm3``. Their V1 has
+no layer scale. :class:`VideoMACConvNeXt` is timm's ``ConvNeXt`` plus these norms, as modules
+``norm0`` .. ``norm3`` (timm's ``norm_pre`` stays Identity, timm's ``head`` with its pooled
+``head.norm`` is kept for ``forward_head`` / ``num_classes > 0``).
+
+Each ``videomac_cnxv2_*`` / ``videomac_cnxv1_*`` has the arguments of timm's ``convnextv2_*`` /
+``convnext_*`` of the same size (V1 with ``ls_init_value=None``): its state_dict minus ``norm{i}.*``
+loads strictly into that timm model built with the same ``ls_init_value``.
 """
 
 from __future__ import annotations
 
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXt
 
 from videomac.models._cfgs import make_default_cfgs
+from videomac.models.blocks import register_sparse_container
 from videomac.pretrained import resolve_pretrained
+
+__all__ = ["VideoMACConvNeXt", "ARCHS", "STAGE_NORM_EPS"]
+
+STAGE_NORM_EPS = 1e-6  # the authors' MinkowskiLayerNorm(C, 1e-6) after every stage
 
 _V2 = dict(use_grn=True, ls_init_value=None)
 _V2C = dict(_V2, conv_mlp=True)
+_V1 = dict(ls_init_value=None)  # the authors' V1 blocks accept and ignore layer_scale_init_value
 # name -> (timm twin, architecture args); the small V2 sizes use conv-MLPs, as in timm.
 ARCHS = {
     "videomac_cnxv2_atto": (
@@ -37,32 +57,117 @@ ARCHS = {
     "videomac_cnxv2_b": ("convnextv2_base", dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), **_V2)),
     "videomac_cnxv2_l": ("convnextv2_large", dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), **_V2)),
     "videomac_cnxv2_h": ("convnextv2_huge", dict(depths=(3, 3, 27, 3), dims=(352, 704, 1408, 2816), **_V2)),
-    "videomac_cnxv1_t": ("convnext_tiny", dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))),
-    "videomac_cnxv1_s": ("convnext_small", dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))),
+    "videomac_cnxv1_t": ("convnext_tiny", dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), **_V1)),
+    "videomac_cnxv1_s": ("convnext_small", dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), **_V1)),
 }
+
+
+class VideoMACConvNeXt(ConvNeXt):
+    """timm's ``ConvNeXt`` with the authors' LayerNorm after every stage (``norm0`` .. ``norm{n-1}``).
+
+    ``forward_features`` = ``stem`` -> for each stage i: ``stages[i]`` -> ``norm{i}``. ``feature_info``,
+    ``forward_intermediates`` and ``features_only=True`` give stage outputs after their norms.
+    """
+
+    def __init__(self, *args, stage_norm_eps: float = STAGE_NORM_EPS, **kwargs):
+        super().__init__(*args, **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        # Re-register so the state_dict reads stem, stages, norm0..3, norm_pre, head (forward order).
+        tail = {name: self._modules.pop(name) for name in ("norm_pre", "head")}
+        for i, info in enumerate(self.feature_info):
+            self.add_module(f"norm{i}", LayerNorm2d(info["num_chs"], eps=stage_norm_eps, **dd))
+            info["module"] = f"norm{i}"
+        for name, module in tail.items():
+            self.add_module(name, module)
+
+    def stage_norm(self, i: int) -> nn.Module:
+        return getattr(self, f"norm{i}")
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
+        # norm{i} closes stage i: after its blocks, before stage i+1's downsample.
+        return dict(
+            stem=r"^stem",
+            blocks=[(r"^stages\.(\d+)", None), (r"^norm(\d+)", None)]
+            if coarse
+            else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+                (r"^norm(\d+)\.", (99998,)),
+                (r"^norm_pre", (99999,)),
+            ],
+        )
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's forward_intermediates; every intermediate is a stage output after its ``norm{i}``
+        (the stage norms are part of the network). ``norm`` applies ``norm_pre`` (Identity) to the last."""
+        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        last_idx = len(self.stages) - 1
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = self.stage_norm(feat_idx)(stage(x))
+            if feat_idx in take_indices:
+                intermediates.append(self.norm_pre(x) if norm and feat_idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm_pre(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        take_indices = super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        for i in range(len(self.stages), len(self.feature_info)):
+            if hasattr(self, f"norm{i}"):
+                delattr(self, f"norm{i}")  # its stage is gone
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            x = self.stage_norm(i)(stage(x))
+        return self.norm_pre(x)
+
+
+# Its forward composes stem, stages and the per-position stage norms: position-wise glue only.
+register_sparse_container(VideoMACConvNeXt)
 
 default_cfgs = make_default_cfgs(ARCHS, first_conv="stem.0", classifier="head.fc")
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
+def _create(variant: str, pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
     kwargs = resolve_pretrained(variant, pretrained, kwargs)
     return build_model_with_cfg(
-        ConvNeXt,
+        VideoMACConvNeXt,
         variant,
         pretrained,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
         **dict(ARCHS[variant][1], **kwargs),
     )
 
 
 def _entrypoint(variant: str):
-    def fn(pretrained: bool = False, **kwargs) -> ConvNeXt:
+    def fn(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
         return _create(variant, pretrained, **kwargs)
 
+    twin = ARCHS[variant][0]
     fn.__name__ = variant
     fn.__qualname__ = variant
     fn.__module__ = __name__
-    fn.__doc__ = f"{variant}: timm's {ARCHS[variant][0]} architecture under its videomac name."
+    fn.__doc__ = f"{variant}: timm's {twin} + the authors' LayerNorm after every stage (norm0..norm3)."
     return fn
 
 
