@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Dict, Optional
 
 from videomac.presets import preset_for_model
@@ -60,6 +61,11 @@ def resolve_pretrained(variant: str, pretrained: bool, kwargs: Dict) -> Dict:
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
+    if cfg.file and not os.path.isfile(cfg.file):
+        raise FileNotFoundError(
+            f"pretrained_cfg_overlay file {cfg.file!r} does not exist; pass the encoder.safetensors a run wrote "
+            f"(videomac pretrain --model {variant} --output-dir runs/X writes runs/X/encoder.safetensors)"
+        )
     if cfg.file or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir") or cfg.url:
         return kwargs
     entry = find_entry(variant, tag=cfg.tag)

@@ -1,4 +1,5 @@
-"""`videomac --help` and every `videomac SUBCOMMAND --help` start without importing torch (real processes)."""
+"""What a user meets first: `videomac --help` and every `videomac SUBCOMMAND --help` start without
+torch (real processes), and mistakes give one clear error."""
 
 import os
 import shutil
@@ -29,3 +30,13 @@ def test_import_videomac_registers_the_encoders():
     code = "import videomac, timm; assert timm.is_model('videomac_rn50'); print(videomac.SparseEncoder.__name__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "SparseEncoder", r.stderr[-2000:]
+
+
+def test_missing_weights_file_is_one_clear_error(tmp_path):
+    import timm
+
+    import videomac  # noqa: F401
+
+    missing = str(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="does not exist; pass the encoder.safetensors a run wrote"):
+        timm.create_model("videomac_rn18", pretrained=True, pretrained_cfg_overlay=dict(file=missing))
