@@ -15,11 +15,11 @@ from videomac.pretrain.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FramePairDataset,
-    VideoCache,
     _count_video_frames,
-    _indexed_frame_count,
+    normalize_frames,
     random_resized_crop_params,
 )
+from videomac.pretrain.decode import indexed_frames
 from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -27,8 +27,15 @@ STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def _pixels(x):
-    """Undo ImageNet normalization: back to [0, 1] pixels."""
+    """[0, 1] pixels of an item: uint8 / 255, or normalized ones un-normalized."""
+    if x.dtype == torch.uint8:
+        return x.float() / 255
     return x * STD + MEAN
+
+
+def _full_decode(path):
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
 def _frames(seed=0, t=6, size=(48, 64)):
@@ -92,7 +99,12 @@ def test_synthetic_default_source():
     assert d.num_videos == 3 and len(d) == 3 * 3 == d.num_pairs and d.source_kind == "synthetic"
     assert [d.locate(i) for i in range(9)] == [(v, t) for v in range(3) for t in range(3)]
     a, b = d[8]
-    assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.float32
+    assert a.shape == b.shape == (3, 32, 32) and a.dtype == torch.uint8  # normalised on the device
+    n = FramePairDataset(input_size=32, synthetic_videos=3, synthetic_frames=4, synthetic_size=(40, 48), normalize=True)
+    torch.manual_seed(0)
+    x = n[8][0]
+    torch.manual_seed(0)
+    assert x.dtype == torch.float32 and torch.allclose(x, normalize_frames(d[8][0]), atol=1e-6)
     assert "synthetic" in d.describe() and "3 videos" in d.describe() and "9 pairs/epoch" in d.describe()
     assert len(FramePairDataset(synthetic_videos=3, synthetic_frames=4, gap=2)) == 3 * 2
     d2 = FramePairDataset(input_size=(32, 48), pairs_per_video=4, synthetic_videos=2, synthetic_frames=3)
@@ -110,7 +122,7 @@ def test_frame_folder_layouts(tmp_path, layout):
     assert d.num_videos == 2 and d.num_frames == 9 and not d.skipped
     assert sorted(c.name for c in d.clips) == ["vid_a", "vid_b"]
     a, b = d[1]
-    assert a.shape == (3, 32, 32) and torch.isfinite(a).all()
+    assert a.shape == (3, 32, 32) and a.dtype == torch.uint8
 
 
 def test_single_frame_folder_and_jpeg_extension(tmp_path):
@@ -134,13 +146,12 @@ def test_video_folder_and_single_video(tmp_path):
     a, b = d[0]
     assert a.shape == (3, 32, 32)
     # The pair must be two consecutive frames of the real video: visually close, not identical.
-    assert 0 < (a - b).abs().mean() < 0.5
+    assert 0 < (_pixels(a) - _pixels(b)).abs().mean() < 0.2
 
-    one = FramePairDataset(str(tmp_path / "vids" / "a.mp4"), input_size=32, video_short_side=24)
+    one = FramePairDataset(str(tmp_path / "vids" / "a.mp4"), input_size=16, video_short_side=24)
     assert one.num_videos == 1 and one.num_frames == 8 and one.source_kind == "video file"
-    assert min(one._video_array(one.clips[0]).shape[1:3]) == 24  # downscaled before caching
-    one[0]
-    assert len(one._cache) == 1
+    assert one.clips[0].hw == (24, 32)  # frames downscaled before cropping
+    assert one[0][0].shape == (3, 16, 16)
 
 
 def test_text_list_source(tmp_path):
@@ -171,6 +182,7 @@ def _frame_id(x):
 def _exact(source, size, gap=1, **kw):
     """Full-frame crop at the frame's own size and no flip: items are exactly the normalized frames."""
     h, w = size
+    kw.setdefault("normalize", True)
     return _quiet(source=source, input_size=size, gap=gap, scale=(1, 1), ratio=(w / h, w / h), hflip=0.0, **kw)
 
 
@@ -239,11 +251,13 @@ def test_every_pair_video_files(tmp_path, gap):
     assert len(d) == sum(max(0, n - gap) for n in lengths.values()) == {1: 21, 2: 17}[gap]
     located = [d.locate(i) for i in range(len(d))]
     assert located == [(c, t) for c, k in enumerate(usable) for t in range(lengths[k] - gap)]
-    for i, (c, t) in enumerate(located):
-        arr = d._video_array(d.clips[c])
-        a, b = d[i]
-        assert torch.allclose(a, _normalized(arr[t]), atol=1e-5)
-        assert torch.allclose(b, _normalized(arr[t + gap]), atol=1e-5)
+    full = [_full_decode(tmp_path / k) for k in usable]
+    for units in (False, True):  # by seeking, and by units decoded forward
+        d.video_units = units
+        for i, (c, t) in enumerate(located):
+            a, b = d[i]
+            assert torch.allclose(a, _normalized(full[c][t]), atol=1e-5)
+            assert torch.allclose(b, _normalized(full[c][t + gap]), atol=1e-5)
 
 
 def test_frame_count_matches_full_decode(tmp_path):
@@ -266,7 +280,7 @@ def test_frame_count_matches_full_decode(tmp_path):
     for p, n in zip(paths, decoded):
         assert _count_video_frames(p) == n, p
         with av.open(p) as c:  # mp4 / mov from the sample index, the others by demuxing
-            indexed = _indexed_frame_count(c, c.streams.video[0], os.path.getsize(p))
+            indexed = indexed_frames(c, c.streams.video[0], os.path.getsize(p))
         assert (indexed is not None) == p.endswith((".mp4", ".mov")), p
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "decoded n of m frames": every counted pair decodes
@@ -281,7 +295,7 @@ def test_frame_count_matches_full_decode(tmp_path):
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) * 2 // 3])
     with av.open(str(cut)) as c:
-        assert _indexed_frame_count(c, c.streams.video[0], os.path.getsize(cut)) is None
+        assert indexed_frames(c, c.streams.video[0], os.path.getsize(cut)) is None
 
 
 def test_every_pair_list_single_and_synthetic(tmp_path):
@@ -300,7 +314,7 @@ def test_every_pair_list_single_and_synthetic(tmp_path):
     for i in range(len(syn)):
         c, t = syn.locate(i)
         assert (c, t) == (i // 3, i % 3)
-        arr = syn._video_array(syn.clips[c])
+        arr = syn._synthetic_array(syn.clips[c])
         assert torch.allclose(syn[i][1], _normalized(arr[t + 2]), atol=1e-5)
 
 
@@ -323,22 +337,24 @@ def test_pairs_per_video_option(tmp_path):
         FramePairDataset(str(tmp_path), pairs_per_video=0)
 
 
-def test_video_decoding_fewer_frames_than_counted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("units", [False, True])
+def test_video_decoding_fewer_frames_than_counted(tmp_path, monkeypatch, units):
     write_video(_frames(0, t=7), str(tmp_path / "a.mp4"))
     write_video(_frames(1, t=4), str(tmp_path / "b.mp4"))
-    d = _exact(str(tmp_path), (48, 64))
+    d = _exact(str(tmp_path), (48, 64), video_units=units)
     assert len(d) == 6 + 3
-    real = data_module._decode_video
+    real = data_module.FrameReader.read
 
-    def short_a(path, short_side):
-        arr, err = real(path, short_side)
-        return (arr[:3], "cut short") if path.endswith("a.mp4") else (arr, err)
+    def short_a(self, k):  # a.mp4 counts 7 frames but only 3 decode
+        return None if self.path.endswith("a.mp4") and k >= 3 else real(self, k)
 
-    monkeypatch.setattr(data_module, "_decode_video", short_a)
-    b0 = _normalized(d._video_array(d.clips[1])[0])
+    monkeypatch.setattr(data_module.FrameReader, "read", short_a)
+    a_full, b_full = _full_decode(tmp_path / "a.mp4"), _full_decode(tmp_path / "b.mp4")
+    b0 = _normalized(b_full[0])
+    assert torch.allclose(d[0][0], _normalized(a_full[0]), atol=1e-5)
+    assert torch.allclose(d[1][0], _normalized(a_full[1]), atol=1e-5)
     with pytest.warns(UserWarning, match="decoded 3 of 7 frames"):
-        d[0]
-    assert torch.allclose(d[1][0], _normalized(d._video_array(d.clips[0])[1]), atol=1e-5)
+        d[2]
     for i in range(2, 6):  # a's pairs past its decoded end: replaced by the next video's first pair
         assert torch.allclose(d[i][0], b0, atol=1e-5)
     assert torch.allclose(d[6][0], b0, atol=1e-5)
@@ -350,6 +366,12 @@ def test_identical_frames_give_identical_outputs(tmp_path):
     write_frames(np.stack([f, f]), str(tmp_path / "same"), ext="png")
     d = FramePairDataset(str(tmp_path / "same"), input_size=24, scale=(0.1, 1.0))
     torch.manual_seed(0)
+    for _ in range(10):
+        a, b = d[0]
+        assert torch.equal(a, b)
+    f = _frames(3, t=1, size=(480, 640))[0]
+    write_frames(np.stack([f, f]), str(tmp_path / "same_jpg"))  # JPEG at a reduced DCT scale: alike too
+    d = FramePairDataset(str(tmp_path / "same_jpg"), input_size=64)
     for _ in range(10):
         a, b = d[0]
         assert torch.equal(a, b)
@@ -386,8 +408,12 @@ def test_no_flip_and_crop_params():
 def test_normalization_stats(tmp_path):
     color = np.array([200, 100, 30], np.uint8)
     write_frames(np.broadcast_to(color, (3, 20, 30, 3)).copy(), str(tmp_path / "solid"), ext="png")
-    d = FramePairDataset(str(tmp_path / "solid"), input_size=16)
+    d = FramePairDataset(str(tmp_path / "solid"), input_size=16, normalize=True)
     a, b = d[0]
+    assert torch.equal(
+        FramePairDataset(str(tmp_path / "solid"), input_size=16)[0][0],
+        torch.tensor(color).view(3, 1, 1).expand(3, 16, 16),
+    )
     expected = (torch.tensor(color / 255.0, dtype=torch.float32).view(3, 1, 1) - MEAN) / STD
     assert torch.allclose(a, expected.expand_as(a), atol=1e-5)
     assert torch.allclose(b, expected.expand_as(b), atol=1e-5)
@@ -443,18 +469,6 @@ def test_dataloader_two_workers():
     assert a.shape == b.shape == (4, 3, 32, 32)
     # Workers have distinct RNG streams: the two batches differ although they cover the same videos.
     assert not torch.equal(batches[0][0], batches[1][0])
-
-
-def test_video_cache_lru():
-    c = VideoCache(max_bytes=250)
-    x = [np.zeros(100, np.uint8) for _ in range(3)]
-    c.put("a", x[0])
-    c.put("b", x[1])
-    c.get("a")  # a becomes most recent, so b is evicted next
-    c.put("c", x[2])
-    assert c.get("b") is None and c.get("a") is not None and c.get("c") is not None and c.bytes == 200
-    c.put("big", np.zeros(1000, np.uint8))
-    assert c.get("big") is None and len(c) == 2
 
 
 # ------------------------------------------------------------------------------------------ bad data

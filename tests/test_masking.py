@@ -67,7 +67,9 @@ def test_check_images_and_mask_errors():
         check_images(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match=r"\(2, 2, 3\)"):
         check_mask(torch.zeros(2, 3, 2, dtype=torch.bool), 2, (2, 3))
-    assert check_mask(torch.zeros(2, 2, 3), 2, (2, 3)).dtype == torch.bool
+    assert check_mask(torch.zeros(2, 2, 3, dtype=torch.uint8), 2, (2, 3)).dtype == torch.bool
+    with pytest.raises(TypeError, match="bool"):  # a float mask is refused, not cast
+        check_mask(torch.zeros(2, 2, 3), 2, (2, 3))
 
 
 def test_upsample_mask_nearest_blocks():

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -57,3 +58,25 @@ def test_loss_curve_png(tmp_path):
     assert BASELINE_COLOUR not in {tuple(c) for c in plain.reshape(-1, 3)}
     with pytest.raises(ValueError, match="no metrics"):
         loss_curve_figure([])
+
+
+def test_batch_job_logs_plain_lines_and_writes_its_curve(tmp_path):
+    # a real run with stderr to a pipe (not a terminal): one line per logging interval, no redraws
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "videomac.cli", "pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64",
+           "--batch-size", "4", "--decoder-dim", "32", "--synthetic-videos", "4", "--synthetic-frames", "6",
+           "--max-steps", "6", "--log-every", "2", "--num-workers", "0", "--output-dir", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "\r" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert all("pairs/s" in line and "| data " in line and "| eta " in line for line in lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] > 0 and summary["wall_time_s"] > 0 and summary["pairs_per_s"] > 0
+    assert summary["skipped_count"] == 0 and (out / "loss.png").exists()
+    rows = read_metrics(str(out / "metrics.jsonl"))
+    assert rows[-1]["loss"] == summary["final_loss"] and 0.0 <= rows[-1]["data_wait"] <= 1.0

@@ -11,7 +11,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from videomac.pretrain.checkpoint import encoder_from_checkpoint
+from videomac.pretrain.checkpoint import encoder_from_checkpoint, load_checkpoint
+from videomac.pretrain.config import CHECKPOINT
 from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import WeightEntry, find_entry
 
@@ -85,19 +86,27 @@ Preprocessing: ImageNet mean/std, bicubic resize, 224×224 during pretraining.
 
 
 def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_checkpoint: bool = False,
-                  tag: Optional[str] = None) -> Dict:  # fmt: skip
+                  tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
     """Write a Hub-ready folder: ``model.safetensors`` (timm keys), timm's ``config.json``, a
     ``README.md`` model card, and optionally the full pretraining checkpoint.
 
-    ``source`` is a checkpoint path, a run folder, or a dense timm model.
+    ``source`` is a checkpoint path, a run folder, or a dense timm model. The checkpoint is read with
+    ``torch.load(weights_only=True)`` (``trust_pickle``: without, for an earlier videomac's files you
+    wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum, so no
+    pickle that could run code is ever published.
     """
     from timm.models import save_for_hf
 
     config = None
+    if include_checkpoint and trust_pickle:
+        raise ValueError(
+            "--include-checkpoint publishes the checkpoint: it must load with weights_only=True, so it cannot "
+            "be combined with --trust-pickle (resume the run once with --trust-pickle to rewrite it safely)"
+        )
     if isinstance(source, torch.nn.Module):
         model = source
     else:
-        model = encoder_from_checkpoint(source)
+        model = encoder_from_checkpoint(source, trust_pickle=trust_pickle)
         config = model.videomac_config
     name = model.pretrained_cfg["architecture"]
     entry = find_entry(name, tag=tag) if tag else None
@@ -113,8 +122,9 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
     if include_checkpoint:
         if isinstance(source, torch.nn.Module):
             raise ValueError("include_checkpoint needs a checkpoint or run folder as source")
-        ck = source if os.path.isfile(source) else os.path.join(source, "checkpoint.pt")
-        shutil.copyfile(ck, os.path.join(out_dir, "checkpoint.pt"))
+        ck = source if os.path.isfile(source) else os.path.join(source, CHECKPOINT)
+        load_checkpoint(ck)  # weights-only and checksum: what was loaded above is what gets published
+        shutil.copyfile(ck, os.path.join(out_dir, CHECKPOINT))
         files = sorted(os.listdir(out_dir))
     weights = os.path.join(out_dir, "model.safetensors")
     summary = dict(folder=out_dir, architecture=name, files=files, sha256=sha256_file(weights))
@@ -125,14 +135,14 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
 
 def push(source, repo_id: str, dry_run: bool = False, include_checkpoint: bool = False, folder: Optional[str] = None,
          private: bool = False, revision: Optional[str] = None, token: Optional[str] = None,
-         tag: Optional[str] = None) -> Dict:  # fmt: skip
+         tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
     """Build the repo folder (see :func:`export_folder`) and upload it with huggingface_hub."""
     if "/" not in repo_id:
         raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
     if folder is None:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         folder = os.path.join(base, "hub", repo_id.replace("/", "--"))
-    summary = export_folder(source, folder, repo_id, include_checkpoint, tag)
+    summary = export_folder(source, folder, repo_id, include_checkpoint, tag, trust_pickle=trust_pickle)
     summary["repo_id"] = repo_id
     if dry_run:
         summary["uploaded"] = False

@@ -16,6 +16,7 @@ __all__ = [
     "PATCH_SIZE",
     "random_mask",
     "num_visible",
+    "check_visible",
     "grid_size",
     "check_images",
     "check_mask",
@@ -36,6 +37,25 @@ def _check_ratio(ratio: float) -> None:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
 
 
+def check_visible(grid_hw: Sequence[int], ratio: float, patch_size: int = PATCH_SIZE) -> int:
+    """The visible cells per sample of ``ratio`` on a ``(h, w)`` grid; ``ValueError`` if none is left.
+
+    With no visible cell the encoder sees nothing and gets no gradient, so such settings are refused
+    rather than trained on (e.g. ratio 0.9 on the 2x2 grid of a 64-pixel input keeps int(4 * 0.1) = 0).
+    """
+    _check_ratio(ratio)
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    keep = num_visible(h * w, ratio)
+    if keep < 1:
+        top = 1 - 1 / (h * w)
+        raise ValueError(
+            f"mask ratio {ratio} on a {h}x{w} grid of {patch_size}-pixel patches (input {h * patch_size}x"
+            f"{w * patch_size}) keeps int({h * w} * (1 - {ratio})) = 0 visible patches per sample: the encoder "
+            f"would see nothing. Use a mask ratio <= {top:.4g} or a larger input size"
+        )
+    return keep
+
+
 def random_mask(
     batch: int,
     grid_hw: Sequence[int],
@@ -54,7 +74,7 @@ def random_mask(
         raise ValueError(f"batch must be >= 1, got {batch}")
     h, w = int(grid_hw[0]), int(grid_hw[1])
     num = h * w
-    keep = num_visible(num, ratio)
+    keep = check_visible((h, w), ratio)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     noise = torch.rand(batch, num, generator=generator, device=gen_device)
     ranks = noise.argsort(dim=1).argsort(dim=1)
@@ -81,11 +101,21 @@ def check_images(x: torch.Tensor, patch_size: int = PATCH_SIZE, channels: int = 
 
 
 def check_mask(mask: torch.Tensor, batch: int, grid_hw: Sequence[int]) -> torch.Tensor:
-    """Validate a mask against a batch and patch grid; returns it as bool."""
+    """Validate a bool mask against a batch and patch grid; returns it.
+
+    Bool masks (and integer ones holding only 0 and 1) are accepted; a float mask is refused with
+    ``TypeError``: casting it (a soft mask, or 0.5 meant as "half") would silently mask every non-zero cell.
+    """
     expected = (batch, int(grid_hw[0]), int(grid_hw[1]))
     if not torch.is_tensor(mask) or tuple(mask.shape) != expected:
         got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
         raise ValueError(f"mask must have shape (B, h, w) = {expected} for these images, got {got}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(f"mask must be a bool tensor (True = masked), got {mask.dtype}; pass e.g. mask > 0.5")
+    if mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"an integer mask must hold only 0 and 1 (1 = masked), got {mask.unique()[:8].tolist()}")
     return mask.bool()
 
 

@@ -61,7 +61,7 @@ def resolve_pretrained(variant: str, pretrained: bool, kwargs: Dict) -> Dict:
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
-    if cfg.file and not os.path.isfile(cfg.file):
+    if cfg.file and cfg.source != "local-dir" and not os.path.isfile(cfg.file):
         raise FileNotFoundError(
             f"pretrained_cfg_overlay file {cfg.file!r} does not exist; pass the encoder.safetensors a run wrote "
             f"(videomac pretrain --model {variant} --output-dir runs/X writes runs/X/encoder.safetensors)"

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 # taking the parsed args and returning an exit code.
-_COMMANDS = ["pretrain", "visualize", "export", "push", "convert", "eval", "propagate", "bench"]
+_COMMANDS = ["pretrain", "visualize", "export", "push", "convert", "eval", "propagate", "bench", "prepare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"videomac {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unreadable or truncated files (PIL's UnidentifiedImageError is one), a full disk
+        print(f"videomac {args.command}: error: {e or type(e).__name__}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

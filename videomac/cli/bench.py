@@ -1,4 +1,4 @@
-"""``videomac bench pretrain|propagate``: benchmarks, measured side by side in one run."""
+"""``videomac bench pretrain|data|propagate``: benchmarks, measured side by side in one run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from videomac import bench
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks: sparse pretraining step, label propagation")
+    p = subparsers.add_parser("bench", help="benchmarks: sparse pretraining step, data loading, label propagation")
     sub = p.add_subparsers(dest="bench_command", metavar="BENCH")
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -35,6 +35,26 @@ def register(subparsers) -> None:
     pp.add_argument("--quick", action="store_true", help="smoke test: cnxv2_atto + rn18, 64 px, batch 2, 2 steps")
     pp.add_argument("--out", help="write the results as JSON")
     pp.set_defaults(func=pretrain)
+
+    pd = sub.add_parser(
+        "data",
+        help="frame-pair loader pairs/s and peak RSS on your data, beside the authors' PIL pipeline",
+        description="Loader throughput (pairs/s) and peak RSS on your own data; see videomac.bench.data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pd.add_argument("--data", action="append", required=True,
+                    help="frame folders or video files (as videomac pretrain --data); repeat for several")  # fmt: skip
+    pd.add_argument("--workers", type=int, help="DataLoader workers (default: from the CPU count)")
+    pd.add_argument("--pairs", type=int, default=512, help="timed pairs per row (default 512)")
+    pd.add_argument("--input-size", type=int, default=224)
+    pd.add_argument("--batch-size", type=int, default=32)
+    pd.add_argument("--warmup", type=int, help="untimed batches first (default: one per worker)")
+    pd.add_argument("--no-reference", action="store_true", help="skip the authors' pipeline rows")
+    pd.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on --device (CUDA)")
+    pd.add_argument("--device", default="cpu", help="where batches go and are normalised (default cpu)")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--out", help="write the results as JSON")
+    pd.set_defaults(func=data)
 
     pr = sub.add_parser("propagate", help="label-propagation frames/s: local window vs naive dense affinity")
     pr.add_argument("--device", default="cpu")
@@ -65,6 +85,23 @@ def pretrain(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"\nmemory: {result['meta']['memory_method']}")
     _write(result, args.out)
+    return 1 if any("error" in r for r in result["rows"]) else 0
+
+
+def data(args: argparse.Namespace) -> int:
+    from videomac.bench.data import bench_data, format_table, to_json
+
+    kw = dict(
+        data=args.data, workers=args.workers, pairs=args.pairs, batch_size=args.batch_size,
+        input_size=args.input_size, warmup=args.warmup, reference=not args.no_reference,
+        gpu_decode=args.gpu_decode, device=args.device, seed=args.seed,
+    )  # fmt: skip
+    print(f"videomac bench data: {json.dumps(kw)}")
+    result = bench_data(**kw)
+    print()
+    print(format_table(result))
+    _write(result, args.out)
+    print(to_json(result))
     return 1 if any("error" in r for r in result["rows"]) else 0
 
 

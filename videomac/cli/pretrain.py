@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 
 from videomac.presets import PRESETS
 from videomac.pretrain.config import PretrainConfig
@@ -26,8 +27,9 @@ def register(sub) -> None:
         "pretrain",
         help="VideoMAC pretraining on frame pairs (built-in procedural videos when --data is not given)",
         description="VideoMAC pretraining. Defaults are the paper recipe; launch with torchrun for multi-GPU "
-        "or multi-node (DDP). Writes checkpoint.pt (atomically), metrics.jsonl, reconstruction PNGs and, at the "
-        "end, encoder.safetensors.",
+        "or multi-node (DDP). Writes checkpoint.pt (atomically, with a checksum; the one before it is kept), "
+        "metrics.jsonl, reconstruction PNGs and, at the end, encoder.safetensors. SIGINT / SIGTERM stop at the "
+        "end of the current step with a checkpoint (exit 130 / 143).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=None, help="frame folders root, video folder, list file, or one video")
@@ -35,7 +37,11 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="set the whole paper recipe for a backbone")
     p.add_argument("--output-dir", default=None, help=f"run folder (default {_DEFAULT.output_dir})")
     p.add_argument("--resume", nargs="?", const="auto", default=None, dest="resume_from",
-                   help="continue from OUTPUT_DIR/checkpoint.pt, or the given checkpoint or run folder")  # fmt: skip
+                   help="continue the run in OUTPUT_DIR, or in the given run folder (or its checkpoint); the run "
+                   "writes in that folder, from its newest intact checkpoint")  # fmt: skip
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="resume from a checkpoint that a weights-only load refuses (written by an earlier videomac); "
+                   "unpickling can run arbitrary code: only for files you wrote")  # fmt: skip
     g = p.add_argument_group("method")
     g.add_argument("--input-size", type=int)
     g.add_argument("--gap", type=int, help="frame distance within a pair")
@@ -77,10 +83,17 @@ def register(sub) -> None:
     g = p.add_argument_group("system")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"])
     g.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--num-workers", type=int)
+    g.add_argument("--num-workers", type=int, help="DataLoader workers (default: CPU cores of this process less one)")
+    g.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        default=None,
+        help="decode JPEG frames on the CUDA device (torchvision nvJPEG); CPU decoding is the default",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--save-every", type=int, help="steps between checkpoints")
+    g.add_argument("--keep-checkpoints", type=int, help="checkpoints kept: checkpoint.pt and the K-1 before it")
     g.add_argument("--vis-every", type=int, help="epochs between reconstruction figures")
     g.add_argument(
         "--pairs-per-video",
@@ -100,7 +113,13 @@ def main(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    summary = pretrain(resolve_config(values, preset=args.preset, resume=args.resume_from))
+    summary = pretrain(resolve_config(values, preset=args.preset, resume=args.resume_from), args.trust_pickle)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2))
+        shown = dict(summary)
+        skipped = shown.pop("skipped", {})
+        if skipped:
+            shown["skipped_first"] = dict(list(skipped.items())[:5])
+        print(json.dumps(shown, indent=2))
+    if summary.get("signal"):  # stopped by a signal, with a checkpoint: the shell convention 128 + signal
+        return 128 + int(getattr(signal, summary["signal"]))
     return 0

@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None)
     p.add_argument("--tag", default=None)
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
+                   "can run arbitrary code: only for files you wrote. Not with --include-checkpoint")  # fmt: skip
     p.set_defaults(func=main)
 
 
@@ -23,7 +26,7 @@ def main(args: argparse.Namespace) -> int:
     from videomac.hub import push
 
     s = push(args.run, args.repo_id, args.dry_run, args.include_checkpoint, args.folder, args.private,
-             args.revision, tag=args.tag)  # fmt: skip
+             args.revision, tag=args.tag, trust_pickle=args.trust_pickle)  # fmt: skip
     s.pop("config", None)
     print(json.dumps(s, indent=2))
     return 0

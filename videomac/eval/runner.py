@@ -56,8 +56,21 @@ def _tqdm(it, progress: bool, **kw):
     return tqdm(it, **kw)
 
 
+def _read(path: str, reader=read_image) -> np.ndarray:
+    """``reader(path)``; an image that does not decode stops the evaluation with one line naming it
+    (a benchmark scored without one of its frames would not be the benchmark)."""
+    try:
+        return reader(path)
+    except (OSError, Image.DecompressionBombError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"cannot read {path} ({type(e).__name__}: {e}); replace the file (every frame of the benchmark must decode)"
+        ) from e
+
+
 def _load(path: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
-    img = read_image(path)
+    img = _read(path)
     if size is not None and img.shape[:2] != tuple(size):
         img = np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
     return img
@@ -161,7 +174,7 @@ def run_davis(
     print(f"DAVIS layout: {ds.describe_layout()}", file=sys.stderr)
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
-        name0, ann0 = ds.first_annotation(seq)
+        name0, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
         # DAVIS-2016 masks are 0/255 images: their palette (if any) does not colour object 1
         palette = read_palette(ds.annotation_path(seq, name0)) if ds.layout == "DAVIS-2017" else None
         palette = default_palette() if palette is None else palette
@@ -181,7 +194,7 @@ def run_davis(
         if overlay_frames:
             ts = sorted(shown)
             contact_sheet(
-                [read_image(paths[t]) for t in ts],
+                [_read(paths[t]) for t in ts],
                 [shown[t] for t in ts],
                 palette,
                 os.path.join(out_dir, "overlays", f"{seq}.png"),
@@ -231,7 +244,7 @@ def run_vip(
     sz = (size, size)
     for v in _tqdm(ds.videos, progress, desc="VIP", unit="video"):
         paths = ds.frame_paths(v)
-        lab0 = _resize_nearest(read_label_png(ds.label_path(v, paths[0])), sz)
+        lab0 = _resize_nearest(_read(ds.label_path(v, paths[0]), read_label_png), sz)
         ids = np.union1d([0], np.unique(lab0[lab0 < n])).astype(np.uint8)
         onehot = labels_to_onehot(torch.from_numpy(np.array(lab0)), ids.tolist())
         keep = set(_overlay_indices(len(paths), overlay_frames))
@@ -244,7 +257,7 @@ def run_vip(
             write_label_png(pred, os.path.join(out_dir, v.name, f"{stem}.png"), pal)
             gp = ds.label_path(v, paths[t])
             if gp is not None:
-                vconf += vip_confusion(read_label_png(gp), pred, n)
+                vconf += vip_confusion(_read(gp, read_label_png), pred, n)
             if t in keep:
                 shown[t] = pred
         conf += vconf
@@ -354,7 +367,7 @@ def run_jhmdb(
         gt = ds.load_joints(v)
         T = min(len(paths), gt.shape[2])
         paths, gt = paths[:T], gt[:, :, :T]
-        H0, W0 = read_image(paths[0]).shape[:2]
+        H0, W0 = _read(paths[0]).shape[:2]
         feats = _features(extractor, paths, (size, size), batch_size)
         f0 = next(feats)
         h, w = f0.shape[-2:]
@@ -374,7 +387,7 @@ def run_jhmdb(
         np.save(os.path.join(_mkdir(os.path.join(out_dir, "keypoints")), f"{v.name.replace('/', '__')}.npy"), pred_px)
         if overlay_frames:
             ts = _overlay_indices(T, overlay_frames)
-            imgs = [read_image(paths[t]) for t in ts]
+            imgs = [_read(paths[t]) for t in ts]
             labs = [_joint_dots(pred_px[:, :, t], (H0, W0)) for t in ts]
             contact_sheet(
                 imgs, labs, pal, os.path.join(out_dir, "overlays", f"{v.name.replace('/', '__')}.png"), alpha=1.0

@@ -5,6 +5,7 @@ long videos: the propagator keeps only frame 0 and the last ``n_context`` frames
 pieces are those of ``videomac eval`` (:class:`~videomac.eval.features.FeatureExtractor`,
 :class:`~videomac.eval.propagation.LabelPropagator`, the runner's label resizing and overlays).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,26 +16,38 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-__all__ = ["propagate_video", "track_video", "processing_size"]
+__all__ = ["propagate_video", "track_video", "processing_size", "MIN_SIDE"]
 
 DEFAULT_MODEL = "videomac_rn18"
+MIN_SIDE = 32  # the smallest frame side the encoder is given (4 feature cells at the default stride 8)
 
 
 def processing_size(video_hw: Sequence[int], size: Union[None, int, Sequence[int]]) -> Tuple[int, int]:
     """The ``(H, W)`` frames are resized to before feature extraction.
 
     ``size`` None or 0: the video's own size; an int: the short side is scaled down to it (never up),
-    keeping the aspect ratio; ``(H, W)``: exactly that.
+    keeping the aspect ratio; ``(H, W)``: exactly that. Both sides must come out at least
+    :data:`MIN_SIDE` pixels (smaller inputs leave the encoder no feature map to propagate on).
     """
     H, W = int(video_hw[0]), int(video_hw[1])
     if not size:
-        return H, W
-    if isinstance(size, int):
+        out = H, W
+    elif isinstance(size, int):
+        if size < 0:
+            raise ValueError(f"size must be a short side >= 0 or (H, W), got {size}")
         s = min(1.0, size / min(H, W))
-        return max(1, round(H * s)), max(1, round(W * s))
-    if len(size) != 2 or min(size) < 1:
+        out = max(1, round(H * s)), max(1, round(W * s))
+    elif len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be a short side or (H, W), got {size}")
-    return int(size[0]), int(size[1])
+    else:
+        out = int(size[0]), int(size[1])
+    if min(out) < MIN_SIDE:
+        what = "the video's own size" if not size else f"size {size} on a {W}x{H} (WxH) video"
+        raise ValueError(
+            f"{what} gives {out[1]}x{out[0]} (WxH) frames to the encoder; each side must be at least "
+            f"{MIN_SIDE} pixels (e.g. --size 480, the default, or --size 0 for the video's own size)"
+        )
+    return out
 
 
 def _batched(frames: Iterable[np.ndarray], n: int) -> Iterator[List[np.ndarray]]:
@@ -87,23 +100,28 @@ def propagate_video(
         raise ValueError(f"{what}: expected a 2-D label map, got shape {lab0.shape}")
     H, W = reader.size
     if lab0.shape != (H, W):
-        raise ValueError(f"{what} is {lab0.shape[1]}x{lab0.shape[0]} (WxH) but the video frames are {W}x{H}; "
-                         "expected a mask of the first frame at the video's resolution")
+        raise ValueError(
+            f"{what} is {lab0.shape[1]}x{lab0.shape[0]} (WxH) but the video frames are {W}x{H}; "
+            "expected a mask of the first frame at the video's resolution"
+        )
     ids = np.union1d([0], np.unique(lab0)).astype(np.uint8)
     if len(ids) == 1:
-        raise ValueError(f"{what} has no objects (every pixel is background 0); expected object ids 1..N "
-                         "(an indexed PNG) or a binary mask with the object non-zero")
+        raise ValueError(
+            f"{what} has no objects (every pixel is background 0); expected object ids 1..N "
+            "(an indexed PNG) or a binary mask with the object non-zero"
+        )
     proc = processing_size((H, W), size)
     if extractor is None:
         extractor = FeatureExtractor(model, weights=weights, device=device)
     palette = default_palette()
-    names = ([os.path.splitext(os.path.basename(p))[0] for p in reader.paths] if reader.paths else None)
+    names = [os.path.splitext(os.path.basename(p))[0] for p in reader.paths] if reader.paths else None
+    frames_in = reader.indexed()
     total = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames or max_frames)
     mask_dir = os.path.join(out_dir, "masks")
     os.makedirs(mask_dir, exist_ok=True)
     writer = VideoWriter(os.path.join(out_dir, "overlay.mp4"), fps=reader.fps) if overlay else None
     onehot = labels_to_onehot(torch.from_numpy(lab0), ids.tolist())
-    frames = reader if max_frames is None else (f for t, f in zip(range(max_frames), reader))
+    frames = frames_in if max_frames is None else (f for _, f in zip(range(max_frames), frames_in))
     prop, t, areas = None, 0, {}
     start = time.perf_counter()
     bar = None
@@ -113,14 +131,14 @@ def propagate_video(
         bar = tqdm(total=total, desc="propagate", unit="frame", dynamic_ncols=True)
     try:
         for batch in _batched(frames, batch_size):
-            feats = extractor(np.stack([resize_frame(f, proc) for f in batch]), batch_size=batch_size)
-            for frame, feat in zip(batch, feats):
+            feats = extractor(np.stack([resize_frame(f, proc) for _, f in batch]), batch_size=batch_size)
+            for (k, frame), feat in zip(batch, feats):
                 if prop is None:
                     prop = LabelPropagator(feat, resize_labels(onehot.to(feat.device), feat.shape[-2:]), config)
                     lab = lab0
                 else:
                     lab = argmax_labels(prop.step(feat), (H, W), ids)
-                name = names[t] if names else f"{t:05d}"
+                name = names[k] if names else f"{k:05d}"
                 write_label_png(lab, os.path.join(mask_dir, f"{name}.png"), palette)
                 if writer is not None:
                     writer.write(blend_labels(frame, lab, palette, alpha))
@@ -138,7 +156,11 @@ def propagate_video(
         "video": video, "frames": t, "size": [H, W], "processing_size": list(proc), "objects": ids[1:].tolist(),
         "last_frame_area": areas, "seconds": round(seconds, 3), "frames_per_second": round(t / max(seconds, 1e-9), 3),
         "encoder": extractor.describe(), "masks": mask_dir, "overlay": writer.path if writer else None,
+        "skipped": [{"path": p, "reason": r} for p, r in reader.skipped],
     }  # fmt: skip
+    if reader.skipped:
+        print(f"skipped {len(reader.skipped)} unreadable frame(s) (listed in summary.json): "
+              + "; ".join(p for p, _ in reader.skipped[:5]), file=sys.stderr)  # fmt: skip
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -175,8 +197,9 @@ def track_video(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
-    FrameReader(video)
+    reader = FrameReader(video)
     read_mask(mask)
+    processing_size(reader.size, kwargs.get("size", 480))  # a size the encoder cannot take fails here
     try:
         encoder = create_encoder(model, weights, pretrained=pretrained)
     except WeightsNotPublishedError as e:

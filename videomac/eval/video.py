@@ -1,21 +1,24 @@
 """Streaming video input/output for propagation on arbitrary videos.
 
 :class:`FrameReader` yields the frames of a video file (any container PyAV decodes: mp4, webm, mkv,
-avi, mov, ...) or of a folder of images one at a time, so long videos never sit in memory.
+avi, mov, ...) or of a folder of images one at a time, so long videos never sit in memory. A frame
+that does not decode (truncated or corrupt image, damaged video tail) is skipped with a warning and
+recorded in :attr:`FrameReader.skipped`; 16-bit images are scaled to 8 bits, not clipped.
 :class:`VideoWriter` encodes frames as they come (h264, else mpeg4). :func:`read_mask` turns a
 first-frame mask (indexed/palette, grayscale, binary or coloured PNG) into object ids.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import warnings
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "read_mask", "resize_frame"]
+__all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "read_mask", "resize_frame", "image_to_rgb"]
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".ogv")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -23,6 +26,20 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 def _natural_key(s: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def image_to_rgb(im: Image.Image, path: str = "image") -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of a PIL image. 16-bit images (``I;16*``, and ``I`` within 0..65535) are
+    scaled to 8 bits (``convert('RGB')`` would clip them: almost every pixel white); float images are
+    refused."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{path}: 32-bit integer image with values outside 0..65535; expected 8- or 16-bit")
+        return np.repeat(((a * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise ValueError(f"{path}: floating-point image (mode F); expected 8- or 16-bit frames")
+    return np.asarray(im.convert("RGB"))
 
 
 def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -39,10 +56,15 @@ class FrameReader:
     open, one without a video stream, an empty folder or frames of differing sizes raise
     ``ValueError``. ``size`` ``(H, W)`` and ``num_frames`` (None when the container does not say)
     are known after opening; ``fps`` defaults to 25 for folders.
+
+    Iterating skips frames that fail to decode (after the first: the first frame is the one a mask
+    belongs to, so it must decode, else ``ValueError``) with one warning each; ``skipped`` lists
+    ``(path, reason)``. :meth:`indexed` also yields each frame's position among the folder's images.
     """
 
     def __init__(self, source: str):
         self.source = source
+        self.skipped: List[Tuple[str, str]] = []
         if not os.path.exists(source):
             raise FileNotFoundError(f"video not found: {source} (expected a video file or a folder of frames)")
         self.paths = None
@@ -69,8 +91,9 @@ class FrameReader:
                     # Decode one frame now so a corrupt file fails here, with a clear message.
                     first = next(container.decode(stream), None)
         except Exception as e:  # PyAV raises many error types (some are ValueErrors) for damaged files
-            raise ValueError(f"cannot read video {source}: {e} "
-                             "(expected a video PyAV decodes, or a folder of frames)") from e
+            raise ValueError(
+                f"cannot read video {source}: {e} (expected a video PyAV decodes, or a folder of frames)"
+            ) from e
         if not has_video:
             raise ValueError(f"{source}: no video stream (expected a video such as .mp4 or .webm)")
         if first is None:
@@ -78,14 +101,31 @@ class FrameReader:
         self.size = (first.height, first.width)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        for _, frame in self.indexed():
+            yield frame
+
+    def indexed(self) -> Iterator[Tuple[int, np.ndarray]]:
+        """``(position, frame)``: the position among the folder's images (or decoded frames), which
+        differs from the count of frames yielded once a frame was skipped."""
+        self.skipped = []
         if self.paths is not None:
-            for p in self.paths:
-                with Image.open(p) as im:
-                    frame = np.asarray(im.convert("RGB"))
+            for k, p in enumerate(self.paths):
+                try:
+                    with Image.open(p) as im:
+                        frame = image_to_rgb(im, p)
+                except (OSError, ValueError, Image.DecompressionBombError) as e:
+                    reason = f"{type(e).__name__}: {e}"
+                    if k == 0:
+                        raise ValueError(f"cannot read the first frame {p} ({reason}); the mask belongs to it") from e
+                    self.skipped.append((p, reason))
+                    warnings.warn(f"skipping unreadable frame {p} ({reason})", stacklevel=2)
+                    continue
                 if frame.shape[:2] != self.size:
-                    raise ValueError(f"{p} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
-                                     f"{self.size[1]}x{self.size[0]}: all frames must have one size")
-                yield frame
+                    raise ValueError(
+                        f"{p} is {frame.shape[1]}x{frame.shape[0]}, the first frame "
+                        f"{self.size[1]}x{self.size[0]}: all frames must have one size"
+                    )
+                yield k, frame
             return
         import av
 
@@ -95,10 +135,11 @@ class FrameReader:
             n = 0
             try:
                 for frame in container.decode(stream):
+                    yield n, frame.to_ndarray(format="rgb24")
                     n += 1
-                    yield frame.to_ndarray(format="rgb24")
             except av.error.FFmpegError as e:
                 # A truncated or damaged tail: keep what was decoded, say where it stopped.
+                self.skipped.append((self.source, f"decoding stopped after {n} frames: {e}"))
                 warnings.warn(f"{self.source}: decoding stopped after {n} frames: {e}", stacklevel=2)
 
 
@@ -212,8 +253,10 @@ def _colours_to_ids(rgb: np.ndarray, path: str) -> np.ndarray:
     pal_codes = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
     fg = [c for c in uniq.tolist() if c != 0]
     if len(fg) > 254:
-        raise ValueError(f"{path}: {len(fg)} colours; expected a mask with at most 254 object colours "
-                         "(an anti-aliased or photographic image is not a mask)")
+        raise ValueError(
+            f"{path}: {len(fg)} colours; expected a mask with at most 254 object colours "
+            "(an anti-aliased or photographic image is not a mask)"
+        )
     if all(c in pal_codes for c in fg):
         ids = [pal_codes.get(c, 0) for c in uniq.tolist()]
     else:

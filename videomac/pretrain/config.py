@@ -5,17 +5,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from videomac.presets import PRESETS
 
-__all__ = ["PretrainConfig", "resolve_config", "CHECKPOINT", "ENCODER", "METRICS", "CONFIG"]
+__all__ = [
+    "PretrainConfig", "resolve_config", "checkpoint_candidates", "CHECKPOINT", "ENCODER", "METRICS", "CONFIG",
+    "SUMMARY", "SKIPPED",
+]  # fmt: skip
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # the newest checkpoint; older ones kept are checkpoint-<step>.pt
 ENCODER = "encoder.safetensors"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+SUMMARY = "summary.json"
+SKIPPED = "skipped.jsonl"  # inputs the data loader skipped (one JSON object per line, any process)
+_OLDER = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 @dataclass
@@ -54,10 +61,12 @@ class PretrainConfig:
     clip_grad: Optional[float] = None
     amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
     device: str = "auto"
-    num_workers: int = 4
+    num_workers: Optional[int] = None  # None: one per CPU core of this process (per local rank) less one
+    gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
     seed: int = 0
     log_every: int = 10
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2  # checkpoint.pt and the K-1 before it (checkpoint-<step>.pt); resume falls back
     vis_every: int = 10  # epochs between reconstruction figures (and one at the end)
     pairs_per_video: Optional[int] = None  # None: every (t, t+gap) pair of every video per epoch (the authors')
     synthetic_videos: int = 32
@@ -71,11 +80,25 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
 
+def checkpoint_candidates(run_dir: str) -> List[str]:
+    """The checkpoints of a run folder that exist, newest first: ``checkpoint.pt``, then the older ones
+    kept (``checkpoint-<step>.pt``, highest step first)."""
+    out = [os.path.join(run_dir, CHECKPOINT)] if os.path.isfile(os.path.join(run_dir, CHECKPOINT)) else []
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return out
+    older = sorted(((int(m.group(1)), n) for n in names if (m := _OLDER.match(n))), reverse=True)
+    return out + [os.path.join(run_dir, n) for _, n in older if os.path.isfile(os.path.join(run_dir, n))]
+
+
 def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[str] = None) -> PretrainConfig:
     """A run's config from explicit ``values`` (None = unset), over ``preset``'s recipe, over the defaults.
 
     ``resume``: a checkpoint, a run folder, or ``"auto"`` (the output folder's checkpoint). A resumed
-    run keeps its recorded settings unless ``values`` override them.
+    run keeps its recorded settings unless ``values`` override them. The folder holding the checkpoint
+    is the run: it is where the resumed run writes, whatever ``output_dir`` its ``config.json`` records
+    (a copied or moved run stays where it is); an explicit, different ``output_dir`` is refused.
     """
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = sorted(set(values) - fields)
@@ -86,16 +109,28 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
     merged = dict(PRESETS[preset]) if preset else {}
     merged.update({k: v for k, v in values.items() if v is not None})
     if resume:
-        path = resume
         if resume == "auto":
-            path = os.path.join(merged.get("output_dir", PretrainConfig.output_dir), CHECKPOINT)
+            run_dir = path = merged.get("output_dir", PretrainConfig.output_dir)
         elif os.path.isdir(resume):
-            path = os.path.join(resume, CHECKPOINT)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        with open(os.path.join(os.path.dirname(path), CONFIG)) as f:
+            run_dir = path = resume
+        else:
+            path, run_dir = resume, os.path.dirname(resume) or "."
+            if not os.path.isfile(path) and not checkpoint_candidates(run_dir):
+                raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        if not checkpoint_candidates(run_dir) and not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (expected {CHECKPOINT})")
+        out = values.get("output_dir")
+        if resume != "auto" and out is not None and os.path.realpath(out) != os.path.realpath(run_dir):
+            raise ValueError(
+                f"--resume {resume} continues the run in its own folder {run_dir}, not --output-dir {out}; "
+                f"to continue in {out}, copy the run folder there and resume {out}"
+            )
+        config = os.path.join(run_dir, CONFIG)
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"--resume: {run_dir} has a checkpoint but no {CONFIG}; is it a pretraining run?")
+        with open(config) as f:
             saved = json.load(f)
-        saved = {k: v for k, v in saved.items() if k in fields and k not in merged and k != "resume"}
-        merged = {**saved, **merged, "resume": path}
-        merged.setdefault("output_dir", os.path.dirname(path))
+        skip = {"resume", "output_dir"}  # the run is where its checkpoint is, not where it was written
+        saved = {k: v for k, v in saved.items() if k in fields and k not in merged and k not in skip}
+        merged = {**saved, **merged, "resume": path, "output_dir": run_dir}
     return PretrainConfig(**merged)

@@ -7,6 +7,11 @@ YT18Dataset / K400Dataset; ``pairs_per_video=k`` instead draws ``k`` random pair
 frame folders (YouTube-VOS / DAVIS layouts), video files decoded with PyAV, a text list of either, or --
 by default -- seeded synthetic videos from :mod:`videomac.synthetic`.
 
+Items are uint8 ``(3, H, W)`` frames: float conversion and ImageNet normalisation happen on the training
+device (:func:`normalize_frames`, called by :func:`videomac.pretrain.loader.batch_to_device`), so batches
+cross to the GPU four times smaller. Decoding does only what the crop needs (:mod:`videomac.pretrain.decode`):
+JPEGs at a reduced DCT scale where the crop allows, video frames by seeking from the nearest keyframe.
+
 All randomness comes from torch's global RNG, so saving/restoring ``torch.get_rng_state()`` resumes the
 sample stream exactly (``num_workers=0``) and DataLoader workers (seeded per worker by torch) get
 distinct streams. Bad data is skipped and reported rather than stopping a run.
@@ -24,16 +29,30 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+
+from videomac.pretrain.decode import (
+    FrameReader,
+    SeekError,
+    VideoIndex,
+    crop_box,
+    crop_resize,
+    decode_frames,
+    jpeg_crop,
+    jpeg_image,
+    probe_video,
+    reduction,
+    video_frame_rgb,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTS",
     "VIDEO_EXTS",
+    "EncodedPair",
     "FramePairDataset",
-    "VideoCache",
+    "normalize_frames",
     "random_resized_crop_params",
 ]
 
@@ -41,7 +60,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-DEFAULT_CACHE_BYTES = int(1.5e9)
+JPEG_EXTS = (".jpg", ".jpeg")
+# Frames other than JPEGs (decoded reduced) are decoded in full: above this many pixels (8K UHD is 33.2 MP)
+# one pair costs seconds and gigabytes per worker, so such frames are skipped, and counted, at construction.
+MAX_FULL_DECODE_PIXELS = 40_000_000
+DEFAULT_MAX_OPEN_UNITS = 16
+DEFAULT_MAX_UNIT_PAIRS = 64
+_VIDEO_FACTORS = (4, 2, 1)  # video frames: swscale downscales by these (area filter) where the crop allows
+
+
+def normalize_frames(x: torch.Tensor) -> torch.Tensor:
+    """uint8 frames ``(..., 3, H, W)`` -> float32, ImageNet mean/std normalised, on ``x``'s device.
+
+    The one place where pixels become model inputs: the training loop, figures and benchmarks call it on
+    the device, after the (four times smaller) uint8 batch has been copied there. Floating-point input is
+    taken as already normalised and returned as float32.
+    """
+    if x.is_floating_point():
+        return x.float()
+    shape = (3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(shape)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(shape)
+    return x.float().div_(255.0).sub_(mean).div_(std)
 
 
 def random_resized_crop_params(
@@ -72,43 +112,17 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-class VideoCache:
-    """A per-process LRU cache of decoded videos (uint8 ``(T, H, W, 3)`` arrays) under a byte budget.
+@dataclass
+class EncodedPair:
+    """A JPEG frame pair left for the training device to decode (``gpu_decode=True``): the two files'
+    bytes (uint8 1-D tensors), the shared crop ``(top, left, h, w)`` in full-resolution pixels, the flip,
+    and the output size ``(h, w)``."""
 
-    Decoding a whole video to sample one pair is wasteful, and seeking is codec-dependent and often
-    inexact, so each video is decoded fully once and kept while it fits. The trade-off: memory is
-    ``max_bytes`` *per DataLoader worker*; if the working set exceeds the budget, videos are decoded again
-    after eviction (set ``video_short_side`` to store smaller frames). A video larger than the whole
-    budget is returned but not cached.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
-        self.max_bytes = int(max_bytes)
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.bytes = 0
-
-    def get(self, key: str) -> Optional[np.ndarray]:
-        arr = self._items.get(key)
-        if arr is not None:
-            self._items.move_to_end(key)
-        return arr
-
-    def put(self, key: str, arr: np.ndarray) -> None:
-        if key in self._items:
-            self.bytes -= self._items.pop(key).nbytes
-        if arr.nbytes > self.max_bytes:
-            return
-        while self._items and self.bytes + arr.nbytes > self.max_bytes:
-            self.bytes -= self._items.popitem(last=False)[1].nbytes
-        self._items[key] = arr
-        self.bytes += arr.nbytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.bytes = 0
+    jpeg1: torch.Tensor
+    jpeg2: torch.Tensor
+    crop: Tuple[int, int, int, int]
+    flip: bool
+    size: Tuple[int, int]
 
 
 @dataclass
@@ -117,11 +131,14 @@ class _Clip:
     kind: str  # "frames" | "video" | "synthetic" | "dead" (failed to decode in this process)
     path: str = ""
     frames: List[str] = field(default_factory=list)  # frame folders: every image, in order (positions)
-    num_frames: int = 0  # usable frames (video files: counted, then the decoded count once decoded)
+    num_frames: int = 0  # usable frames (video files: counted, lowered if fewer decode)
     seed: int = 0
     bad: Set[int] = field(default_factory=set)  # frame folders: positions of unreadable images
     starts: Optional[List[int]] = None  # first frames of the pairs if not simply 0..num_pairs-1
     num_pairs: int = 0  # (t, t + gap) pairs fixed at construction: this clip's share of the epoch
+    keyframes: List[int] = field(default_factory=list)  # video files: keyframe positions (decode order)
+    hw: Tuple[int, int] = (0, 0)  # video files: frame size (after video_short_side)
+    decoded: bool = False  # video files: some frame decoded in this process
 
 
 def _is_video(path: str) -> bool:
@@ -133,91 +150,50 @@ def _list_images(folder: str) -> List[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-_INDEXED_FORMATS = ("mov", "mp4")  # sample tables list every frame, read at open without demuxing
-
-
-def _indexed_frame_count(container, stream, file_size: int) -> Optional[int]:
-    """Frames from the container's index (mp4 / mov), or ``None`` where it cannot be trusted.
-
-    ``stream.frames`` alone is not exact: an edit list can mark leading samples as discarded (the decoder
-    drops them), so the count skips index entries flagged discard, as the decoder does. The index is used
-    only when it lists every sample (``len == stream.frames``; fragmented mp4 fails this) and every sample
-    lies inside the file (a truncated file fails this).
-    """
-    if not set(container.format.name.split(",")) & set(_INDEXED_FORMATS) or stream.frames <= 0:
-        return None
-    entries = getattr(stream, "index_entries", None)  # PyAV >= 14
-    if entries is None or len(entries) != stream.frames:
-        return None
-    n = 0
-    for e in entries:
-        if e.pos < 0 or e.pos + e.size > file_size:
-            return None
-        n += e.size > 0 and not e.is_discard
-    return n
-
-
 def _count_video_frames(path: str) -> int:
-    """The number of frames a full decode yields, without decoding.
-
-    mp4 / mov: from the container's sample index (no packet is read). Other containers (mkv / webm
-    index keyframes only; avi's index is optional): by demuxing every packet, still without decoding.
-    Packets flagged discard (edit lists) and empty packets yield no frame and are not counted. A file
-    whose packets later fail to decode is caught on its first decode in :meth:`FramePairDataset.__getitem__`.
-    """
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        n = _indexed_frame_count(container, stream, os.path.getsize(path))
-        if n is not None:
-            return n
-        return sum(1 for p in container.demux(stream) if p.size > 0 and not p.is_discard)
-
-
-def _decode_video(path: str, short_side: Optional[int]) -> Tuple[np.ndarray, Optional[str]]:
-    """Decode all frames to uint8 RGB, optionally downscaled; returns ``(frames, error or None)``.
-
-    A mid-stream decode error keeps the frames decoded so far (the caller decides if they suffice).
-    """
-    import av
-
-    out, err = [], None
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
-                w, h = frame.width, frame.height
-                if short_side and min(w, h) > short_side:
-                    s = short_side / min(w, h)
-                    w, h = max(1, round(w * s)), max(1, round(h * s))
-                    frame = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
-                out.append(frame.to_ndarray(format="rgb24"))
-    except Exception as e:  # PyAV raises many error types; any of them means a damaged stream
-        err = f"{type(e).__name__}: {e}"
-    if not out:
-        return np.zeros((0, 1, 1, 3), np.uint8), err or "no frames decoded"
-    return np.stack(out), err
-
-
-def _read_image(path: str) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    """The number of frames a full decode yields, without decoding (see :func:`decode.probe_video`)."""
+    return probe_video(path)[0]
 
 
 def _short(path: str) -> str:
     return os.path.basename(os.path.normpath(path)) or path
 
 
+def _scaled_hw(hw: Tuple[int, int], short_side: Optional[int]) -> Tuple[int, int]:
+    h, w = hw
+    if short_side and min(h, w) > short_side:
+        s = short_side / min(h, w)
+        return max(1, round(h * s)), max(1, round(w * s))
+    return h, w
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+class _Cursor:
+    """An open unit of one clip, read in ascending order: the frames decoded and not yet used by its
+    pairs (video: at :meth:`FramePairDataset.store_hw`, as uint8 arrays; JPEG folders: ``(factor, PIL
+    image)`` at the DCT scale they were decoded at) and, for a video, its open :class:`FrameReader`."""
+
+    def __init__(self, reader: Optional[FrameReader] = None):
+        self.reader = reader
+        self.frames: Dict[int, object] = {}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        self.frames.clear()
+
+
 class FramePairDataset(torch.utils.data.Dataset):
     """Pairs of frames ``gap`` apart from videos, with a shared random-resized crop and flip.
 
-    Each item returns ``(frame1, frame2)``, float32 ``(3, H, W)`` ImageNet-normalized, frames ``t`` and
-    ``t + gap`` of one video. By default (``pairs_per_video=None``) the items are every such pair of every
-    video once, as the authors' YT18Dataset / K400Dataset: ``len`` is the sum over videos of
+    Each item returns ``(frame1, frame2)``, uint8 ``(3, H, W)`` (``normalize=True``: float32, ImageNet
+    normalised; a training loop normalises batches on its device with :func:`normalize_frames`), frames
+    ``t`` and ``t + gap`` of one video. By default (``pairs_per_video=None``) the items are every such
+    pair of every video once, as the authors' YT18Dataset / K400Dataset: ``len`` is the sum over videos of
     ``n_frames - gap``, item ``i`` is a fixed ``(video, t)`` (:meth:`locate`; videos in order, ``t``
     ascending; only the crop and flip are random). ``pairs_per_video=k`` gives ``k`` items per video
     instead (item ``i`` uses video ``i % num_videos`` and a random ``t``), for shorter epochs.
@@ -227,15 +203,35 @@ class FramePairDataset(torch.utils.data.Dataset):
     the list, ``#`` comments), a single video file or frame folder, a list of such paths, or ``None`` for
     ``synthetic_videos`` seeded synthetic videos (rendered lazily, cached in memory per process).
 
+    Augmentation, as the paper: one crop (torchvision's RandomResizedCrop parameters on frame 1's full
+    size; ``scale``, ``ratio`` = width/height) and one flip for both frames, bicubic resize. Decoding:
+
+    - JPEG frames are decoded at the smallest DCT scale (1/8..1) at which the crop still covers the output
+      size (``jpeg_draft=True``); crop and resize in uint8 with PIL. ``jpeg_draft=False`` decodes in full
+      and is then exactly the authors' PIL ``resized_crop``; the difference is bounded by a test (see
+      docs/pretraining.md, "Data loading").
+    - Video frames are decoded by seeking to the keyframe before the pair and decoding forward, frames
+      identified by timestamp (exactly the frames a full decode gives); nothing holds a whole video.
+      A pair's video frames are converted at the swscale factor (1, 1/2, 1/4) where its crop allows.
+      With ``video_units=True`` (set by :func:`videomac.pretrain.loader.make_loader`, whose epoch order
+      :func:`~videomac.pretrain.loader.epoch_indices` sends a unit's pairs to one worker) a miss decodes
+      the pair's whole unit -- the run of pairs from one keyframe to the next, at most ``max_unit_pairs``
+      -- once and keeps its frames, downscaled to :meth:`store_hw` (about 1 MB each at 224 x 224,
+      whatever the video's resolution), until the unit's pairs have used them, within
+      ``frame_cache_bytes`` per process (LRU over units). Crops are drawn when a pair is requested, so
+      the sample stream does not depend on what was cached. Frame folders keep the authors' fully random
+      pair order unless ``frame_units=True`` groups them the same way (each JPEG then decoded once for
+      its two pairs, but a batch mixes runs of consecutive pairs instead of independent ones).
+      ``video_short_side`` downscales frames (before cropping); ``decode_threads`` is PyAV's per process.
+    - ``gpu_decode=True``: JPEG pairs are returned as :class:`EncodedPair` (file bytes + crop + flip) for
+      :func:`videomac.pretrain.loader.batch_to_device` to decode on the training device.
+
     Unusable inputs are skipped and recorded in :attr:`skipped` (path -> reason) with one warning at
     construction; an unreadable image in a frame folder is skipped too, and no pair spans it (pairs are
     always ``gap`` frames apart in the folder's order). A frame that fails to decode later is recorded
     too (in that worker process), warned about once, and the item is replaced by the next index's pair
     that decodes (a video that decodes fewer frames than counted loses its pairs past its end the same
-    way). ``ratio`` is width/height as in
-    torchvision. ``video_short_side`` downscales decoded videos (before cropping) to save cache memory;
-    ``video_cache_bytes`` is the per-process budget of the decoded-video LRU cache (see
-    :class:`VideoCache`).
+    way).
     """
 
     def __init__(
@@ -252,7 +248,14 @@ class FramePairDataset(torch.utils.data.Dataset):
         synthetic_frames: int = 32,
         synthetic_size: Tuple[int, int] = (192, 256),
         seed: int = 0,
-        video_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        normalize: bool = False,
+        jpeg_draft: bool = True,
+        gpu_decode: bool = False,
+        video_units: bool = False,
+        frame_units: bool = False,
+        max_unit_pairs: int = DEFAULT_MAX_UNIT_PAIRS,
+        max_open_units: int = DEFAULT_MAX_OPEN_UNITS,
+        decode_threads: int = 1,
     ):
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
@@ -267,6 +270,8 @@ class FramePairDataset(torch.utils.data.Dataset):
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
         if pairs_per_video is not None and int(pairs_per_video) < 1:
             raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
+        if int(max_unit_pairs) < 1:
+            raise ValueError(f"max_unit_pairs must be >= 1, got {max_unit_pairs}")
         self.gap = int(gap)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -274,12 +279,20 @@ class FramePairDataset(torch.utils.data.Dataset):
         self.pairs_per_video = None if pairs_per_video is None else int(pairs_per_video)
         self.video_short_side = video_short_side
         self.synthetic_size = (int(synthetic_size[0]), int(synthetic_size[1]))
+        self.normalize = bool(normalize)
+        self.jpeg_draft = bool(jpeg_draft)
+        self.gpu_decode = bool(gpu_decode)
+        self.video_units = bool(video_units)
+        self.frame_units = bool(frame_units)
+        self.max_unit_pairs = int(max_unit_pairs)
+        self.decode_threads = int(decode_threads)
         self.skipped: Dict[str, str] = {}
         self._warned: set = set()
-        self._cache = VideoCache(video_cache_bytes)
         self._synthetic: Dict[int, np.ndarray] = {}
-        self._mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        self._indices: OrderedDict[str, VideoIndex] = OrderedDict()
+        self.max_open_units = int(max_open_units)
+        self._cursors: OrderedDict[Tuple[int, int], _Cursor] = OrderedDict()
+        self._units: Dict[int, List[int]] = {}
 
         if source is None:
             if int(synthetic_frames) < self.gap + 1:
@@ -330,6 +343,8 @@ class FramePairDataset(torch.utils.data.Dataset):
             return "list", [os.fspath(p) for p in source]
         if not os.path.exists(source):
             raise FileNotFoundError(f"FramePairDataset source not found: {source}")
+        if not os.path.isfile(source) and not os.path.isdir(source):  # opening a FIFO would block forever
+            raise ValueError(f"FramePairDataset source {source} is not a regular file or a folder")
         if os.path.isfile(source):
             if _is_video(source):
                 return "video file", [source]
@@ -373,15 +388,29 @@ class FramePairDataset(torch.utils.data.Dataset):
         if not os.path.exists(path):
             self.skipped[path] = "not found"
             return None
+        if not os.path.isdir(path) and not os.path.isfile(path):  # opening a FIFO would block forever
+            self.skipped[path] = "not a regular file (a FIFO, socket or device)"
+            return None
         if os.path.isdir(path):
             frames, bad = _list_images(path), set()
             for k, f in enumerate(frames):
+                if not os.path.isfile(f):
+                    bad.add(k)
+                    self.skipped[f] = "not a regular file (a FIFO, socket or device)"
+                    continue
                 try:
-                    with Image.open(f):  # parses the header only: decoding every frame is too slow
-                        pass
+                    with Image.open(f) as im:  # parses the header only: decoding every frame is too slow
+                        (w, h), fmt = im.size, im.format
                 except Exception as e:
                     bad.add(k)
                     self.skipped[f] = f"unreadable image ({type(e).__name__})"
+                    continue
+                if fmt != "JPEG" and w * h > MAX_FULL_DECODE_PIXELS:
+                    bad.add(k)
+                    self.skipped[f] = (
+                        f"{w}x{h} {fmt} frame above the {MAX_FULL_DECODE_PIXELS / 1e6:g} MP limit for frames "
+                        "decoded in full; downscale it (or use JPEG, decoded reduced)"
+                    )
             n = len(frames) - len(bad)
             if n < need:
                 self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
@@ -398,14 +427,22 @@ class FramePairDataset(torch.utils.data.Dataset):
             self.skipped[path] = "not a frame folder or video file"
             return None
         try:
-            n = _count_video_frames(path)
+            n, keys, hw = probe_video(path)
         except Exception as e:
             self.skipped[path] = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
             return None
         if n < need:
             self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
             return None
-        return _Clip(_short(path), "video", path, num_frames=n, num_pairs=n - self.gap)
+        return _Clip(
+            _short(path),
+            "video",
+            path,
+            num_frames=n,
+            num_pairs=n - self.gap,
+            keyframes=keys,
+            hw=_scaled_hw(hw, self.video_short_side),
+        )
 
     # ------------------------------------------------------------------------------------- loading
     @property
@@ -450,35 +487,56 @@ class FramePairDataset(torch.utils.data.Dataset):
         starts = self.clips[c].starts
         return c, local if starts is None else starts[local]
 
+    # ------------------------------------------------------------------------------------ units
+    def _unit_bounds(self, c: int) -> List[int]:
+        """Pair starts where clip ``c``'s units begin: keyframes, long runs split evenly (cached)."""
+        got = self._units.get(c)
+        if got is None:
+            clip = self.clips[c]
+            n = clip.num_pairs
+            keys = sorted({k for k in clip.keyframes if 0 < k < n} | {0})
+            got = []
+            for a, b in zip(keys, keys[1:] + [n]):
+                parts = max(1, math.ceil((b - a) / self.max_unit_pairs))
+                got += [a + (b - a) * p // parts for p in range(parts)]
+            self._units[c] = got
+        return got
+
+    def _unit_of(self, c: int, t: int) -> Tuple[int, int, int]:
+        """``(unit number, first t, end t)`` of the unit holding pair ``t`` of video clip ``c``."""
+        bounds = self._unit_bounds(c)
+        u = bisect.bisect_right(bounds, t) - 1
+        end = bounds[u + 1] if u + 1 < len(bounds) else self.clips[c].num_pairs
+        return u, bounds[u], end
+
+    def unit_ranges(self) -> Optional[List[Tuple[int, int]]]:
+        """Index ranges ``[lo, hi)`` of consecutive pairs best served in ascending order by one process
+        (a unit: decoded forward once, each frame serving both its pairs), or ``None`` when unit mode
+        is off (``video_units=False``) or ``pairs_per_video`` is set. Synthetic clips, frame folders with
+        unreadable frames and, unless ``frame_units=True``, all frame folders give one-item ranges: their
+        pairs then come in the authors' fully random order (a JPEG pair costs the same wherever it is)."""
+        if not self.video_units or self.pairs_per_video is not None:
+            return None
+        kinds = ("video", "frames") if self.frame_units else ("video",)
+        out = []
+        for c, clip in enumerate(self.clips):
+            lo = self._offsets[c]
+            if clip.kind not in kinds or clip.starts is not None:
+                out += [(i, i + 1) for i in range(lo, self._offsets[c + 1])]
+                continue
+            bounds = self._unit_bounds(c) + [clip.num_pairs]
+            out += [(lo + a, lo + b) for a, b in zip(bounds, bounds[1:])]
+        return out
+
     def __getstate__(self):
         # Workers started by pickling (spawn) should not copy the parent's decoded frames.
         state = self.__dict__.copy()
-        state["_cache"] = VideoCache(self._cache.max_bytes)
+        state["_cursors"] = OrderedDict()
         state["_synthetic"] = {}
+        state["_indices"] = OrderedDict()
         return state
 
-    def _video_array(self, clip: _Clip) -> np.ndarray:
-        if clip.kind == "synthetic":
-            arr = self._synthetic.get(clip.seed)
-            if arr is None:
-                from videomac.synthetic import render_video
-
-                arr = render_video(clip.seed, clip.num_frames, self.synthetic_size)[0]
-                self._synthetic[clip.seed] = arr
-            return arr
-        arr = self._cache.get(clip.path)
-        if arr is None:
-            arr, err = _decode_video(clip.path, self.video_short_side)
-            # Packets counted at construction can outnumber decodable frames (truncated files).
-            n, why = len(arr), f" ({err})" if err else ""
-            if n < self.gap + 1:
-                raise OSError(f"{n} decodable frame{'s' * (n != 1)} < gap+1={self.gap + 1}{why}")
-            if err is not None or n != clip.num_frames:
-                self._warn_once(clip.path, f"decoded {n} of {clip.num_frames} frames{why}", record=False)
-            clip.num_frames = n
-            self._cache.put(clip.path, arr)
-        return arr
-
+    # ------------------------------------------------------------------------------------ decoding
     def _warn_once(self, path: str, reason: str, record: bool = True) -> None:
         if record:
             self.skipped[path] = reason
@@ -486,77 +544,304 @@ class FramePairDataset(torch.utils.data.Dataset):
             self._warned.add(path)
             warnings.warn(f"FramePairDataset: {path}: {reason}", stacklevel=3)
 
-    def _load_pair(self, clip: _Clip, t: Optional[int]) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """Frames ``t`` and ``t + gap`` (``t=None``: a random valid ``t``), or ``None`` if that pair is unusable.
+    def _draw(self, height: int, width: int) -> Tuple[Tuple[int, int, int, int], bool]:
+        crop = random_resized_crop_params(height, width, self.scale, self.ratio)
+        return crop, bool(torch.rand(1).item() < self.hflip)
 
-        Failures are recorded here: an image that fails to decode is marked bad in this process (no pair
-        uses it again), a video that fails to decode is marked dead.
-        """
+    def _out(self, a: np.ndarray, b: np.ndarray):
+        x, y = _chw(a), _chw(b)
+        if self.normalize:
+            x, y = normalize_frames(x), normalize_frames(y)
+        return x, y
+
+    def _synthetic_array(self, clip: _Clip) -> np.ndarray:
+        arr = self._synthetic.get(clip.seed)
+        if arr is None:
+            from videomac.synthetic import render_video
+
+            arr = render_video(clip.seed, clip.num_frames, self.synthetic_size)[0]
+            self._synthetic[clip.seed] = arr
+        return arr
+
+    def _array_pair(self, a: np.ndarray, b: np.ndarray):
+        H, W = a.shape[:2]
+        crop, flip = self._draw(H, W)
+        box = crop_box(crop, (H, W), (H, W))
+        return self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
+
+    def _frames_pair(self, clip: _Clip, t: Optional[int]):
+        """Frames ``t`` and ``t + gap`` of a frame folder (``t=None``: a random valid ``t``), or ``None``."""
         g = self.gap
+        if t is None:
+            if clip.bad:
+                valid = [s for s in range(len(clip.frames) - g) if s not in clip.bad and s + g not in clip.bad]
+                if not valid:
+                    return None
+                t = valid[int(torch.randint(0, len(valid), (1,)).item())]
+            else:
+                t = int(torch.randint(0, len(clip.frames) - g, (1,)).item())
+        elif t in clip.bad or t + g in clip.bad:
+            return None
+        k = t
+        try:
+            with Image.open(clip.frames[t]) as im1:
+                k = t + g
+                with Image.open(clip.frames[t + g]) as im2:
+                    if im1.size != im2.size:  # rare in real data; the shared crop needs equal sizes
+                        a = np.asarray(jpeg_image(im1))  # (16-bit frames scaled to 8 bits)
+                        b = np.asarray(jpeg_image(im2).resize(im1.size, Image.BICUBIC))
+                        return self._array_pair(a, b)
+                    W, H = im1.size
+                    crop, flip = self._draw(H, W)
+                    if self.gpu_decode and im1.format == im2.format == "JPEG":
+                        a, b = _file_bytes(clip.frames[t]), _file_bytes(clip.frames[t + g])
+                        return EncodedPair(a, b, crop, flip, self.input_size)
+                    # one DCT scale for both frames, so the two are resampled alike
+                    d = reduction(crop, self.input_size) if self.jpeg_draft else 1
+                    k = t
+                    a = jpeg_crop(im1, crop, self.input_size, flip, self.jpeg_draft, d)
+                    k = t + g
+                    b = jpeg_crop(im2, crop, self.input_size, flip, self.jpeg_draft, d)
+        except Exception as e:
+            clip.bad.add(k)
+            self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+            return None
+        return self._out(a, b)
+
+    def _video_index(self, clip: _Clip) -> VideoIndex:
+        idx = self._indices.get(clip.path)
+        if idx is None:
+            idx = VideoIndex.read(clip.path)
+            self._indices[clip.path] = idx
+            while len(self._indices) > 64:
+                self._indices.popitem(last=False)
+        else:
+            self._indices.move_to_end(clip.path)
+        return idx
+
+    def _decode_video(self, clip: _Clip, wanted: List[int], on_frame) -> int:
+        """Decode ``wanted`` frames of a video clip through ``on_frame(k, av_frame)``; handles seek
+        failures (decode from the start instead) and records short or broken files. Returns how many
+        wanted frames were delivered (in ascending order)."""
+        wanted = sorted(k for k in set(wanted) if k < clip.num_frames)
+        if not wanted:
+            return 0
+        idx = self._video_index(clip)
+        try:
+            try:
+                done = decode_frames(clip.path, idx, wanted, on_frame, self.decode_threads)
+            except SeekError:
+                idx.pts = None  # this file seeks badly: count frames from the start from now on
+                done = decode_frames(clip.path, idx, wanted, on_frame, self.decode_threads)
+        except Exception as e:
+            if not clip.decoded:
+                self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+                clip.kind = "dead"
+            else:
+                self._shorten(clip, wanted[0], f"{type(e).__name__}: {str(e)[:80]}")
+            return 0
+        if done:
+            clip.decoded = True
+        if done < len(wanted):
+            n = wanted[done]
+            self._shorten(clip, n, None)
+            if n < self.gap + 1 and not clip.decoded:
+                clip.kind = "dead"
+                self._warn_once(clip.path, f"{n} decodable frame{'s' * (n != 1)} < gap+1={self.gap + 1}")
+        return done
+
+    def _shorten(self, clip: _Clip, n: int, err: Optional[str]) -> None:
+        if n < clip.num_frames:
+            why = f" ({err})" if err else ""
+            self._warn_once(clip.path, f"decoded {n} of {clip.num_frames} frames{why}", record=False)
+            clip.num_frames = n
+
+    def _frame_rgb(self, clip: _Clip, frame, d: int) -> np.ndarray:
+        H, W = clip.hw
+        return video_frame_rgb(frame, (max(1, round(H / d)), max(1, round(W / d))))
+
+    def _video_pair(self, clip: _Clip, t: Optional[int]):
+        """One pair by seeking (``t=None``: a random valid ``t``), or ``None``."""
+        g = self.gap
+        if clip.num_frames < g + 1:
+            return None
+        if t is None:
+            t = int(torch.randint(0, clip.num_frames - g, (1,)).item())
+        if t + g >= clip.num_frames:
+            return None
+        H, W = clip.hw
+        crop, flip = self._draw(H, W)
+        d = reduction(crop, self.input_size, _VIDEO_FACTORS)
+        got = {}
+
+        def keep(k, frame):
+            got[k] = self._frame_rgb(clip, frame, d)
+
+        self._decode_video(clip, [t, t + g], keep)
+        if len(got) < 2:
+            return None
+        rh, rw = got[t].shape[:2]
+        box = crop_box(crop, (H, W), (rh, rw))
+        return self._out(crop_resize(got[t], box, self.input_size, flip),
+                         crop_resize(got[t + g], box, self.input_size, flip))  # fmt: skip
+
+    def store_hw(self, clip_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The size video frames are converted to in unit mode: the smallest at which every crop the
+        scale / ratio ranges allow still covers the output size (so resizing never upsamples), at most
+        full size. About ``out_h * out_w / (scale_min * ratio_min)`` pixels whatever the video's
+        resolution (775 x 436 for a 720p video at 224 x 224 with the paper's ranges)."""
+        H, W = clip_hw
+        area = H * W * self.scale[0]
+        min_h = math.sqrt(area / self.ratio[1])
+        min_w = math.sqrt(area * self.ratio[0])
+        s = min(1.0, max((self.input_size[0] + 1) / max(1.0, min_h), (self.input_size[1] + 1) / max(1.0, min_w)))
+        return max(1, round(H * s)), max(1, round(W * s))
+
+    def _cursor(self, c: int, t: int) -> Tuple[Tuple[int, int], _Cursor, int]:
+        """The open cursor of the unit holding pair ``t`` of clip ``c`` (opened if needed, the least
+        recently used one closed beyond ``max_open_units``), and the unit's end."""
+        u, _, end = self._unit_of(c, t)
+        key = (c, u)
+        cur = self._cursors.get(key)
+        if cur is None:
+            cur = _Cursor()
+            self._cursors[key] = cur
+            while len(self._cursors) > self.max_open_units:
+                self._cursors.popitem(last=False)[1].close()
+        else:
+            self._cursors.move_to_end(key)
+        return key, cur, end
+
+    def _release(self, key, cur: _Cursor, t: int, end: int) -> None:
+        for k in [k for k in cur.frames if k <= t]:  # pairs come in ascending t: frame t is done
+            del cur.frames[k]
+        if t + 1 >= end:
+            cur.close()
+            self._cursors.pop(key, None)
+
+    def _unit_video_pair(self, c: int, t: int):
+        """Pair ``t`` of video clip ``c`` from its unit's open reader (decoding forward)."""
+        clip, g = self.clips[c], self.gap
+        if t + g >= clip.num_frames:
+            return None
+        key, cur, end = self._cursor(c, t)
+        hw = self.store_hw(clip.hw)
+        ks = [k for k in range(t, t + g + 1) if k not in cur.frames]
+        if ks:
+            first = ks[0]
+            ks = list(range(first, t + g + 1))  # every frame on the way: the next pairs need them
+            if not self._read_frames(clip, cur, ks, hw):
+                cur.close()
+                self._cursors.pop(key, None)
+                return None
+        a, b = cur.frames[t], cur.frames[t + g]
+        H, W = clip.hw
+        crop, flip = self._draw(H, W)
+        box = crop_box(crop, (H, W), a.shape[:2])
+        pair = self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
+        self._release(key, cur, t, end)
+        return pair
+
+    def _read_frames(self, clip: _Clip, cur: _Cursor, ks: List[int], hw) -> bool:
+        """Decode frames ``ks`` (ascending) into ``cur.frames``; False if any is missing (the clip is
+        shortened, or marked dead if nothing of it ever decoded)."""
+        for _ in range(2):
+            try:
+                if cur.reader is None:
+                    cur.reader = FrameReader(clip.path, self._video_index(clip), self.decode_threads)
+                for k in ks:
+                    if k in cur.frames:
+                        continue
+                    frame = cur.reader.read(k)
+                    if frame is None:
+                        self._shorten(clip, k, None)
+                        return False
+                    cur.frames[k] = video_frame_rgb(frame, hw)
+                    clip.decoded = True
+                return True
+            except SeekError:
+                cur.close()
+                self._video_index(clip).pts = None  # seeks badly: count frames from the start from now on
+            except Exception as e:
+                cur.close()
+                if not clip.decoded:
+                    self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+                    clip.kind = "dead"
+                else:
+                    self._shorten(clip, ks[0], f"{type(e).__name__}: {str(e)[:80]}")
+                return False
+        return False
+
+    def _unit_frames_pair(self, c: int, t: int):
+        """Pair ``t`` of frame folder ``c``, reusing frame ``t`` if the previous pair decoded it."""
+        clip, g = self.clips[c], self.gap
+        if t in clip.bad or t + g in clip.bad:
+            return None
+        key, cur, end = self._cursor(c, t)
+        k = t
+        try:
+            im1, im2 = Image.open(clip.frames[t]), Image.open(clip.frames[t + g])  # headers only
+            if im1.size != im2.size or self.gpu_decode:
+                im1.close()
+                im2.close()
+                return self._frames_pair(clip, t)
+            W, H = im1.size
+            crop, flip = self._draw(H, W)
+            want = reduction(crop, self.input_size) if self.jpeg_draft and im1.format == "JPEG" else 1
+            have = cur.frames.get(t)
+            if have is not None and have[0] == want:  # the previous pair decoded it at this scale
+                im1.close()
+                d, a = have
+            else:
+                d, a = want, jpeg_image(im1, want)  # loading closes the file
+            k = t + g
+            b = jpeg_image(im2, d)
+        except Exception as e:
+            clip.bad.add(k)
+            self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
+            return None
+        cur.frames[t + g] = (d, b)
+        box = crop_box(crop, (H, W), (a.height, a.width))
+        pair = self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
+        self._release(key, cur, t, end)
+        return pair
+
+    # --------------------------------------------------------------------------------------- items
+    def _make_pair(self, c: int, index: int, t: Optional[int]):
+        clip = self.clips[c]
         if clip.kind == "dead":
             return None
         if clip.kind == "frames":
+            if t is not None and self.video_units and self.frame_units and clip.starts is None:
+                return self._unit_frames_pair(c, t)
+            return self._frames_pair(clip, t)
+        if clip.kind == "synthetic":
+            arr = self._synthetic_array(clip)
             if t is None:
-                if clip.bad:
-                    valid = [s for s in range(len(clip.frames) - g) if s not in clip.bad and s + g not in clip.bad]
-                    if not valid:
-                        return None
-                    t = valid[int(torch.randint(0, len(valid), (1,)).item())]
-                else:
-                    t = int(torch.randint(0, len(clip.frames) - g, (1,)).item())
-            elif t in clip.bad or t + g in clip.bad:
-                return None
-            imgs = []
-            for k in (t, t + g):
-                try:
-                    imgs.append(_read_image(clip.frames[k]))
-                except Exception as e:
-                    clip.bad.add(k)
-                    self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-                    return None
-            a, b = imgs
-            if a.shape != b.shape:  # rare in real data; the shared crop needs equal sizes
-                b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.BICUBIC))
-            return a, b
-        try:
-            arr = self._video_array(clip)
-        except Exception as e:
-            self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-            clip.kind = "dead"
-            return None
-        if t is None:
-            t = int(torch.randint(0, len(arr) - g, (1,)).item())
-        elif t + g >= len(arr):  # decoded fewer frames than counted
-            return None
-        return arr[t], arr[t + g]
+                t = int(torch.randint(0, len(arr) - self.gap, (1,)).item())
+            return self._array_pair(arr[t], arr[t + self.gap])
+        if t is not None and self.video_units:
+            return self._unit_video_pair(c, t)
+        return self._video_pair(clip, t)
 
-    def _transform(self, a: np.ndarray, b: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        H, W = a.shape[:2]
-        i, j, h, w = random_resized_crop_params(H, W, self.scale, self.ratio)
-        flip = bool(torch.rand(1).item() < self.hflip)
-        x = torch.from_numpy(np.stack([a[i : i + h, j : j + w], b[i : i + h, j : j + w]]))
-        x = x.permute(0, 3, 1, 2).float()
-        if (h, w) != self.input_size:
-            x = F.interpolate(x, size=self.input_size, mode="bicubic", align_corners=False, antialias=True)
-            x = x.clamp_(0, 255)  # bicubic overshoots; PIL would clip to uint8 too
-        if flip:
-            x = x.flip(-1)
-        x = (x / 255.0 - self._mean) / self._std
-        return x[0].contiguous(), x[1].contiguous()
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int):
         total = len(self)
         c, t = self.locate(index)
         walked = 0
         while walked < total:
             clip = self.clips[c]
-            pair = self._load_pair(clip, t)
+            pair = self._make_pair(c, index, t)
             if pair is not None:
-                return self._transform(*pair)
+                return pair
             # Unusable: take the next index's pair, skipping whole clips that cannot give one.
             step = 1
-            if t is not None and (clip.kind == "dead" or (clip.kind != "frames" and t + self.gap >= clip.num_frames)):
+            if t is not None and (clip.kind == "dead" or (clip.kind == "video" and t + self.gap >= clip.num_frames)):
                 step = self._offsets[c + 1] - index
             index, walked = (index + step) % total, walked + step
             c, t = self.locate(index)
         raise RuntimeError(f"FramePairDataset: no decodable video left (skipped: {len(self.skipped)})")
+
+
+def _file_bytes(path: str) -> torch.Tensor:
+    with open(path, "rb") as f:
+        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)

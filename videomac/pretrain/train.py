@@ -1,27 +1,57 @@
 """The VideoMAC pretraining loop: AMP, DDP through torchrun, gradient accumulation, atomic
-checkpoints with exact resume, JSONL metrics, reconstruction figures, dense encoder export."""
+checkpoints with exact resume, JSONL metrics, reconstruction figures, dense encoder export.
+
+Exact resume with any number of DataLoader workers: every item's random crop and flip come from its own
+seed, a function of (seed, epoch, rank, position in the epoch) set around ``dataset[i]`` in whichever
+process loads it, so the sample stream depends neither on the worker count nor on where a run stopped;
+the position in the epoch (``epoch``, ``micro_done``) and each rank's global RNG (masks, drop path) are
+in the checkpoint. SIGINT and SIGTERM (also sent to the whole process group: the workers ignore them)
+stop the run at the end of the current step with a checkpoint.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
+import warnings
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
+from videomac.masking import check_visible, grid_size
 from videomac.models.names import check_model_name
-from videomac.pretrain.checkpoint import atomic_save, build_model, load_checkpoint, save_encoder
-from videomac.pretrain.config import CHECKPOINT, ENCODER, METRICS, PretrainConfig
+from videomac.pretrain.checkpoint import (
+    FORMAT_VERSION,
+    build_model,
+    clean_stale_temporaries,
+    load_latest,
+    save_encoder,
+    write_checkpoint,
+)
+from videomac.pretrain.config import (
+    CHECKPOINT,
+    CONFIG,
+    ENCODER,
+    METRICS,
+    SKIPPED,
+    SUMMARY,
+    PretrainConfig,
+    checkpoint_candidates,
+)
+from videomac.pretrain.curves import save_loss_curve
 from videomac.pretrain.data import FramePairDataset
+from videomac.pretrain.loader import batch_to_device, epoch_indices, make_loader
+from videomac.pretrain.progress import ProgressLog
 from videomac.pretrain.schedule import EMA_SCHEDULES, build_optimizer, ema_momentum, learning_rate
 from videomac.pretrain.visualize import save_reconstruction_figure
 
@@ -66,57 +96,102 @@ class _Dist:
             dist.destroy_process_group()
 
 
-def _epoch_indices(n: int, epoch: int, seed: int, world: int, rank: int) -> List[int]:
-    """This rank's share of a seeded permutation of the epoch (padded so all ranks match)."""
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=g).tolist()
-    per_rank = math.ceil(n / world)
-    perm += perm[: per_rank * world - n]
-    return perm[rank::world]
+def _item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of one item's random crop and flip: a hash of where it is in the run."""
+    key = f"{seed}/{epoch}/{rank}/{position}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Yields the indices set for the current epoch, so one DataLoader (and its persistent workers,
-    with their decoded-video caches) serves every epoch, including a resumed partial one."""
+    """Yields ``(index, item seed)`` for the indices set for the current epoch, so one DataLoader (and its
+    persistent workers, with their decoded-video caches) serves every epoch, including a resumed partial
+    one. ``start`` is the position in the epoch of ``indices[0]`` (a resumed epoch starts mid-way)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0, rank: int = 0) -> None:
         self.indices: List[int] = []
+        self.seed, self.rank, self.epoch, self.start = seed, rank, 0, 0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.indices))
+    def set_epoch(self, indices: List[int], epoch: int, start: int) -> None:
+        self.indices, self.epoch, self.start = list(indices), epoch, start
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        seed, epoch, rank, start = self.seed, self.epoch, self.rank, self.start
+        return iter([(i, _item_seed(seed, epoch, rank, start + k)) for k, i in enumerate(self.indices)])
 
     def __len__(self) -> int:
         return len(self.indices)
 
 
-def _make_loader(dataset, sampler: _EpochSampler, batch_size: int, num_workers: int, seed: int):
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=True,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-        # Its own generator: creating an iterator must not draw from the global RNG, or a resumed
-        # epoch (new iterator mid-epoch) would diverge from an uninterrupted one.
-        generator=torch.Generator().manual_seed(seed),
-    )
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset[index]`` under the item's own seed (the caller's RNG is left as it was), for keys
+    ``(index, seed)`` from :class:`_EpochSampler`. Inputs the dataset skips while loading (recorded in
+    its ``skipped`` by this process, a DataLoader worker or the main one) are appended to ``log``, so
+    the run can count them whichever process met them."""
+
+    def __init__(self, dataset, log: Optional[str] = None) -> None:
+        self.dataset, self.log = dataset, log
+        self._reported = set(getattr(dataset, "skipped", {}))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            item = self.dataset[index]
+        skipped = getattr(self.dataset, "skipped", {})
+        if len(skipped) > len(self._reported):  # it only grows: new entries are at its end
+            new = [(k, v) for k, v in list(skipped.items()) if k not in self._reported]
+            self._reported.update(k for k, _ in new)
+            if self.log and new:
+                with contextlib.suppress(OSError), open(self.log, "a") as f:
+                    f.write("".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in new))
+        return item
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT / SIGTERM sent to the whole process group: the main process
+    stops the run (with a checkpoint) and shuts them down itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _make_loader(dataset, sampler: _EpochSampler, batch_size: int, num_workers: Optional[int], seed: int, device=None):
+    # workers (None: from the CPU count), persistent + prefetching, pinned memory on CUDA, uint8 batches;
+    # its own generator: creating an iterator must not draw from the global RNG, or a resumed epoch
+    # (new iterator mid-epoch) would diverge from an uninterrupted one.
+    return make_loader(dataset, sampler, batch_size, num_workers, seed, device=device,
+                       worker_init_fn=_ignore_stop_signals)  # fmt: skip
 
 
 def _rng_state() -> Dict:
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    """This process's RNG states as tensors and plain values (weights-only loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, mt, gauss_next = random.getstate()
+    state = dict(
+        torch=torch.get_rng_state(),
+        numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                   has_gauss=int(has_gauss), cached_gaussian=float(gauss)),
+        python=dict(version=version, state=torch.tensor(mt, dtype=torch.int64), gauss_next=gauss_next),
+    )  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)
+    p = state["python"]
+    if isinstance(p, dict):
+        p = (p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"])
+    random.setstate(p)
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
@@ -127,19 +202,32 @@ def _fingerprint(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat * torch.sin(idx)).sum(), flat.abs().max()])
 
 
-def pretrain(cfg: PretrainConfig) -> Dict:
-    """Run (or resume) pretraining; returns a summary dict. Only rank 0 writes files."""
+def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
+    """Run (or resume) pretraining; returns a summary dict. Only rank 0 writes files.
+
+    A run stopped early (``stop_after``, SIGINT, SIGTERM) returns ``stopped=True`` (and ``signal``, the
+    signal's name) after writing its checkpoint. ``trust_pickle``: resume from a checkpoint that a
+    weights-only load refuses (one written by an earlier videomac; only for files you trust).
+    """
     env = _Dist(cfg.device)
     try:
-        return _Trainer(cfg, env).run()
+        return _Trainer(cfg, env, trust_pickle).run()
     finally:
         env.close()
 
 
 class _Trainer:
-    def __init__(self, cfg: PretrainConfig, env: _Dist):
-        self.cfg, self.env = cfg, env
+    def __init__(self, cfg: PretrainConfig, env: _Dist, trust_pickle: bool = False):
+        self.cfg, self.env, self.trust_pickle = cfg, env, trust_pickle
         check_model_name(cfg.model)
+        if int(cfg.keep_checkpoints) < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+        if cfg.mask_ratio == 0:
+            warnings.warn(
+                "mask_ratio=0 masks nothing: VideoMAC's losses are computed on masked patches only, so the loss "
+                "is 0 and the encoder learns nothing (use the paper's 0.75)",
+                stacklevel=3,
+            )
         if cfg.ema_schedule not in EMA_SCHEDULES:
             raise ValueError(f"ema_schedule must be one of {', '.join(EMA_SCHEDULES)}, got {cfg.ema_schedule!r}")
         if cfg.amp not in ("none", "bf16", "fp16"):
@@ -159,6 +247,7 @@ class _Trainer:
             synthetic_frames=cfg.synthetic_frames,
             video_short_side=cfg.video_short_side,
             seed=cfg.seed,
+            gpu_decode=cfg.gpu_decode and env.device.type == "cuda",
         )
         if cfg.total_batch:
             cfg.accum_iter = max(1, cfg.total_batch // (cfg.batch_size * env.world))
@@ -180,6 +269,9 @@ class _Trainer:
         self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
 
         self.model = build_model(cfg).to(env.device)
+        # no visible patch: the encoder would see nothing and get no gradient
+        check_visible(grid_size((cfg.input_size, cfg.input_size), self.model.patch_size), cfg.mask_ratio,
+                      self.model.patch_size)  # fmt: skip
         self.optimizer = build_optimizer(self.model, self.base_lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         self.ddp = self.model
@@ -188,16 +280,26 @@ class _Trainer:
                 self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
         self.stop_requested = False
-        self.sampler = _EpochSampler()
-        self.loader = _make_loader(self.dataset, self.sampler, cfg.batch_size, cfg.num_workers, cfg.seed)
-        self.step = 0
-        self.epoch = 0
-        self.micro_done = 0  # micro-batches done in the current epoch
+        self.stop_signal: Optional[int] = None
         self.out = cfg.output_dir
         self.ckpt_path = os.path.join(self.out, CHECKPOINT)
+        self.skipped_log = os.path.join(self.out, SKIPPED)
+        self.sampler = _EpochSampler(cfg.seed, env.rank)
+        items = _SeededItems(self.dataset, self.skipped_log)
+        self.loader = _make_loader(items, self.sampler, cfg.batch_size, cfg.num_workers, cfg.seed, env.device)
+        self.step = 0
+        self._last_loss: Optional[float] = None  # the last logged mean loss (summary.json)
+        self.epoch = 0
+        self.micro_done = 0  # micro-batches done in the current epoch
+        self.saved_step: Optional[int] = None  # step of the checkpoint.pt this run wrote or resumed from
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> Dict:
+        """The checkpoint: tensors and plain values only (loadable with ``weights_only=True``)."""
+        rng = [_rng_state()]
+        if self.env.world > 1:  # every rank's own RNG (masks, drop path), so each resumes its stream
+            rng = [None] * self.env.world
+            dist.all_gather_object(rng, _rng_state())
         return dict(
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
@@ -208,47 +310,75 @@ class _Trainer:
             total_steps=self.total_steps,
             warmup_steps=self.warmup_steps,
             base_lr=self.base_lr,
-            rng=_rng_state(),
+            rng=rng,
+            data_rng="per-item seed (seed, epoch, rank, position)",
             config=self.cfg.to_dict(),
             world_size=self.env.world,
-            version=1,
+            version=FORMAT_VERSION,
         )
 
     def save(self) -> None:
+        state = self.state()
         if self.env.main:
-            atomic_save(self.state(), self.ckpt_path)
+            previous = self.saved_step if self.saved_step != self.step else None
+            write_checkpoint(state, self.out, self.cfg.keep_checkpoints, previous_step=previous,
+                             drop_older=self.saved_step is None and not self.cfg.resume)  # fmt: skip
+        self.saved_step = self.step
         self.env.barrier()
 
     def resume(self, path: str) -> None:
-        ck = load_checkpoint(path, map_location=self.env.device)
-        if ck["config"]["model"] != self.cfg.model:
-            raise ValueError(f"checkpoint {path} is for {ck['config']['model']}, not {self.cfg.model}")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        """Load the newest intact checkpoint of ``path`` (a file or a run folder) and check that it fits
+        this run's model; nothing is written before this succeeds."""
+        ck, used, problems = load_latest(path, map_location=self.env.device, trust_pickle=self.trust_pickle)
+        if problems and self.env.main:
+            print(f"warning: {'; '.join(problems)}", file=sys.stderr)
+            print(f"resuming from {used} (step {ck.get('step')}), the newest intact checkpoint", file=sys.stderr)
+        saved = ck.get("config", {})
+        if saved.get("model") != self.cfg.model:
+            raise ValueError(f"checkpoint {used} is for {saved.get('model')}, not --model {self.cfg.model}")
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            keys = ("decoder_dim", "decoder_depth", "motion_weight", "backend")
+            diff = [f"{k}: {saved.get(k)!r} there, {getattr(self.cfg, k)!r} here" for k in keys
+                    if k in saved and saved.get(k) != getattr(self.cfg, k)]  # fmt: skip
+            why = "; ".join(diff) if diff else str(e).strip().splitlines()[0][:300]
+            raise ValueError(f"checkpoint {used} does not fit this run's model ({why})") from None
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch, self.micro_done = ck["step"], ck["epoch"], ck["micro_done"]
-        if ck.get("world_size", 1) == self.env.world:
-            _set_rng_state(ck["rng"])
+        self.saved_step = ck["step"] if os.path.basename(used) == CHECKPOINT else None
+        rng = ck.get("rng")
+        if isinstance(rng, dict) and ck.get("world_size", 1) == self.env.world == 1:  # format 1: rank 0 only
+            _set_rng_state(rng)
+        elif isinstance(rng, list) and len(rng) == self.env.world:
+            _set_rng_state(rng[self.env.rank])
+        elif self.env.main:
+            print(f"note: {used} was written by {ck.get('world_size', 1)} process(es), this run has "
+                  f"{self.env.world}: the RNG streams restart (the run is not bit-exact)", file=sys.stderr)  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> Dict:
         cfg, env = self.cfg, self.env
+        if cfg.resume:
+            self.resume(cfg.resume)  # validated before anything in the run folder changes
         if env.main:
             os.makedirs(self.out, exist_ok=True)
-            with open(os.path.join(self.out, "config.json"), "w") as f:
+            for p in clean_stale_temporaries(self.out):
+                print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
+            if not cfg.resume and os.path.exists(self.skipped_log):
+                os.remove(self.skipped_log)  # a fresh run: skips are counted anew
+            if not cfg.resume and checkpoint_candidates(self.out):
+                print(f"warning: {self.out} holds checkpoints of an earlier run; this new run replaces them at its "
+                      f"first save (to continue that run instead: --resume {self.out})", file=sys.stderr)  # fmt: skip
+            with open(os.path.join(self.out, CONFIG), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=2)
         env.barrier()
-        if cfg.resume:
-            self.resume(cfg.resume)
         log = open(os.path.join(self.out, METRICS), "a") if env.main else None
         self.tb = _tensorboard(self.out) if env.main else None
-        bar = tqdm(
-            total=self.total_steps,
-            initial=self.step,
-            disable=not (env.main and cfg.progress),
-            desc=f"pretrain {cfg.model}",
-            dynamic_ncols=True,
-        )
+        # a bar on a terminal; one plain line per logging interval in batch jobs (stderr a file or pipe)
+        bar = ProgressLog(self.total_steps, self.step, f"pretrain {cfg.model}",
+                          mode="auto" if (env.main and cfg.progress) else "off")  # fmt: skip
         autocast = dict(
             device_type=env.device.type,
             dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
@@ -256,18 +386,26 @@ class _Trainer:
         )
         self.model.train()
         start_step = self.step
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
-        last_batch, t0, pairs = None, time.perf_counter(), 0
+        previous = {}
+        if _main_thread():
+            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        last_batch, t0, pairs, waited = None, time.perf_counter(), 0, 0.0
+        self._run_t0, self._run_pairs = time.perf_counter(), 0
         sums: Dict[str, float] = {}
         try:
             while self.step < self.total_steps:
-                indices = _epoch_indices(len(self.dataset), self.epoch, cfg.seed, env.world, env.rank)
+                # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader)
+                indices = epoch_indices(self.dataset, self.epoch, cfg.seed, env.world, env.rank, cfg.batch_size,
+                                        self.loader.num_workers)  # fmt: skip
                 usable = self.steps_per_epoch * cfg.accum_iter
                 # this epoch's full batches, less those a resumed run already did
-                self.sampler.indices = indices[self.micro_done * cfg.batch_size : usable * cfg.batch_size]
-                for frame1, frame2 in self.loader:
-                    frame1 = frame1.to(env.device, non_blocking=True)
-                    frame2 = frame2.to(env.device, non_blocking=True)
+                start = self.micro_done * cfg.batch_size
+                self.sampler.set_epoch(indices[start : usable * cfg.batch_size], self.epoch, start)
+                batches, t_wait = iter(self.loader), time.perf_counter()
+                for batch in batches:
+                    # uint8 to the device, normalised there (JPEGs decoded there with gpu_decode)
+                    frame1, frame2 = batch_to_device(batch, env.device)
+                    waited += time.perf_counter() - t_wait
                     lr = learning_rate(self.step, self.total_steps, self.warmup_steps, self.base_lr, cfg.min_lr)
                     for g in self.optimizer.param_groups:
                         g["lr"] = lr
@@ -287,8 +425,10 @@ class _Trainer:
                     sums["n"] = sums.get("n", 0) + 1
                     self.micro_done += 1
                     pairs += frame1.shape[0] * env.world
+                    self._run_pairs += frame1.shape[0] * env.world
                     last_batch = (frame1, frame2, out)
                     if not boundary:
+                        t_wait = time.perf_counter()
                         continue
                     if cfg.clip_grad:
                         self.scaler.unscale_(self.optimizer)
@@ -302,13 +442,14 @@ class _Trainer:
                     self.step += 1
                     bar.update(1)
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        rate = pairs / max(time.perf_counter() - t0, 1e-9)
-                        self._log(log, bar, sums, lr, momentum, rate)
-                        sums, t0, pairs = {}, time.perf_counter(), 0
+                        elapsed = max(time.perf_counter() - t0, 1e-9)
+                        self._log(log, bar, sums, lr, momentum, pairs / elapsed, min(1.0, waited / elapsed))
+                        sums, t0, pairs, waited = {}, time.perf_counter(), 0, 0.0
                     if self.step % cfg.save_every == 0 and self.step < self.total_steps:
                         self.save()
                     if self.step >= self.total_steps or self._should_stop(start_step):
                         break
+                    t_wait = time.perf_counter()
                 if self.micro_done >= usable:  # the epoch is complete
                     self.epoch, self.micro_done = self.epoch + 1, 0
                     if env.main and last_batch is not None and cfg.vis_every and self.epoch % cfg.vis_every == 0:
@@ -321,15 +462,41 @@ class _Trainer:
                 log.close()
             if self.tb is not None:
                 self.tb.close()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        self.save()
+            if sys.exc_info()[0] is not None:  # failing: give the caller its handlers back now
+                _restore_handlers(previous)
+        try:
+            self.save()  # a signal during this save is noted, not fatal: the handlers stay until it is done
+        finally:
+            _restore_handlers(previous)
         if self.step < self.total_steps:
-            msg = "SIGTERM received" if self.stop_requested else f"--stop-after {self.cfg.stop_after} reached"
+            name = signal.Signals(self.stop_signal).name if self.stop_signal else None
+            msg = f"{name} received" if name else f"--stop-after {self.cfg.stop_after} reached"
+            if self.stop_requested and not name:
+                msg = "stop requested by another process"
             if env.main:
-                print(f"{msg}: stopped at step {self.step}/{self.total_steps}; resume with --resume {self.out}")
-            return dict(step=self.step, stopped=True, checkpoint=self.ckpt_path)
+                print(f"{msg}: stopped at step {self.step}/{self.total_steps} with a checkpoint; "
+                      f"resume with --resume {self.out}", file=sys.stderr)  # fmt: skip
+            out = dict(step=self.step, stopped=True, checkpoint=self.ckpt_path, signal=name)
+            out.update(self._skipped_summary())
+            return out
         return self._finish(last_batch)
+
+    def _skipped(self) -> Dict[str, str]:
+        """Inputs skipped so far: at dataset construction, and while loading (any process's log)."""
+        out = dict(getattr(self.dataset, "skipped", {}))
+        try:
+            with open(self.skipped_log) as f:
+                for line in f:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        rec = json.loads(line)
+                        out.setdefault(rec["path"], rec["reason"])
+        except OSError:
+            pass
+        return out
+
+    def _skipped_summary(self) -> Dict:
+        skipped = self._skipped() if self.env.main else {}
+        return dict(skipped_count=len(skipped), skipped=skipped)
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank (so all ranks stop together, none hangs)."""
@@ -349,8 +516,14 @@ class _Trainer:
             "Try a lower --blr, --clip-grad 1.0, or --amp none."
         )
 
-    def _on_sigterm(self, signum, frame) -> None:
-        self.stop_requested = True
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.stop_requested, self.stop_signal = True, signum
+        if self.env.main:
+            again = " (Ctrl-C again to abort without one)" if signum == signal.SIGINT else ""
+            print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a checkpoint{again}",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
     def _should_stop(self, start_step: int) -> bool:
         stop = self.stop_requested or (
@@ -362,13 +535,16 @@ class _Trainer:
             stop = bool(flag.item())
         return stop
 
-    def _log(self, log, bar, sums: Dict, lr: float, momentum: float, rate: float) -> None:
+    def _log(self, log, bar, sums: Dict, lr: float, momentum: float, rate: float, data_wait: float) -> None:
         n = max(1, sums.pop("n", 1))
         means = torch.tensor([sums[k] / n for k in sorted(sums)], dtype=torch.float64)
         means = self.env.mean(means.to(self.env.device)).cpu()
         rec = dict(step=self.step, epoch=self.epoch)
         rec.update({k: float(v) for k, v in zip(sorted(sums), means)})
-        rec.update(lr=lr, momentum=momentum, pairs_per_sec=rate)
+        self._last_loss = rec.get("loss")
+        rec.update(lr=lr, momentum=momentum, pairs_per_sec=rate, data_wait=data_wait)
+        if log is not None:
+            rec["skipped"] = len(self._skipped())  # inputs skipped so far (their list: summary.json)
         if log is not None:
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -376,10 +552,7 @@ class _Trainer:
                 for k, v in rec.items():
                     if k not in ("step", "epoch"):
                         self.tb.add_scalar(f"pretrain/{k}", v, self.step)
-            bar.set_postfix(
-                loss=f"{rec['loss']:.4f}", o=f"{rec['loss_online']:.3f}", t=f"{rec['loss_target']:.3f}",
-                c=f"{rec['loss_consistency']:.4f}", lr=f"{lr:.2e}", m=f"{momentum:.4f}", pps=f"{rate:.1f}",
-            )  # fmt: skip
+            bar.log(rec)
 
     def _figure(self, batch: Tuple, name: str) -> Optional[str]:
         frame1, frame2, out = batch
@@ -404,6 +577,7 @@ class _Trainer:
             gathered = [torch.zeros_like(fp) for _ in range(env.world)]
             dist.all_gather(gathered, fp)
             in_sync = all(torch.equal(g, gathered[0]) for g in gathered)
+        wall = time.perf_counter() - self._run_t0
         summary = dict(
             step=self.step,
             epoch=self.epoch,
@@ -411,15 +585,26 @@ class _Trainer:
             effective_batch=self.eff_batch,
             ranks_in_sync=in_sync,
             checkpoint=self.ckpt_path,
+            final_loss=self._last_loss,
+            wall_time_s=round(wall, 3),
+            pairs_per_s=round(self._run_pairs / max(wall, 1e-9), 3),
+            **self._skipped_summary(),
         )
         if env.main:
             if last_batch is not None:
                 summary["figure"] = self._figure(last_batch, "reconstruction.png")
+            metrics = os.path.join(self.out, METRICS)
+            if os.path.exists(metrics) and os.path.getsize(metrics):
+                summary["loss_curve"] = save_loss_curve(metrics, os.path.join(self.out, "loss.png"),
+                                                        self.cfg.norm_pix_loss)  # fmt: skip
             if self.cfg.export:
                 summary["encoder"] = os.path.join(self.out, ENCODER)
                 save_encoder(self.model, summary["encoder"])
-            with open(os.path.join(self.out, "summary.json"), "w") as f:
+            with open(os.path.join(self.out, SUMMARY), "w") as f:
                 json.dump(summary, f, indent=2)
+            if summary["skipped_count"]:
+                print(f"skipped {summary['skipped_count']} unusable input(s); see {os.path.join(self.out, SUMMARY)}",
+                      file=sys.stderr)  # fmt: skip
         if not in_sync:
             raise RuntimeError("online weights differ across ranks at the end of training")
         env.barrier()
@@ -433,6 +618,11 @@ def _tensorboard(out_dir: str):
     except ImportError:
         return None
     return SummaryWriter(os.path.join(out_dir, "tb"))
+
+
+def _restore_handlers(previous: Dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _main_thread() -> bool:

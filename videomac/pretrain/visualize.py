@@ -117,19 +117,21 @@ def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
     return fig
 
 
-def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0) -> str:
-    """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model."""
+def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0,
+                         trust_pickle: bool = False) -> str:  # fmt: skip
+    """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model
+    (loaded weights-only unless ``trust_pickle``)."""
     from videomac.pretrain.checkpoint import load_pretrainer
-    from videomac.pretrain.data import FramePairDataset
+    from videomac.pretrain.data import FramePairDataset, normalize_frames
 
-    model, cfg = load_pretrainer(checkpoint)
+    model, cfg = load_pretrainer(checkpoint, trust_pickle=trust_pickle)
     model.eval()
     size = input_size or cfg.input_size
     torch.manual_seed(seed)
     data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
     pairs = [data[i] for i in range(rows)]
-    frame1 = torch.stack([p[0] for p in pairs])
-    frame2 = torch.stack([p[1] for p in pairs])
+    frame1 = normalize_frames(torch.stack([p[0] for p in pairs]))  # uint8 -> normalised float
+    frame2 = normalize_frames(torch.stack([p[1] for p in pairs]))
     with torch.no_grad():
         result = model(frame1, frame2)
     save_reconstruction_figure(

@@ -1,0 +1,400 @@
+"""Decoding for the frame-pair loader: only what a crop needs, in uint8.
+
+- JPEG frames: the crop box is drawn from the header's size, then the JPEG is decoded at the smallest
+  libjpeg DCT scale (1/8, 1/4, 1/2 or 1, PIL's :meth:`PIL.Image.Image.draft`) at which the crop is still
+  at least the output size, so the last step is always a downscale; crop and bicubic resize run in
+  uint8 (PIL). At scale 1 this is exactly the authors' ``resized_crop`` (PIL crop, then PIL bicubic).
+- Video files: :class:`VideoIndex` maps frame numbers (the order a full decode yields them) to
+  presentation timestamps and keyframes, read from the packets without decoding; :func:`decode_frames`
+  seeks to the keyframe at or before each wanted frame and decodes forward, identifying frames by
+  timestamp, so a frame from seeking is the frame a full decode gives. Files whose packets carry no
+  usable timestamps are decoded from the start instead (still exact, only slower).
+- JPEG on the training device: :func:`decode_jpeg_crops` decodes file bytes with
+  ``torchvision.io.decode_jpeg`` (batched; on CUDA where asked) and crops/resizes there.
+
+Everything here is deterministic given the crop boxes; the random draws live in
+:mod:`videomac.pretrain.data`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "Crop",
+    "VideoIndex",
+    "crop_box",
+    "crop_resize",
+    "decode_frames",
+    "decode_jpeg_crops",
+    "jpeg_crop",
+    "jpeg_image",
+    "reduction",
+]
+
+# (top, left, height, width) in full-resolution pixels, and whether to flip horizontally
+Crop = Tuple[int, int, int, int]
+
+
+def reduction(crop: Crop, out_hw: Tuple[int, int], factors: Sequence[int] = (8, 4, 2, 1)) -> int:
+    """The largest factor ``d`` in ``factors`` such that the crop, downscaled ``d`` times, still covers
+    the output size in both directions (so the final resize never upsamples beyond what full resolution
+    would)."""
+    _, _, h, w = crop
+    for d in factors:
+        if w / d >= out_hw[1] and h / d >= out_hw[0]:
+            return d
+    return 1
+
+
+def crop_box(crop: Crop, full_hw: Tuple[int, int], reduced_hw: Tuple[int, int]) -> Tuple[float, float, float, float]:
+    """The crop as a PIL box ``(x0, y0, x1, y1)`` in the coordinates of an image downscaled from
+    ``full_hw`` to ``reduced_hw``."""
+    i, j, h, w = crop
+    sy, sx = reduced_hw[0] / full_hw[0], reduced_hw[1] / full_hw[1]
+    return j * sx, i * sy, (j + w) * sx, (i + h) * sy
+
+
+def crop_resize(
+    img: Image.Image | np.ndarray, box: Tuple[float, float, float, float], out_hw: Tuple[int, int], flip: bool
+) -> np.ndarray:
+    """Crop ``box`` out of ``img`` (PIL image or ``(H, W, 3)`` uint8 array), resize it bicubically to
+    ``out_hw`` and flip it if asked; returns uint8 ``(h, w, 3)``.
+
+    The image is cropped to the whole pixels that hold the box first, then resized with PIL's ``box``
+    for the fractional rest: with an integer box this is PIL ``crop`` + ``resize``, the authors' op.
+    """
+    x0, y0, x1, y1 = box
+    if isinstance(img, np.ndarray):
+        H, W = img.shape[:2]
+    else:
+        W, H = img.size
+    ix0, iy0 = max(0, int(math.floor(x0 + 1e-6))), max(0, int(math.floor(y0 + 1e-6)))
+    ix1, iy1 = min(W, int(math.ceil(x1 - 1e-6))), min(H, int(math.ceil(y1 - 1e-6)))
+    ix1, iy1 = max(ix1, ix0 + 1), max(iy1, iy0 + 1)
+    if isinstance(img, np.ndarray):
+        piece = Image.fromarray(np.ascontiguousarray(img[iy0:iy1, ix0:ix1]))
+    else:
+        piece = img.crop((ix0, iy0, ix1, iy1))
+    rbox = (max(0.0, x0 - ix0), max(0.0, y0 - iy0), min(ix1 - ix0, x1 - ix0), min(iy1 - iy0, y1 - iy0))
+    out_wh = (out_hw[1], out_hw[0])
+    exact = rbox == (0, 0, ix1 - ix0, iy1 - iy0)
+    if piece.size == out_wh and exact:
+        r = piece
+    else:
+        r = piece.resize(out_wh, Image.BICUBIC, box=None if exact else rbox)
+    if flip:
+        r = r.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(r)
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: convert("RGB") clips (nearly all white)
+        a = np.asarray(im).astype(np.int64)
+        return Image.fromarray(((a.clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+    return im.convert("RGB")
+
+
+def jpeg_image(im: Image.Image, factor: int = 1) -> Image.Image:
+    """Decode an opened (not yet loaded) image as RGB, a JPEG at DCT scale ``1/factor``."""
+    if factor > 1 and im.format == "JPEG":
+        W, H = im.size
+        im.draft("RGB", (math.ceil(W / factor), math.ceil(H / factor)))
+    im = _rgb(im)
+    im.load()
+    return im
+
+
+def jpeg_crop(
+    im: Image.Image, crop: Crop, out_hw: Tuple[int, int], flip: bool, reduce: bool = True, factor: Optional[int] = None
+) -> np.ndarray:
+    """Decode an opened (not yet loaded) image just enough for ``crop``, then crop, resize and flip.
+
+    JPEGs are decoded at the DCT scale ``factor`` (default :func:`reduction`); other formats in full.
+    """
+    W, H = im.size
+    if reduce and im.format == "JPEG":
+        d = factor if factor is not None else reduction(crop, out_hw)
+        if d > 1:
+            im.draft("RGB", (math.ceil(W / d), math.ceil(H / d)))
+    im = _rgb(im)  # loads (at the draft scale)
+    rw, rh = im.size
+    return crop_resize(im, crop_box(crop, (H, W), (rh, rw)), out_hw, flip)
+
+
+# ------------------------------------------------------------------------------------------ video
+_INDEXED_FORMATS = ("mov", "mp4")  # sample tables list every frame, read at open without demuxing
+
+
+def indexed_frames(container, stream, file_size: int) -> Optional[Tuple[int, List[int]]]:
+    """``(frames, keyframe positions)`` from the container's index (mp4 / mov), or ``None`` where it
+    cannot be trusted.
+
+    ``stream.frames`` alone is not exact: an edit list can mark leading samples as discarded (the decoder
+    drops them), so the count skips index entries flagged discard, as the decoder does. The index is used
+    only when it lists every sample (``len == stream.frames``; fragmented mp4 fails this) and every sample
+    lies inside the file (a truncated file fails this). Keyframe positions are in decode order, which is
+    where a seek would start: close to the frames a unit of pairs needs, not necessarily exact.
+    """
+    if not set(container.format.name.split(",")) & set(_INDEXED_FORMATS) or stream.frames <= 0:
+        return None
+    entries = getattr(stream, "index_entries", None)  # PyAV >= 14
+    if entries is None or len(entries) != stream.frames:
+        return None
+    n, keys = 0, []
+    for e in entries:
+        if e.pos < 0 or e.pos + e.size > file_size:
+            return None
+        if e.size > 0 and not e.is_discard:
+            if e.is_keyframe:
+                keys.append(n)
+            n += 1
+    return n, keys
+
+
+def probe_video(path: str) -> Tuple[int, List[int], Tuple[int, int]]:
+    """``(frames a full decode yields, keyframe positions, (height, width))`` without decoding.
+
+    mp4 / mov: from the container's sample index (no packet is read). Other containers (mkv / webm
+    index keyframes only; avi's index is optional): by demuxing every packet, still without decoding.
+    Packets flagged discard (edit lists) and empty packets yield no frame and are not counted.
+    """
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        hw = (stream.codec_context.height, stream.codec_context.width)
+        got = indexed_frames(container, stream, os.path.getsize(path))
+        if got is not None:
+            return got[0], got[1], hw
+        n, keys = 0, []
+        for p in container.demux(stream):
+            if p.size > 0 and not p.is_discard:
+                if p.is_keyframe:
+                    keys.append(n)
+                n += 1
+        return n, keys, hw
+
+
+@dataclass
+class VideoIndex:
+    """Frame ``k`` of a full decode has presentation timestamp ``pts[k]`` (sorted, unique); ``keys``
+    are the timestamps of keyframes (sorted). ``pts`` is ``None`` when the packets carry no usable
+    timestamps: frames are then identified by counting from the start."""
+
+    pts: Optional[np.ndarray]
+    keys: np.ndarray
+    num_frames: int
+
+    @classmethod
+    def read(cls, path: str) -> VideoIndex:
+        """Demux every packet (no decoding): the frames' timestamps and the keyframes'."""
+        import av
+
+        pts, keys, n, usable = [], [], 0, True
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            try:
+                for p in container.demux(stream):
+                    if p.size <= 0 or p.is_discard:
+                        continue
+                    n += 1
+                    if p.pts is None:
+                        usable = False
+                        continue
+                    pts.append(p.pts)
+                    if p.is_keyframe:
+                        keys.append(p.pts)
+            except av.error.FFmpegError:  # a damaged tail: the frames before it still count
+                pass
+        arr = np.sort(np.asarray(pts, dtype=np.int64))
+        if not usable or not keys or len(np.unique(arr)) != len(arr):
+            return cls(None, np.zeros(0, np.int64), n)
+        return cls(arr, np.sort(np.asarray(keys, dtype=np.int64)), n)
+
+    @property
+    def seekable(self) -> bool:
+        return self.pts is not None
+
+    def keyframe_before(self, k: int) -> Optional[int]:
+        """Timestamp of the last keyframe at or before frame ``k`` (``None``: none, start of stream)."""
+        i = bisect.bisect_right(self.keys.tolist(), int(self.pts[k])) - 1 if self.seekable else -1
+        return int(self.keys[i]) if i >= 0 else None
+
+
+class SeekError(RuntimeError):
+    """Seeking did not land at or before the wanted frame (the caller decodes from the start)."""
+
+
+class FrameReader:
+    """Frames of one video by number, decoding forward from the nearest keyframe.
+
+    :meth:`read` with ascending numbers continues decoding where the last call stopped (unless a keyframe
+    lies between, then it seeks); a number behind the position seeks back. With timestamps, frames are
+    matched by timestamp (a :class:`SeekError` if the stream does not deliver the expected one); without,
+    frames are counted from the start. Keeps the file open until :meth:`close`.
+    """
+
+    def __init__(self, path: str, index: VideoIndex, threads: int = 1):
+        import av
+
+        self.path, self.index = path, index
+        self.container = av.open(path)
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO" if threads > 1 else "NONE"
+        self.stream.codec_context.thread_count = max(1, int(threads))
+        self._it = None
+        self._pos = None  # timestamp of the last frame decoded (with timestamps)
+        self._count = 0  # frames decoded from the start (without)
+
+    def close(self) -> None:
+        self._it = None
+        self.container.close()
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, k: int):
+        """Frame ``k`` (an ``av.VideoFrame``), or ``None`` if the stream ends first."""
+        if not self.index.seekable:
+            return self._read_counting(k)
+        target = int(self.index.pts[k])
+        key = self.index.keyframe_before(k)
+        if self._it is None or self._pos is None or self._pos >= target or (key is not None and key > self._pos):
+            self._seek(k, key)
+        for frame in self._it:
+            self._pos = frame.pts
+            if frame.pts is None:
+                raise SeekError("decoded frame without timestamp")
+            if frame.pts == target:
+                return frame
+            if frame.pts > target:
+                raise SeekError(f"frame {k} (pts {target}) not found; next decoded pts {frame.pts}")
+        self._it = None
+        return None
+
+    def _read_counting(self, k: int):
+        if self._it is None or self._count > k:
+            self.container.seek(0, backward=True, any_frame=False)
+            self._it, self._count = iter(self.container.decode(self.stream)), 0
+        for frame in self._it:
+            self._count += 1
+            if self._count == k + 1:
+                return frame
+        self._it = None
+        return None
+
+    def _seek(self, k: int, key: Optional[int]) -> None:
+        """Seek to ``key`` (or the stream's start) and check that decoding starts at or before frame
+        ``k``; falls back to two earlier keyframes, then to the start."""
+        target = int(self.index.pts[k])
+        keys = [int(x) for x in self.index.keys if key is not None and x <= key]
+        candidates = ([key] if key is not None else []) + keys[::-1][1:3] + [None]
+        for ts in candidates:
+            if ts is None:
+                self.container.seek(0, backward=True, any_frame=False)
+            else:
+                self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
+            frames = iter(self.container.decode(self.stream))
+            first = next(frames, None)
+            if first is not None and first.pts is not None and first.pts <= target:
+                self._it, self._pos = _chain(first, frames), None
+                return
+        raise SeekError(f"no seek position at or before frame {k}")
+
+
+def decode_frames(
+    path: str,
+    index: VideoIndex,
+    wanted: Iterable[int],
+    on_frame: Callable[[int, object], None],
+    threads: int = 1,
+) -> int:
+    """Call ``on_frame(k, av_frame)`` for every frame number ``k`` in ``wanted``, in ascending order
+    (see :class:`FrameReader`). Returns the number delivered: fewer if the stream ends first, or fails
+    after at least one (a failure before the first raises)."""
+    import av
+
+    wanted = sorted(set(int(k) for k in wanted))
+    done = 0
+    if not wanted:
+        return 0
+    with FrameReader(path, index, threads) as reader:
+        try:
+            for k in wanted:
+                frame = reader.read(k)
+                if frame is None:
+                    break
+                on_frame(k, frame)
+                done += 1
+        except SeekError:
+            raise
+        except (av.error.FFmpegError, ValueError):
+            if done == 0:
+                raise
+    return done
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def video_frame_rgb(frame, out_hw: Optional[Tuple[int, int]]) -> np.ndarray:
+    """An ``av.VideoFrame`` as uint8 RGB ``(H, W, 3)``, resized to ``out_hw`` with an area filter if
+    given (one swscale pass: conversion and downscale together)."""
+    if out_hw is None or (out_hw[0] == frame.height and out_hw[1] == frame.width):
+        return frame.to_ndarray(format="rgb24")
+    return frame.reformat(width=out_hw[1], height=out_hw[0], format="rgb24", interpolation="AREA").to_ndarray()
+
+
+# ------------------------------------------------------------------------------ JPEG on the device
+def decode_jpeg_crops(
+    data: Sequence[torch.Tensor],
+    crops: Sequence[Crop],
+    flips: Sequence[bool],
+    out_hw: Tuple[int, int],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Decode JPEG file bytes (uint8 1-D CPU tensors) on ``device`` with ``torchvision.io.decode_jpeg``
+    (one batched call), crop each image, resize it bicubically (antialiased, PIL's filter) and flip it
+    where asked; returns uint8 ``(N, 3, h, w)`` on ``device``."""
+    try:
+        with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec; decode_jpeg still works
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError as e:  # pragma: no cover - torchvision is optional
+        raise ImportError("decoding JPEGs on the device needs torchvision (pip install torchvision)") from e
+    device = torch.device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        imgs = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device)
+    if isinstance(imgs, torch.Tensor):
+        imgs = [imgs]
+    out = torch.empty((len(imgs), 3, out_hw[0], out_hw[1]), dtype=torch.uint8, device=device)
+    for n, (img, (i, j, h, w), flip) in enumerate(zip(imgs, crops, flips)):
+        x = img[:, i : i + h, j : j + w].unsqueeze(0)
+        if (h, w) != tuple(out_hw):
+            x = torch.nn.functional.interpolate(x.float(), size=out_hw, mode="bicubic", align_corners=False,
+                                                antialias=True)  # fmt: skip
+            x = x.round_().clamp_(0, 255).to(torch.uint8)
+        if flip:
+            x = x.flip(-1)
+        out[n] = x[0]
+    return out
