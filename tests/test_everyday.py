@@ -40,3 +40,16 @@ def test_missing_weights_file_is_one_clear_error(tmp_path):
     missing = str(tmp_path / "nope.safetensors")
     with pytest.raises(FileNotFoundError, match="does not exist; pass the encoder.safetensors a run wrote"):
         timm.create_model("videomac_rn18", pretrained=True, pretrained_cfg_overlay=dict(file=missing))
+
+
+def test_pretrain_help_shows_effective_defaults_and_presets():
+    env = dict(os.environ, COLUMNS="500")  # no wrapping inside preset names
+    r = subprocess.run([shutil.which("videomac"), "pretrain", "--help"], capture_output=True, text=True, timeout=120,
+                       env=env)  # fmt: skip
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "(default: None)" not in text
+    assert "--input-size INPUT_SIZE default: 224" in text
+    assert "(default: cosine; the paper presets: authors)" in text
+    assert "paper-cnxv2-s, paper-cnxv2-iso-s: 512 (paper-cnxv1-t, paper-cnxv1-s: 256)" in text
+    assert "--norm-pix-loss, --no-norm-pix-loss" in text and "--progress, --no-progress" in text

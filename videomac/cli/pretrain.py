@@ -14,12 +14,32 @@ from videomac.pretrain.config import PretrainConfig
 _DEFAULT = PretrainConfig()
 
 
-def _bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+def _shown(v) -> str:
+    return "none" if v is None else str(v)
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each setting's effective default, and what the paper presets set it to, to its help.
+
+    Options default to None on the command line so that an explicit value can be told apart from a
+    preset's; the help shows what a run really uses.
+    """
+    for action in parser._actions:
+        if not any(action.dest == f.name for f in dataclasses.fields(PretrainConfig)):
+            continue
+        default = getattr(_DEFAULT, action.dest)
+        by_value = {}
+        for name, preset in PRESETS.items():
+            if action.dest in preset and preset[action.dest] != default and action.dest != "model":
+                by_value.setdefault(_shown(preset[action.dest]), []).append(name)
+        note = f"default: {_shown(default)}"
+        if by_value:
+            common = max(by_value, key=lambda v: len(by_value[v]))
+            others = "; ".join(f"{', '.join(n)}: {v}" for v, n in by_value.items() if v != common)
+            every = len(by_value[common]) == len(PRESETS)
+            note += f"; {'the paper presets' if every else ', '.join(by_value[common])}: {common}"
+            note += f" ({others})" if others else ""
+        action.help = f"{action.help} ({note})" if action.help else note
 
 
 def register(sub) -> None:
@@ -30,12 +50,11 @@ def register(sub) -> None:
         "or multi-node (DDP). Writes checkpoint.pt (atomically, with a checksum; the one before it is kept), "
         "metrics.jsonl, reconstruction PNGs and, at the end, encoder.safetensors. SIGINT / SIGTERM stop at the "
         "end of the current step with a checkpoint (exit 130 / 143).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", default=None, help="frame folders root, video folder, list file, or one video")
-    p.add_argument("--model", default=None, help=f"encoder name (default {_DEFAULT.model})")
+    p.add_argument("--model", default=None, help="encoder name (any videomac_* or timm ConvNet)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="set the whole paper recipe for a backbone")
-    p.add_argument("--output-dir", default=None, help=f"run folder (default {_DEFAULT.output_dir})")
+    p.add_argument("--output-dir", default=None, help="run folder")
     p.add_argument("--resume", nargs="?", const="auto", default=None, dest="resume_from",
                    help="continue the run in OUTPUT_DIR, or in the given run folder (or its checkpoint); the run "
                    "writes in that folder, from its newest intact checkpoint")  # fmt: skip
@@ -49,7 +68,8 @@ def register(sub) -> None:
     g.add_argument("--decoder-dim", type=int)
     g.add_argument("--decoder-depth", type=int)
     g.add_argument("--gamma", type=float, help="weight of the reconstruction-consistency loss")
-    g.add_argument("--norm-pix-loss", type=_bool)
+    g.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="targets normalised per patch (mean/variance, as MAE and the paper)")  # fmt: skip
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
     g.add_argument("--backend", choices=["visible", "masked"],
@@ -71,24 +91,24 @@ def register(sub) -> None:
     g.add_argument(
         "--ema-schedule",
         choices=["cosine", "authors"],
-        help="cosine over the whole run (default), or as the authors' code indexes it (the step within "
-        "the epoch, so the momentum stays ~ema-base; paper presets)",
+        help="cosine over the whole run, or as the authors' code indexes it (the step within the epoch, so the "
+        "momentum stays ~ema-base)",
     )
     g.add_argument(
         "--init",
         choices=["authors", "timm"],
-        help="online model init: timm's encoder init + 0.02 decoder (default), or the authors' rules (presets)",
+        help="online model init: timm's encoder init + 0.02 decoder, or the authors' rules",
     )
     g.add_argument("--clip-grad", type=float)
     g = p.add_argument_group("system")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"])
     g.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--num-workers", type=int, help="DataLoader workers (default: CPU cores of this process less one)")
+    g.add_argument("--num-workers", type=int, help="DataLoader workers (none: the CPU cores of this process less one)")
     g.add_argument(
         "--gpu-decode",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="decode JPEG frames on the CUDA device (torchvision nvJPEG); CPU decoding is the default",
+        help="decode JPEG frames on the CUDA device (torchvision nvJPEG) instead of in the CPU workers",
     )
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
@@ -98,12 +118,16 @@ def register(sub) -> None:
     g.add_argument(
         "--pairs-per-video",
         type=int,
-        help="random pairs drawn from each video per epoch (default: every (t, t+gap) pair, the authors')",
+        help="random pairs drawn from each video per epoch (none: every (t, t+gap) pair, the authors')",
     )
     g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
     g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
     g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
-    g.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar on a terminal, one log line per --log-every steps otherwise")  # fmt: skip
+    g.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
+                   help="write encoder.safetensors at the end")  # fmt: skip
+    _with_defaults(p)
     p.set_defaults(func=main)
 
 
