@@ -122,6 +122,9 @@ def test_hf_hub_and_local_dir_loading(published, tmp_path):
     assert sorted(os.listdir(repo)) == ["README.md", "config.json", "model.safetensors"]
     card = (repo / "README.md").read_text()
     assert "hf-hub:me/rn18-run" in card and "library_name: timm" in card and "@inproceedings" in card
+    # every field of the card comes from this run's config: 64 px, 1 step, built-in videos, stride 32
+    assert "64×64 crops during pretraining" in card and "224×224" not in card
+    assert "for 1 optimizer step." in card and "the built-in procedural videos" in card and "stride 32" in card
     cfg = json.loads((repo / "config.json").read_text())
     assert cfg["architecture"] == "videomac_rn18" and cfg["num_features"] == 512
     cache = tmp_path / "cache"

@@ -67,18 +67,20 @@ def test_figure_size_rows_and_save(tmp_path):
     pred = torch.randn(3, mask[0].numel(), P * P * 3)
     fig = reconstruction_figure(f1, f2, mask, pred, pred, patch_size=P, max_rows=2)
     assert isinstance(fig, Image.Image) and fig.mode == "RGB"
-    assert fig.size == (_PAD + 5 * (96 + _PAD), _HEADER + _PAD + 2 * (64 + _PAD))
+    assert fig.size == (_PAD + 5 * (96 + _PAD), _HEADER + _PAD + 2 * (64 + _PAD) + _HEADER)
     panels = reconstruction_panels(f1, f2, mask, pred, pred, patch_size=P, max_rows=2)
     r, c = 1, 3
     x0, y0 = _PAD + c * (96 + _PAD), _HEADER + _PAD + r * (64 + _PAD)
     assert np.array_equal(np.asarray(fig)[y0 : y0 + 64, x0 : x0 + 96], panels[r, c])
     header = np.asarray(fig)[:_HEADER]
     assert (header < 128).any()  # titles were drawn
+    caption = np.asarray(fig)[-_HEADER:]
+    assert (caption < 128).any()  # the norm-pix caption says how predictions are shown
 
     path = tmp_path / "figs" / "recon.png"
     save_reconstruction_figure(str(path), f1, f2, mask, pred, pred, patch_size=P)
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (fig.size[0], _HEADER + _PAD + 3 * (64 + _PAD))
+        assert im.format == "PNG" and im.size == (fig.size[0], _HEADER + _PAD + 3 * (64 + _PAD) + _HEADER)
 
 
 def test_shape_errors():

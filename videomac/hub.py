@@ -28,6 +28,19 @@ def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[
     load = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
     license_ = entry.license if entry else "apache-2.0"
     data = entry.data if entry else (cfg.get("data") or "the built-in procedural videos")
+    size = entry.input_size if entry else cfg.get("input_size")
+    stride = int(model.feature_info[-1]["reduction"]) if getattr(model, "feature_info", None) else None
+    if entry and entry.epochs:
+        length = f"{entry.epochs} epochs"
+    elif cfg.get("max_steps"):
+        length = f"{cfg['max_steps']} optimizer step{'s' * (cfg['max_steps'] != 1)}"
+    elif cfg.get("epochs"):
+        length = f"{cfg['epochs']} epochs"
+    else:
+        length = "an unrecorded length"
+    preset = f" (preset `{cfg['preset']}`)" if cfg.get("preset") else ""
+    prep = "ImageNet mean/std, bicubic resize"
+    prep += f", {size}×{size} crops during pretraining." if size else "; the pretraining input size was not recorded."
     rows = ""
     if entry and entry.metrics:
         rows = "\n".join(f"| {k} | {v} |" for k, v in entry.metrics.items())
@@ -52,8 +65,8 @@ tags:
 ---
 # {repo_id or name}
 
-A {name} encoder ({params:.1f}M parameters, {model.num_features} output channels, stride 32) pretrained
-with VideoMAC (masked video modeling with sparse ConvNets, CVPR 2024) on {data}. It is a plain timm
+A {name} encoder ({params:.1f}M parameters, {model.num_features} output channels, stride {stride}) pretrained
+with VideoMAC (masked video modeling with sparse ConvNets, CVPR 2024) on {data} for {length}{preset}. It is a plain timm
 backbone without a classifier, for video object segmentation, label propagation and fine-tuning.
 {recipe}{rows}
 ## Usage
@@ -66,7 +79,7 @@ feats = timm.create_model('{load}', pretrained=True, features_only=True)  # 4 fe
 clf = timm.create_model('{load}', pretrained=True, num_classes=10)        # add a classifier
 ```
 
-Preprocessing: ImageNet mean/std, bicubic resize, 224×224 during pretraining.
+Preprocessing: {prep}
 
 ## Citation
 

@@ -33,6 +33,7 @@ class PretrainConfig:
     data: Optional[str] = None  # None: the built-in procedural videos
     output_dir: str = "runs/videomac"
     input_size: int = 224
+    preset: Optional[str] = None  # the --preset the run started from (recorded for model cards)
     gap: int = 1
     mask_ratio: float = 0.75
     decoder_dim: int = 512
@@ -106,7 +107,7 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
         raise ValueError(f"unknown pretraining settings: {', '.join(unknown)}")
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
-    merged = dict(PRESETS[preset]) if preset else {}
+    merged = dict(PRESETS[preset], preset=preset) if preset else {}
     merged.update({k: v for k, v in values.items() if v is not None})
     if resume:
         if resume == "auto":

@@ -98,8 +98,16 @@ def reconstruction_figure(
         frame1, frame2, mask, pred_online, pred_target, patch_size, norm_pix_loss, mean, std, max_rows
     )
     rows, ncol, H, W = panels.shape[:4]
-    fig = Image.new("RGB", (_PAD + ncol * (W + _PAD), _HEADER + _PAD + rows * (H + _PAD)), "white")
+    # Norm-pix targets carry no patch mean or contrast: say how the predictions are shown, so that flat
+    # patches early in training are not read as "nothing learned".
+    caption = (
+        "norm-pix targets: predictions shown re-scaled with each patch's true mean and std"
+        if norm_pix_loss
+        else "predictions shown as predicted (pixel targets)"
+    )
+    fig = Image.new("RGB", (_PAD + ncol * (W + _PAD), _HEADER + _PAD + rows * (H + _PAD) + _HEADER), "white")
     draw = ImageDraw.Draw(fig)
+    draw.text((_PAD + 2, _HEADER + _PAD + rows * (H + _PAD)), caption[: max(1, fig.width // 6)], fill=(60, 60, 60))
     for c, title in enumerate(COLUMN_TITLES):
         draw.text((_PAD + c * (W + _PAD) + 2, 2), title[: max(1, W // 6)], fill=(0, 0, 0))
     for r in range(rows):
