@@ -53,3 +53,16 @@ def test_pretrain_help_shows_effective_defaults_and_presets():
     assert "(default: cosine; the paper presets: authors)" in text
     assert "paper-cnxv2-s, paper-cnxv2-iso-s: 512 (paper-cnxv1-t, paper-cnxv1-s: 256)" in text
     assert "--norm-pix-loss, --no-norm-pix-loss" in text and "--progress, --no-progress" in text
+
+
+def test_bad_settings_fail_before_any_heavy_work(tmp_path):
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    args = ["pretrain", "--input-size", "100", "--output-dir", str(tmp_path / "r")]
+    r = subprocess.run([shutil.which("videomac"), *args], capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+    assert r.returncode == 2 and errors == [
+        "videomac pretrain: error: --input-size 100 must be a positive multiple of videomac_cnxv2_s's patch size 32 "
+        "(e.g. 96)"
+    ]
+    assert not any(line.rsplit("|", 1)[-1].strip() == "torch" for line in r.stderr.splitlines())
+    assert not (tmp_path / "r").exists()

@@ -132,12 +132,16 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from videomac.pretrain.config import resolve_config
-    from videomac.pretrain.train import pretrain
+    from videomac.pretrain.config import check_config, resolve_config
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    summary = pretrain(resolve_config(values, preset=args.preset, resume=args.resume_from), args.trust_pickle)
+    cfg = resolve_config(values, preset=args.preset, resume=args.resume_from)
+    check_config(cfg)  # before torch is even imported
+
+    from videomac.pretrain.train import pretrain
+
+    summary = pretrain(cfg, args.trust_pickle)
     if int(os.environ.get("RANK", "0")) == 0:
         shown = dict(summary)
         skipped = shown.pop("skipped", {})

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional
 from videomac.presets import PRESETS
 
 __all__ = [
-    "PretrainConfig", "resolve_config", "checkpoint_candidates", "CHECKPOINT", "ENCODER", "METRICS", "CONFIG",
-    "SUMMARY", "SKIPPED",
+    "PretrainConfig", "resolve_config", "check_config", "checkpoint_candidates", "CHECKPOINT", "ENCODER",
+    "METRICS", "CONFIG", "SUMMARY", "SKIPPED",
 ]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"  # the newest checkpoint; older ones kept are checkpoint-<step>.pt
@@ -135,3 +135,21 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
         saved = {k: v for k, v in saved.items() if k in fields and k not in merged and k not in skip}
         merged = {**saved, **merged, "resume": path, "output_dir": run_dir}
     return PretrainConfig(**merged)
+
+
+def check_config(cfg: PretrainConfig) -> None:
+    """Checks of a run's settings before the model and data are built, so a mistake is a one-line error
+    at once (the trainer checks the rest)."""
+    if cfg.model.startswith("videomac_"):
+        patch = 16 if "_iso_" in cfg.model else 32
+        if cfg.input_size <= 0 or cfg.input_size % patch:
+            ok = max(patch, round(cfg.input_size / patch) * patch)
+            raise ValueError(f"--input-size {cfg.input_size} must be a positive multiple of {cfg.model}'s patch size "
+                             f"{patch} (e.g. {ok})")  # fmt: skip
+        from videomac.masking import check_visible
+
+        check_visible((cfg.input_size // patch,) * 2, cfg.mask_ratio, patch)
+    for name in ("batch_size", "accum_iter", "gap", "decoder_dim", "decoder_depth", "save_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+
