@@ -42,6 +42,16 @@ def _default_bias_(conv: nn.Conv2d) -> None:
     nn.init.uniform_(conv.bias, -bound, bound)
 
 
+def _init_norm(m: nn.Module) -> None:
+    """LayerNorms 1 / 0; GRN gamma/beta 0 (what construction gives; their init leaves them)."""
+    if isinstance(m, _NORMS):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, GlobalResponseNorm):
+        nn.init.zeros_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def _init_encoder(model: nn.Module, resnet: bool) -> None:
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))  # the dense stem conv
     for m in model.modules():
@@ -61,12 +71,8 @@ def _init_encoder(model: nn.Module, resnet: bool) -> None:
             _trunc_normal_(m.weight, 1.0)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, _NORMS):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, GlobalResponseNorm):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        else:
+            _init_norm(m)
 
 
 def _init_decoder(decoder: nn.Module, resnet: bool) -> None:
@@ -76,12 +82,8 @@ def _init_decoder(decoder: nn.Module, resnet: bool) -> None:
             _default_bias_(m) if resnet else nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             m.reset_parameters()
-        elif isinstance(m, _NORMS):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, GlobalResponseNorm):
-            nn.init.zeros_(m.weight)
-            nn.init.zeros_(m.bias)
+        else:
+            _init_norm(m)
     nn.init.normal_(decoder.mask_token, std=0.02)
 
 
