@@ -18,6 +18,7 @@ MODULES = [
     ("videomac.models.blocks", "how a model family declares itself for sparse execution"),
     ("videomac.models.sparse", "sparse (masked) execution of dense ConvNets"),
     ("videomac.models.visible", "visible-only execution on packed tokens"),
+    ("videomac.models.sparse_conv", "visible-only spatial convolutions on packed blocks"),
     ("videomac.models.videomac_convnext", "the authors' ConvNeXt-V2 / V1 (timm's ConvNeXt plus stage norms)"),
     ("videomac.models.videomac_convnext_iso", "the isotropic ConvNeXt-V2 of Table 2"),
     ("videomac.pretrain.model", "the VideoMAC module: online/target encoder-decoders and losses"),

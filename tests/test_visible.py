@@ -1,5 +1,8 @@
-"""The 'visible' backend (pointwise layers on visible positions only) equals the 'masked' one:
-outputs, input and parameter gradients, BatchNorm statistics, per-sample GRN, to_dense()."""
+"""The 'visible' backend (every layer on visible positions only) equals the 'masked' one: outputs,
+input and parameter gradients, BatchNorm statistics, per-sample GRN, to_dense(); packed tokens flow
+from the stem to the last stage; backward saves packed tensors."""
+
+import collections
 
 import pytest
 import timm
@@ -9,54 +12,76 @@ from test_sparse import FAMILIES, make
 
 import videomac
 from videomac.masking import random_mask
+from videomac.models import sparse_conv, visible
 from videomac.models.context import SparseLayer as _Sparse
 from videomac.models.visible import _grn, _index, _VisibleBlock
 from videomac.pretrain.model import VideoMAC
 
-# (ratio, input size): 0.9 needs a grid of >= 10 cells to keep any visible patch.
-CASES = [(0.0, (64, 96)), (0.5, (64, 96)), (0.9, (128, 160))]
+# (ratio, input size): 0.9 needs a grid of >= 10 cells to keep any visible patch; None: per-sample
+# different counts, one sample with a single visible patch, one with none.
+CASES = [(0.0, (64, 96)), (0.5, (64, 96)), (0.9, (128, 160)), (None, (64, 96))]
+RAGGED = torch.tensor([[[0, 1, 1], [1, 0, 0]], [[1, 1, 1], [1, 1, 1]], [[1, 1, 0], [1, 1, 1]]]).bool()
+# float64: the same math gives the same numbers (up to summation order); float32: rounding, which
+# BatchNorm over the few visible positions of the 0.9 case amplifies (the old backend's level).
+TOL = {torch.float64: dict(out=1e-10, grad_rel=1e-9, buf=1e-10), torch.float32: dict(out=1e-4, grad_rel=1e-3, buf=1e-5)}
 
 
-def pair(name, train=True):
+def pair(name, train=True, dtype=torch.float32):
     return (
-        videomac.SparseEncoder(make(name, train=train), backend="masked"),
-        videomac.SparseEncoder(make(name, train=train), backend="visible"),
+        videomac.SparseEncoder(make(name, train=train).to(dtype), backend="masked"),
+        videomac.SparseEncoder(make(name, train=train).to(dtype), backend="visible"),
     )
+
+
+def case_inputs(ratio, hw, dtype=torch.float32):
+    grid = (hw[0] // 32, hw[1] // 32)
+    if ratio is None:
+        mask = RAGGED
+    else:
+        mask = random_mask(2, grid, ratio, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(mask.shape[0], 3, *hw, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    return x, mask
 
 
 def run_both(a, b, x, mask):
     """Outputs of both encoders and their gradients for the same random linear loss."""
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = a(xa, mask), b(xb, mask)
-    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5))
+    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5), dtype=ya.dtype)
     (ya * g).mean().backward()
     (yb * g).mean().backward()
     return ya, yb, xa.grad, xb.grad
 
 
-def max_grad_diff(a, b):
-    diffs = [(p.grad - q.grad).abs().max().item() for p, q in zip(a.parameters(), b.parameters()) if p.grad is not None]
+def max_grad_diff(a, b, relative=False):
+    diffs = []
+    for p, q in zip(a.parameters(), b.parameters()):
+        if p.grad is not None:
+            d = (p.grad - q.grad).abs().max().item()
+            diffs.append(d / max(p.grad.abs().max().item(), 1e-30) if relative else d)
     assert diffs, "no parameter received a gradient"
     return max(diffs)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_visible_equals_masked(name):
-    a, b = pair(name)
+def test_visible_equals_masked(name, dtype):
+    tol = TOL[dtype]
+    a, b = pair(name, dtype=dtype)
     assert list(a.state_dict()) == list(b.state_dict())
     assert sum(isinstance(m, _VisibleBlock) for m in b.modules()) >= 8  # the blocks really run packed
-    for ratio, hw in CASES:  # one model pair for all ratios: building models dominates the test time
-        mask = random_mask(2, (hw[0] // 32, hw[1] // 32), ratio, generator=torch.Generator().manual_seed(1))
-        assert (~mask).any()
-        x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(2))
+    for ratio, hw in CASES:  # one model pair for all cases: building models dominates the test time
+        x, mask = case_inputs(ratio, hw, dtype)
         a.zero_grad(), b.zero_grad()
         ya, yb, ga, gb = run_both(a, b, x, mask)
-        assert (ya - yb).abs().max() < 1e-4, ratio
+        assert (ya - yb).abs().max() < tol["out"] * max(1.0, ya.abs().max().item()), ratio
         assert (yb * mask.unsqueeze(1)).abs().max() == 0  # masked cells exactly zero
-        assert (ga - gb).abs().max() < 1e-4, ratio
-        assert max_grad_diff(a, b) < 1e-4, ratio
+        assert (ga - gb).abs().max() <= tol["grad_rel"] * ga.abs().max(), ratio
+        assert max_grad_diff(a, b, relative=True) < tol["grad_rel"], ratio
         for (n, s), t in zip(a.named_buffers(), b.buffers()):  # BatchNorm running statistics
-            torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-6, msg=n)
+            torch.testing.assert_close(s, t, rtol=tol["buf"], atol=tol["buf"], msg=n)
+    if dtype != torch.float32:
+        return
     # to_dense(): a plain timm model with the same weights, loading strictly into timm's
     dense = b.to_dense().eval()
     assert not any(isinstance(m, _Sparse) for m in dense.modules())
@@ -65,6 +90,86 @@ def test_visible_equals_masked(name):
     with torch.no_grad():
         x = torch.randn(2, 3, 64, 96)
         torch.testing.assert_close(dense.forward_features(x), a.to_dense().eval().forward_features(x))
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "videomac_cnxv2_iso_s"])
+def test_packed_from_stem_to_last_stage(name, monkeypatch):
+    """Every conv and pooling layer runs packed (no dense fallback); the only dense->packed gather is
+    the input image's and the only packed->dense scatter the output's (the model's forward_features and
+    its stages are traced chains of modules)."""
+    calls = collections.Counter()
+    gather, scatter, plan = visible.gather, visible.scatter, sparse_conv.plan
+
+    def counting_gather(ctx, x):
+        calls["gather"] += 1
+        return gather(ctx, x)
+
+    def counting_scatter(ctx, t, hw):
+        calls["scatter"] += 1
+        return scatter(ctx, t, hw)
+
+    def counting_plan(m, hw, block, device):
+        how = plan(m, hw, block, device)
+        calls[how] += 1
+        return how
+
+    monkeypatch.setattr(visible, "gather", counting_gather)
+    monkeypatch.setattr(visible, "scatter", counting_scatter)
+    monkeypatch.setattr(sparse_conv, "plan", counting_plan)
+    enc = videomac.SparseEncoder(make(name, train=True), backend="visible")
+    p = enc.patch_size
+    x, mask = torch.randn(3, 3, 2 * p, 3 * p), RAGGED
+    enc(x, mask).sum().backward()
+    assert calls["gather"] == 1 and calls["scatter"] == 1 and calls["dense"] == 0, calls
+    assert sum(calls.values()) > 5
+
+
+def test_handover_needs_the_same_unmodified_tensor():
+    ctx = videomac.models.sparse.MaskContext()
+    ctx.set(RAGGED)
+    t = torch.randn(visible.layout(ctx, (4, 6), torch.device("cpu")).n, 5)
+    d = visible._publish(ctx, visible._State(t, (4, 6), True))
+    assert visible._received(ctx, d).t is t
+    assert not visible._received(ctx, d.clone()).packed  # another tensor with the same values
+    d.add_(1.0)  # changed in place by code that is not visible-aware: the packed tokens are stale
+    assert not visible._received(ctx, d).packed
+
+
+def test_forward_hooks_on_blocks_fire():
+    """A block with a forward hook inside a Sequential is called as a module (its hook runs)."""
+    a, b = pair("videomac_cnxv2_atto")
+    seen = []
+    b.model.stages[1].blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x, mask = case_inputs(0.5, (64, 96))
+    ya, yb, _, _ = run_both(a, b, x, mask)
+    assert seen == [(2, 80, 8, 12)]
+    assert (ya - yb).abs().max() < 1e-4
+
+
+def saved_activation_bytes(enc, x, mask):
+    """Bytes of the distinct storages autograd saves for backward in one forward pass, parameters aside."""
+    params = {p.untyped_storage().data_ptr() for p in enc.parameters()}
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        enc(x, mask)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_cnxv2_atto", "resnet18"])
+def test_backward_memory_is_sparse(name):
+    """At mask ratio 0.75 the visible backend saves well under 0.4x of what the masked one saves."""
+    a, b = pair(name)
+    mask = random_mask(4, (7, 7), 0.75, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 3, 224, 224)
+    ratio = saved_activation_bytes(b, x, mask) / saved_activation_bytes(a, x, mask)
+    assert ratio < 0.4, ratio
 
 
 def test_batchnorm_statistics_identical():
@@ -110,12 +215,12 @@ def test_grn_per_sample_over_visible(uniform):
         mask = torch.tensor([[[0, 1, 1], [1, 1, 1]], [[0, 0, 0], [0, 0, 1]], [[1, 1, 1], [1, 1, 1]]]).bool()
     ctx = videomac.models.sparse.MaskContext()
     ctx.set(mask)
-    info = _index(ctx, (4, 6), torch.device("cpu"))
-    assert (info["per_sample"] is not None) == uniform
+    lay = _index(ctx, (4, 6), torch.device("cpu"))
+    assert (lay.per_sample is not None) == uniform
     dense = torch.randn(3, 4, 6, 8) * ~videomac.masking.upsample_mask(mask, (4, 6)).unsqueeze(-1)
-    t = dense.reshape(-1, 8)[info["idx"]].requires_grad_()
-    out = _grn(grn, t, info)
-    ref = torch.cat([grn(dense[i : i + 1]).reshape(-1, 8) for i in range(3)])[info["idx"]]
+    t = dense.reshape(-1, 8)[lay.idx].requires_grad_()
+    out = _grn(grn, t, lay)
+    ref = torch.cat([grn(dense[i : i + 1]).reshape(-1, 8) for i in range(3)])[lay.idx]
     torch.testing.assert_close(out, ref)
     out.square().sum().backward()  # an all-masked sample must not produce NaN gradients
     assert torch.isfinite(t.grad).all() and torch.isfinite(grn.weight.grad).all()
@@ -148,3 +253,15 @@ def test_unknown_backend_is_refused():
     # MinkowskiEngine is the reference the masked backend was checked against (DESIGN.md §2), not a backend.
     with pytest.raises(ValueError, match="available: masked, visible"):
         videomac.SparseEncoder(make("videomac_rn18"), backend="minkowski")
+
+
+@pytest.mark.parametrize("name", ["videomac_cnxv2_atto", "videomac_rn18"])
+def test_bf16_autocast_close_to_masked(name):
+    """Under bf16 autocast the packed convs run in bf16 as the masked backend's dense ones do."""
+    a, b = pair(name)
+    x, mask = case_inputs(0.5, (64, 96))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = a(x, mask).float(), b(x, mask).float()
+        yb.square().mean().backward()
+    assert (ya - yb).abs().max() < 0.05 * ya.abs().max()
+    assert all(torch.isfinite(p.grad).all() for p in b.parameters() if p.grad is not None)

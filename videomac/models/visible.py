@@ -1,88 +1,73 @@
 """Visible-only execution of sparse ConvNets (the ``'visible'`` backend of :class:`SparseEncoder`).
 
 On top of the masked conversion of :mod:`videomac.models.sparse`, the residual blocks each family
-declares (:func:`videomac.models.blocks.register_block`) and the ``nn.Sequential`` holding them get
-visible classes (names and parameters untouched). Inside a run of blocks the activations stay *packed*: a ``(N, C)``
-tensor of the N visible positions of the batch (row-major over ``(b, h, w)``). Pointwise layers
-(Linear, 1x1 conv, LayerNorm, BatchNorm, GRN, activations) run on the packed tokens only; spatial
-convs (depthwise 7x7, 3x3, strided) scatter to a dense zero-filled map, run dense and gather
-again. The residual stream stays packed, so a ConvNeXt block costs one scatter before ``conv_dw``
-and one gather after it. Results equal the masked backend's (same math on the same positions).
+declares (:func:`videomac.models.blocks.register_block`), every ``nn.Sequential`` and the layers a
+family's own ``forward`` calls directly (stem convs, stage norms, BatchNorm, max-pool, activations)
+get visible classes (names and parameters untouched). Activations are *packed*: a ``(N, C)`` tensor
+of the N visible positions of the batch, block-major (:mod:`.sparse_conv`). Every layer does
+visible-only work:
 
-Dense maps made here are channels-last (B, H, W, C in memory): gathers/scatters are then row
-copies, and PyTorch's CPU depthwise conv is several times faster in that layout.
+- pointwise layers (Linear, 1x1 conv, LayerNorm, BatchNorm, GRN, activations) run on the packed tokens;
+- spatial convs and max-pooling compute only the visible outputs (:mod:`.sparse_conv`: patchify for
+  kernel == stride, tiles with a halo or im2col over packed neighbourhoods otherwise);
+- the model's ``forward_features`` and the registered containers (timm's ``ConvNeXtStage``, ...) whose
+  forward only applies submodules one after the other (checked by tracing it with ``torch.fx``, module
+  calls as leaves) run that chain on packed tokens: from the stem to the last stage there is no dense
+  map at all, and the encoder's output is the one scatter;
+- elsewhere (a forward that does more than chain modules, a module with hooks, grad checkpointing),
+  modules hand packed tokens over with the dense tensor they return: a module publishes its output
+  as a zero-filled dense map *and* remembers the packed tokens for it; the next visible module
+  receiving that very tensor (same object, unmodified) takes the packed tokens. Any other code
+  receiving the map gets the exact dense result.
+
+Results equal the masked backend's (same math on the same positions; tests/test_visible.py). Layers
+the packed path cannot run (unusual geometries, unknown layer types) fall back to the masked
+backend's dense layer on a scattered map, exactly.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Dict, List, Optional, Tuple, Type
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers.grn import GlobalResponseNorm
 
-from videomac.masking import upsample_mask
-from videomac.models.blocks import ZERO_PRESERVING, block_parts, dense_class
+from videomac.models import sparse_conv
+from videomac.models.blocks import ZERO_PRESERVING, block_parts, dense_class, is_container
 from videomac.models.context import MaskContext, SparseLayer, update_running_stats
+from videomac.models.sparse import HEAD_NAMES
+from videomac.models.sparse_conv import Layout, layout
 
 __all__ = ["visibilize", "gather", "scatter"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Packed layout helpers (indices cached per resolution in the encoder's MaskContext).
-
-
-def _index(ctx: MaskContext, hw: Tuple[int, int], device) -> Dict[str, object]:
-    """Flat indices of the visible positions at ``hw`` and the sample of each packed token."""
-    key = ("visible", hw, device)
-    info = ctx._cache.get(key)
-    if info is None:
-        if ctx.active is None:
-            raise RuntimeError("visible layer called outside SparseEncoder.forward (no mask set)")
-        B = ctx.active.shape[0]
-        vis = upsample_mask(ctx.active.to(device), hw).reshape(B, -1)
-        idx = vis.reshape(-1).nonzero().squeeze(1)
-        counts = vis.sum(1)
-        # With equal counts per sample (random_mask's), per-sample sums are a plain reshape.
-        per_sample = int(counts[0]) if B and bool((counts == counts[0]).all()) else None
-        info = dict(idx=idx, sample=idx // (hw[0] * hw[1]), B=B, per_sample=per_sample)
-        ctx._cache[key] = info
-    return info
-
-
-def _sub_index(ctx: MaskContext, hw: Tuple[int, int], stride: int, device) -> torch.Tensor:
-    """Rows of the packed tokens at ``hw`` that a stride-``stride`` 1x1 conv reads."""
-    key = ("sub", hw, stride, device)
-    sub = ctx._cache.get(key)
-    if sub is None:
-        src = _index(ctx, hw, device)
-        B = src["B"]
-        out_hw = ((hw[0] - 1) // stride + 1, (hw[1] - 1) // stride + 1)
-        dst = _index(ctx, out_hw, device)
-        rows = torch.full((B * hw[0] * hw[1],), -1, dtype=torch.long, device=device)
-        rows[src["idx"]] = torch.arange(src["idx"].numel(), device=device)
-        rows = rows.view(B, hw[0], hw[1])[:, ::stride, ::stride].reshape(-1)
-        sub = rows[dst["idx"]]
-        ctx._cache[key] = sub
-    return sub
+def _index(ctx: MaskContext, hw, device) -> Layout:
+    """The packed layout of resolution ``hw`` (cached per forward pass)."""
+    return layout(ctx, hw, device)
 
 
 def gather(ctx: MaskContext, x: torch.Tensor) -> torch.Tensor:
-    """Dense ``(B, C, H, W)`` -> packed ``(N, C)`` visible tokens."""
+    """Dense ``(B, C, H, W)`` -> packed ``(N, C)`` visible tokens (reads the visible blocks only)."""
     B, C, H, W = x.shape
-    idx = _index(ctx, (H, W), x.device)["idx"]
-    return x.permute(0, 2, 3, 1).reshape(B * H * W, C).index_select(0, idx)
+    lay = layout(ctx, (H, W), x.device)
+    (gh, gw), (bh, bw) = lay.grid, lay.block
+    blocks = x.reshape(B, C, gh, bh, gw, bw).permute(0, 2, 4, 3, 5, 1)  # (B, gh, gw, bh, bw, C)
+    b, gy, gx = lay.blocks // (gh * gw), lay.blocks // gw % gh, lay.blocks % gw
+    return blocks[b, gy, gx].reshape(-1, C)
 
 
-def scatter(ctx: MaskContext, t: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+def scatter(ctx: MaskContext, t: torch.Tensor, hw) -> torch.Tensor:
     """Packed ``(N, C)`` -> dense ``(B, C, H, W)`` (channels-last memory), masked positions 0."""
-    info = _index(ctx, hw, t.device)
-    B, C = info["B"], t.shape[1]
-    out = t.new_zeros(B * hw[0] * hw[1], C).index_copy(0, info["idx"], t)
-    return out.view(B, hw[0], hw[1], C).permute(0, 3, 1, 2)
+    lay = layout(ctx, hw, t.device)
+    C = t.shape[1]
+    out = t.new_zeros(lay.B * hw[0] * hw[1], C).index_copy(0, lay.idx, t)
+    return out.view(lay.B, hw[0], hw[1], C).permute(0, 3, 1, 2)
 
 
 class _State:
@@ -90,8 +75,8 @@ class _State:
 
     __slots__ = ("t", "hw", "packed", "masked", "_packed")
 
-    def __init__(self, t: torch.Tensor, hw: Tuple[int, int], packed: bool, masked: bool = True):
-        self.t, self.hw, self.packed, self.masked = t, hw, packed, masked
+    def __init__(self, t: torch.Tensor, hw, packed: bool, masked: bool = True):
+        self.t, self.hw, self.packed, self.masked = t, (int(hw[0]), int(hw[1])), packed, masked
         self._packed: Optional[_State] = None
 
     @classmethod
@@ -114,33 +99,62 @@ class _State:
 
 
 # ----------------------------------------------------------------------------------------------
+# Hand-over of packed tokens between modules called by a family's own forward.
+
+
+def _version(x: torch.Tensor) -> int:
+    return 0 if x.is_inference() else x._version
+
+
+def _publish(ctx: MaskContext, st: _State) -> torch.Tensor:
+    """The dense output of a visible module; its packed tokens are kept for the next visible module."""
+    if not st.packed:
+        return st.to_dense(ctx)
+    d = scatter(ctx, st.t, st.hw)
+    key, cache = ("handoff", id(d)), ctx._cache
+    cache[key] = (weakref.ref(d, lambda _r, k=key, c=cache: c.pop(k, None)), _version(d), st)
+    return d
+
+
+def _received(ctx: MaskContext, x: torch.Tensor) -> _State:
+    """The state of a module input: the packed tokens published with ``x``, or ``x`` itself (dense)."""
+    entry = ctx._cache.get(("handoff", id(x)))
+    if entry is not None and entry[0]() is x and entry[1] == _version(x):
+        return entry[2]
+    return _State.dense(x)
+
+
+# ----------------------------------------------------------------------------------------------
 # Pointwise layers on packed tokens.
 
 
-def _segment_sum(x: torch.Tensor, info: Dict[str, object]) -> torch.Tensor:
+def _segment_sum(x: torch.Tensor, lay: Layout) -> torch.Tensor:
     """Per-sample sums over packed tokens: ``(N, C)`` -> ``(B, C)``."""
-    k = info["per_sample"]
-    if k is not None:
-        return x.view(info["B"], k, x.shape[1]).sum(1)
-    return x.new_zeros(info["B"], x.shape[1]).index_add(0, info["sample"], x)
+    if lay.per_sample is not None:
+        return x.view(lay.B, lay.per_sample, x.shape[1]).sum(1)
+    return x.new_zeros(lay.B, x.shape[1]).index_add(0, lay.sample, x)
 
 
-def _per_token(v: torch.Tensor, t: torch.Tensor, info: Dict[str, object]) -> torch.Tensor:
+def _per_token(v: torch.Tensor, t: torch.Tensor, lay: Layout) -> torch.Tensor:
     """Broadcast per-sample rows ``(B, C')`` to the packed tokens ``(N, C')``."""
-    k = info["per_sample"]
-    if k is not None:
-        return v.unsqueeze(1).expand(-1, k, -1).reshape(-1, v.shape[1])
-    return v.index_select(0, info["sample"])
+    if lay.per_sample is not None:
+        return v.unsqueeze(1).expand(-1, lay.per_sample, -1).reshape(-1, v.shape[1])
+    return v.index_select(0, lay.sample)
 
 
-def _grn(m: GlobalResponseNorm, t: torch.Tensor, info: Dict[str, object]) -> torch.Tensor:
+def _grn(m: GlobalResponseNorm, t: torch.Tensor, lay: Layout) -> torch.Tensor:
     # GRN's spatial L2 norm is per sample over its visible positions (the masked ones are zeros in
-    # the dense form); computed in fp32, with a zero gradient where the norm is 0 (as torch.norm).
-    ss = _segment_sum(t.float().square(), info)
+    # the dense form); computed in at least fp32, with a zero gradient where the norm is 0 (as torch.norm).
+    # x + bias + weight * (x * nx) = x * (1 + weight * nx) + bias: one pass over the tokens.
+    ss = _segment_sum(t.to(torch.promote_types(t.dtype, torch.float32)).square(), lay)
     pos = ss > 0
     gx = torch.where(pos, torch.where(pos, ss, torch.ones_like(ss)).sqrt(), torch.zeros_like(ss))
-    nx = _per_token((gx / (gx.mean(dim=-1, keepdim=True) + m.eps)).to(t.dtype), t, info)
-    return t + torch.addcmul(m.bias, m.weight, t * nx)
+    nx = (gx / (gx.mean(dim=-1, keepdim=True) + m.eps)).to(t.dtype)
+    scale = torch.addcmul(torch.ones_like(m.weight), m.weight, nx)  # (B, C)
+    if lay.per_sample is not None:
+        k = lay.per_sample
+        return torch.addcmul(m.bias, t.view(lay.B, k, t.shape[1]), scale.unsqueeze(1)).view(-1, t.shape[1])
+    return torch.addcmul(m.bias, t, scale.index_select(0, lay.sample))
 
 
 def _batch_norm(m: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
@@ -159,12 +173,12 @@ _LAYER_NORMS = (nn.LayerNorm, LayerNorm2d, TimmLayerNorm)
 
 
 def _kind(m: nn.Module) -> Optional[str]:
-    """How ``m`` runs on packed tokens, or None if it is not pointwise (it then runs dense)."""
+    """How ``m`` runs on packed tokens if it is pointwise, else None (see :func:`_run`)."""
     cls = dense_class(m)
     if cls is nn.Linear:
         return "linear"
-    if cls is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1:
-        return "conv1x1" if m.stride[0] == m.stride[1] else None
+    if cls is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1 and m.stride == (1, 1):
+        return "conv1x1"
     if cls in _LAYER_NORMS:
         return "layer_norm"
     if cls is nn.BatchNorm2d:
@@ -185,50 +199,71 @@ def _pointwise(m: nn.Module, kind: str, st: _State, ctx: MaskContext) -> _State:
     if kind == "linear":
         t = F.linear(t, m.weight, m.bias)
     elif kind == "conv1x1":
-        s = m.stride[0]
-        if s != 1:  # a strided 1x1 conv reads a subset of the visible tokens
-            t = t.index_select(0, _sub_index(ctx, hw, s, t.device))
-            hw = ((hw[0] - 1) // s + 1, (hw[1] - 1) // s + 1)
         t = F.linear(t, m.weight.flatten(1), m.bias)
     elif kind == "layer_norm":
         t = F.layer_norm(t, m.normalized_shape, m.weight, m.bias, m.eps)
     elif kind == "batch_norm":
         t = _batch_norm(m, t)
     elif kind == "grn":
-        t = _grn(m, t, _index(ctx, hw, t.device))
+        t = _grn(m, t, layout(ctx, hw, t.device))
     elif kind == "drop_path":
         if m.training and m.drop_prob > 0.0:
             # Per-sample factors drawn exactly as DropPath draws them for the dense map (same RNG use).
-            info = _index(ctx, hw, t.device)
-            t = t * _per_token(m(t.new_ones(info["B"], 1)), t, info)
+            lay = layout(ctx, hw, t.device)
+            t = t * _per_token(dense_class(m).forward(m, t.new_ones(lay.B, 1)), t, lay)
     else:
-        t = m(t)  # elementwise; dropout draws its own mask on the packed tokens
+        t = dense_class(m).forward(m, t)  # elementwise; dropout draws its own mask on the packed tokens
     return _State(t, hw, True)
 
 
+def _masked_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``m`` as the masked backend runs it (dense, masked positions zeroed)."""
+    if isinstance(m, _VisibleLayer):
+        return super(_Visible, m).forward(x)
+    return m(x)
+
+
 def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State:
-    """Apply ``ops`` in order: pointwise ones on packed tokens, anything else dense with mask semantics."""
+    """Apply ``ops`` in order on packed tokens; what cannot run packed runs dense with mask semantics."""
     for m in ops:
         if m is None or type(m) is nn.Identity:
             continue
         kind = _kind(m)
         if kind is not None:
             st = _pointwise(m, kind, st, ctx)
-        elif dense_class(m) is nn.Conv2d:
+            continue
+        cls, res = dense_class(m), None
+        if cls is nn.Conv2d or cls is nn.MaxPool2d:
+            p = st.to_packed(ctx)
+            fn = sparse_conv.conv2d if cls is nn.Conv2d else sparse_conv.max_pool2d
+            res = fn(ctx, m, p.t, p.hw)
+        if res is not None:
+            st = _State(res[0], res[1], True)
+        elif cls is nn.Conv2d:
             # Visible outputs of a conv only read zeros at masked inputs; its output mask is left to
             # the next gather (or to_dense).
             st = _State.dense(nn.Conv2d.forward(m, st.to_dense(ctx)), masked=False)
         else:
-            st = _State.dense(m(st.to_dense(ctx)))
+            st = _State.dense(_masked_forward(m, st.to_dense(ctx)))
     return st
 
 
 # ----------------------------------------------------------------------------------------------
-# Blocks (declared by each family with videomac.models.blocks.register_block) on packed tokens.
+# Visible modules: blocks, Sequentials and directly called layers.
 
 
-class _VisibleBlock(SparseLayer):
-    """A residual block run on packed visible tokens; ``forward`` keeps the dense interface."""
+class _Visible(SparseLayer):
+    """A module that runs on packed tokens (``forward_packed``); ``forward`` keeps the dense interface."""
+
+    def forward_packed(self, st: _State) -> _State:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _publish(self._vm_ctx, self.forward_packed(_received(self._vm_ctx, x)))
+
+
+class _VisibleBlock(_Visible):
+    """A registered residual block."""
 
     def forward_packed(self, st: _State) -> _State:
         ctx = self._vm_ctx
@@ -240,44 +275,170 @@ class _VisibleBlock(SparseLayer):
         sc = _run(shortcut, st, ctx).to_packed(ctx)
         return _run(post, _State(y.t + sc.t, y.hw, True), ctx)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_packed(_State.dense(x)).to_dense(self._vm_ctx)
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or nn.modules.module._global_forward_hooks) or bool(
+        nn.modules.module._global_forward_pre_hooks
+    )
 
 
-class _VisibleSequential(SparseLayer):
-    """``nn.Sequential`` of blocks that hands packed tokens from one block to the next."""
+class _VisibleSequential(_Visible):
+    """``nn.Sequential`` that hands packed tokens from one child to the next."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_packed(self, st: _State) -> _State:
         ctx = self._vm_ctx
-        st = _State.dense(x)
         for m in self:
-            st = m.forward_packed(st) if isinstance(m, _VisibleBlock) else _run([m], st, ctx)
-        return st.to_dense(ctx)
+            if isinstance(m, _Visible) and not _has_hooks(m):
+                st = m.forward_packed(st)
+            else:  # a module call (another container, or hooks to run): hand over through its output
+                st = _received(ctx, m(_publish(ctx, st)))
+        return st
 
 
-_VISIBLE_CLASSES: Dict[Type[nn.Module], Type[nn.Module]] = {}
+class _VisibleLayer(_Visible):
+    """A layer called by a family's own forward (stem conv, stage norm, BatchNorm, pooling, activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            return _masked_forward(self, x)
+        return super().forward(x)
+
+    def forward_packed(self, st: _State) -> _State:
+        return _run([self], st, self._vm_ctx)
 
 
-def _visible_class(orig: Type[nn.Module], mixin: Type) -> Type[nn.Module]:
-    cls = _VISIBLE_CLASSES.get(orig)
+def _run_chain(ctx: MaskContext, module: nn.Module, names: Tuple[str, ...], st: _State) -> _State:
+    """Apply ``module``'s submodules ``names`` one after the other, packed where they can run packed."""
+    for name in names:
+        m = module.get_submodule(name)
+        if type(m) is nn.Identity:
+            continue
+        if isinstance(m, _Visible) and not _has_hooks(m):
+            st = m.forward_packed(st)
+        else:  # a module call (an unknown container, or hooks to run): hand over through its output
+            st = _received(ctx, m(_publish(ctx, st)))
+    return st
+
+
+class _VisibleChain(_Visible):
+    """A registered container whose ``forward`` only applies submodules one after the other (traced)."""
+
+    _vm_chain: Tuple[str, ...]
+
+    def forward_packed(self, st: _State) -> _State:
+        return _run_chain(self._vm_ctx, self, self._vm_chain, st)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grad_checkpointing", False):
+            return super(_Visible, self).forward(x)
+        return super().forward(x)
+
+
+class _VisibleModel(SparseLayer):
+    """The model, when its ``forward_features`` only applies submodules one after the other (traced): the
+    packed tokens then go from the stem to the last stage with no dense map in between."""
+
+    _vm_chain: Tuple[str, ...]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "grad_checkpointing", False):
+            return super().forward_features(x)
+        ctx = self._vm_ctx
+        return _publish(ctx, _run_chain(ctx, self, self._vm_chain, _received(ctx, x)))
+
+
+class _ChainTracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True  # record every module call, look inside none
+
+
+class _Method(nn.Module):
+    def __init__(self, module: nn.Module, fn):
+        super().__init__()
+        self.module, self.fn = module, fn
+
+    def forward(self, x):
+        return self.fn(self.module, x)
+
+
+def _trace_chain(module: nn.Module, fn) -> Optional[Tuple[str, ...]]:
+    """The submodules that ``fn(module, x)`` applies one after the other (each to the previous one's
+    output, nothing else done), or None if it does anything else or cannot be traced."""
+    try:
+        graph = _ChainTracer().trace(_Method(module, fn))
+    except Exception:  # control flow on values, unsupported Python: no chain, run as written
+        return None
+    names: List[str] = []
+    prev = None
+    for node in graph.nodes:
+        if node.op == "placeholder" and prev is None:
+            prev = node
+        elif node.op == "call_module" and node.args == (prev,) and not node.kwargs:
+            names.append(str(node.target)[len("module.") :])
+            prev = node
+        elif node.op == "output" and node.args == (prev,) and names:
+            return tuple(names)
+        else:
+            return None
+    return None
+
+
+# Layers with a packed implementation whose 4-D input is channels-first (so a direct call can run packed).
+_LAYERS = (nn.Conv2d, LayerNorm2d, nn.BatchNorm2d, nn.MaxPool2d)
+
+_VISIBLE_CLASSES: Dict[tuple, Type[nn.Module]] = {}
+
+
+def _visible_class(orig: Type[nn.Module], mixin: Type, dense: Type[nn.Module]) -> Type[nn.Module]:
+    cls = _VISIBLE_CLASSES.get((orig, mixin))
     if cls is None:
-        cls = type(f"Visible{orig.__name__}", (mixin, orig), {"_vm_dense_cls": orig})
-        _VISIBLE_CLASSES[orig] = cls
+        cls = type(f"Visible{dense.__name__}", (mixin, orig), {"_vm_dense_cls": dense})
+        _VISIBLE_CLASSES[(orig, mixin)] = cls
     return cls
 
 
+def _is_layer(m: nn.Module) -> bool:
+    cls = dense_class(m)
+    if cls in _LAYERS:
+        return True
+    # Identity returns its input object, which keeps the hand-over intact: it stays as it is.
+    return isinstance(m, ZERO_PRESERVING) and cls is not nn.Identity and not isinstance(m, SparseLayer)
+
+
 def visibilize(model: nn.Module, ctx: MaskContext) -> nn.Module:
-    """Give the supported blocks of a :func:`sparsify`-converted model (and their Sequentials) the
-    visible classes, in place; other layers keep the masked semantics. ``densify`` undoes both."""
-    blocks = []
-    for m in model.modules():
-        if block_parts(m) is not None:
-            blocks.append(m)
-    for m in blocks:
-        m.__class__ = _visible_class(type(m), _VisibleBlock)
+    """Give the blocks, Sequentials, chain containers and packed-capable layers of a
+    :func:`sparsify`-converted model the visible classes, in place (head modules are left alone).
+    ``densify`` undoes both."""
+    plan = []
+    in_blocks = set()
+    for name, child in model.named_children():
+        if name in HEAD_NAMES:
+            continue
+        for m in child.modules():
+            dense = dense_class(m)
+            if id(m) in in_blocks:
+                pass
+            elif block_parts(m) is not None:
+                plan.append((m, _VisibleBlock, dense, None))
+                in_blocks.update(id(c) for c in m.modules() if c is not m)
+                continue
+            if dense is nn.Sequential:
+                plan.append((m, _VisibleSequential, dense, None))
+            elif _is_layer(m):
+                plan.append((m, _VisibleLayer, dense, None))
+            elif id(m) not in in_blocks and is_container(dense) and dense not in (nn.ModuleList, nn.ModuleDict):
+                chain = _trace_chain(m, dense.forward)
+                if chain is not None:
+                    plan.append((m, _VisibleChain, dense, chain))
+    features = getattr(dense_class(model), "forward_features", None)
+    chain = _trace_chain(model, features) if features is not None else None
+    if chain is not None:
+        plan.append((model, _VisibleModel, dense_class(model), chain))
+    for m, mixin, dense, chain in plan:
+        if isinstance(m, (_Visible, _VisibleModel)):
+            continue
+        m.__class__ = _visible_class(type(m), mixin, dense)
         m._vm_ctx = ctx
-    for m in list(model.modules()):
-        if type(m) is nn.Sequential and any(isinstance(c, _VisibleBlock) for c in m):
-            m.__class__ = _visible_class(nn.Sequential, _VisibleSequential)
-            m._vm_ctx = ctx
+        if chain is not None:
+            m._vm_chain = chain
     return model
