@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 import pytest
-import torch.nn as nn
 from PIL import Image
+from test_eval_davis import Colour
 
 from videomac.cli import main as cli_main
 from videomac.eval.datasets import DatasetLayoutError, DavisDataset, JhmdbDataset, VipDataset, write_label_png
@@ -20,17 +20,6 @@ from videomac.synthetic import render_video, write_frames, write_palette_png
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = (64, 80)
-
-
-class Colour(nn.Module):
-    """Raw-colour features: the average colour of each 4x4 cell."""
-
-    def __init__(self):
-        super().__init__()
-        self.pool = nn.AvgPool2d(4)
-
-    def forward(self, x):
-        return self.pool(x)
 
 
 def colour():

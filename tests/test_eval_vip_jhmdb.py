@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
+from test_eval_davis import Colour
 
 from videomac.cli import main as cli_main
 from videomac.eval.datasets import DatasetLayoutError, JhmdbDataset, VipDataset
@@ -37,17 +37,6 @@ def test_vip_cli(tmp_path, capsys):
     )
     assert "mIoU" in capsys.readouterr().out
     assert len(os.listdir(out / "videos1")) == 6 and (out / "results.json").is_file()
-
-
-class Colour(nn.Module):
-    """Raw-colour features: the average colour of each 4x4 cell."""
-
-    def __init__(self):
-        super().__init__()
-        self.pool = nn.AvgPool2d(4)
-
-    def forward(self, x):
-        return self.pool(x)
 
 
 def test_vip_confusion_upsamples_prediction_to_native_size():
