@@ -109,6 +109,15 @@ def test_chunked_kernels_are_exact(name, make, forced, monkeypatch):
             assert used != "dense" and err < 1e-10, (name, used, method, err)
 
 
+def test_one_chunk_per_layer_on_a_gpu():
+    """CPU-sized chunks cost a dozen kernel launches each: on a GPU a layer of CNXv2-S at batch 256 runs
+    as one chunk (its first stage: 3,072 visible 8x8 blocks, 14x14x96 tiles; ResNet-50's 3x3 im2col)."""
+    cuda = torch.device("cuda")
+    assert sc._block_chunks(256 * 12, 14 * 14 * 96, cuda) == [(0, 3072)]
+    assert sc._chunks(256 * 12 * 64, 9 * 64, cuda) == [(0, 256 * 12 * 64)]
+    assert len(sc._block_chunks(256 * 12, 14 * 14 * 96, torch.device("cpu"))) > 50  # bounded memory on the CPU
+
+
 def test_plans():
     """Which algorithm each layer of the families gets (CPU)."""
     cpu = torch.device("cpu")

@@ -48,10 +48,18 @@ __all__ = ["Layout", "layout", "ConvGeom", "conv_geom", "plan", "conv2d", "max_p
 
 HW = Tuple[int, int]
 
-# im2col columns and tiles are built in chunks of at most this many elements: bounded memory, and
-# temporaries small enough for the allocator to reuse (fresh large buffers cost page faults).
+# im2col columns and tiles are built in chunks of at most this many elements. On the CPU: bounded
+# memory, and temporaries small enough for the allocator to reuse (fresh large buffers cost page
+# faults). On a GPU each chunk costs a dozen kernel launches while its arithmetic takes microseconds:
+# CPU-sized chunks made a CNXv2-S step launch 13,099 kernels and run 5x slower than its GPU work
+# (docs/performance.md), so there one chunk holds a whole layer up to a much larger bound.
 _MAX_COLS = 1 << 20
 _MAX_TILES = 1 << 20
+_MAX_GPU = 1 << 28
+
+
+def _limit(cpu_limit: int, device) -> int:
+    return cpu_limit if torch.device(device).type == "cpu" else _MAX_GPU
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,8 +231,8 @@ def _gather_rows(xz: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return xz.index_select(0, index.reshape(-1))
 
 
-def _chunks(n: int, row_elems: int):
-    step = max(1, _MAX_COLS // max(row_elems, 1))
+def _chunks(n: int, row_elems: int, device="cpu"):
+    step = max(1, _limit(_MAX_COLS, device) // max(row_elems, 1))
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
@@ -245,7 +253,7 @@ class _GemmConv(torch.autograd.Function):
         w2 = weight.reshape(c_out, c_in * k) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, k * c_in)
         xz = _pad_row(x)
         y = x.new_empty(n_out, c_out)
-        for a, b in _chunks(n_out, k * c_in):
+        for a, b in _chunks(n_out, k * c_in, x.device):
             cols = _columns(xz, nbr[a:b], ck)
             if bias is not None:
                 torch.addmm(bias, cols, w2.t(), out=y[a:b])
@@ -268,7 +276,7 @@ class _GemmConv(torch.autograd.Function):
             # the reordered weight is made again rather than saved (it is weight-sized)
             w2 = weight.reshape(c_out, c_in * k) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, k * c_in)
             gxz = x.new_zeros(x.shape[0] + 1, c_in)
-            for a, b in _chunks(n_out, k * c_in):
+            for a, b in _chunks(n_out, k * c_in, x.device):
                 gcols = torch.mm(g[a:b], w2)
                 gcols = gcols.view(b - a, c_in, k).transpose(1, 2) if ck else gcols.view(b - a, k, c_in)
                 gxz.index_add_(0, nbr[a:b].reshape(-1), gcols.reshape(-1, c_in))
@@ -276,7 +284,7 @@ class _GemmConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             xz = _pad_row(x)
             gw2 = None
-            for a, b in _chunks(n_out, k * c_in):
+            for a, b in _chunks(n_out, k * c_in, x.device):
                 cols = _columns(xz, nbr[a:b], ck)
                 gw2 = torch.mm(g[a:b].t(), cols) if gw2 is None else gw2.addmm_(g[a:b].t(), cols)
             if gw2 is None:
@@ -343,10 +351,10 @@ def _dw_weight_grad(xz, tidx, g, m: int, block: HW, tile: HW, weight: torch.Tens
     return _conv_weight_grad(_blocks(g, m, bh, bw), tiles, weight, c)
 
 
-def _block_chunks(m: int, tile_elems: int):
-    """Ranges of blocks whose tiles hold at most ``_MAX_TILES`` elements (at least one block each):
-    tiles stay small, so the allocator reuses their memory instead of faulting in fresh pages."""
-    step = max(1, _MAX_TILES // max(tile_elems, 1))
+def _block_chunks(m: int, tile_elems: int, device="cpu"):
+    """Ranges of blocks whose tiles hold at most ``_MAX_TILES`` elements on the CPU (at least one block
+    each: the allocator reuses their memory instead of faulting in fresh pages), ``_MAX_GPU`` elsewhere."""
+    step = max(1, _limit(_MAX_TILES, device) // max(tile_elems, 1))
     return [(i, min(m, i + step)) for i in range(0, m, step)]
 
 
@@ -354,7 +362,7 @@ def _tile_conv(xz, tidx, weight, bias, groups: int, m: int, block: HW, tile: HW)
     """Packed output tokens of the unpadded conv of every visible block's tile (chunked)."""
     (bh, bw), (th, tw) = block, tile
     c_in, c_out = xz.shape[1], weight.shape[0]
-    chunks = _block_chunks(m, th * tw * c_in)
+    chunks = _block_chunks(m, th * tw * c_in, xz.device)
     y = None if len(chunks) == 1 else xz.new_empty(m * bh * bw, c_out)
     for a, b in chunks:
         t = _gather_rows(xz, tidx[a * th * tw : b * th * tw]).view(b - a, th, tw, c_in).permute(0, 3, 1, 2)
@@ -391,7 +399,7 @@ class _TileConv(torch.autograd.Function):
             gx = _tile_conv(_pad_row(g), tidx, wf, None, groups, m, (bh, bw), (th, tw))
         if ctx.needs_input_grad[1]:
             xz = _pad_row(x)
-            for a, b in _block_chunks(m, th * tw * x.shape[1]):
+            for a, b in _block_chunks(m, th * tw * x.shape[1], x.device):
                 tid, gc = tidx[a * th * tw : b * th * tw], g[a * bh * bw : b * bh * bw]
                 if groups == 1:
                     t = _gather_rows(xz, tid).view(b - a, th, tw, -1).permute(0, 3, 1, 2)
@@ -456,6 +464,7 @@ def _autocast(t: torch.Tensor, *params):
     return (t.to(dt), *(p.to(dt) if p is not None else None for p in params))
 
 
+@torch.compiler.disable  # its custom autograd Functions take index tensors and shapes dynamo cannot trace
 def conv2d(
     ctx: MaskContext, m: nn.Conv2d, t: torch.Tensor, hw: HW, how: Optional[str] = None
 ) -> Optional[Tuple[torch.Tensor, HW]]:
@@ -485,6 +494,7 @@ def conv2d(
         return _GemmConv.apply(t, w, b, _neighbours(ctx, hw, g, t.device)), out_hw
 
 
+@torch.compiler.disable
 def max_pool2d(ctx: MaskContext, m: nn.MaxPool2d, t: torch.Tensor, hw: HW) -> Optional[Tuple[torch.Tensor, HW]]:
     """Max-pool over the visible inputs of each visible output's window, or None where it must run dense."""
     g = conv_geom(m)
