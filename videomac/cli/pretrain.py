@@ -73,7 +73,8 @@ def register(sub) -> None:
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
     g.add_argument("--backend", choices=["visible", "masked"],
-                   help="encoder execution: visible-only pointwise layers or masked-dense (the reference)")  # fmt: skip
+                   help="encoder execution: every layer on visible positions only, or masked-dense "
+                   "(the reference)")  # fmt: skip
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
@@ -110,6 +111,11 @@ def register(sub) -> None:
         default=None,
         help="decode JPEG frames on the CUDA device (torchvision nvJPEG) instead of in the CPU workers",
     )
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (first steps slower while it compiles)")  # fmt: skip
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit "
+                   "for bit (slower)")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--save-every", type=int, help="steps between checkpoints")

@@ -64,6 +64,8 @@ class PretrainConfig:
     device: str = "auto"
     num_workers: Optional[int] = None  # None: one per CPU core of this process (per local rank) less one
     gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
+    compile: bool = False  # torch.compile the model's forward (the train step's graph; backward follows)
+    deterministic: bool = False  # deterministic kernels (bit-exact reruns and resumes on CUDA; slower)
     seed: int = 0
     log_every: int = 10
     save_every: int = 500  # optimizer steps between checkpoints (and one at the end)

@@ -185,10 +185,12 @@ class VideoMAC(nn.Module):
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
         """EMA step: ``target = m * target + (1 - m) * online`` (buffers are copied)."""
-        for p_t, p_o in zip(self.target.parameters(), self.online.parameters()):
-            p_t.lerp_(p_o.detach(), 1.0 - momentum)
-        for b_t, b_o in zip(self.target.buffers(), self.online.buffers()):
-            b_t.copy_(b_o)
+        # multi-tensor kernels: one launch for all parameters instead of one per tensor (on a GPU the
+        # per-tensor loop is hundreds of tiny kernels a step)
+        torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), 1.0 - momentum)
+        buffers = list(self.target.buffers())
+        if buffers:
+            torch._foreach_copy_(buffers, list(self.online.buffers()))
 
     def export_encoder(self) -> nn.Module:
         """The dense timm encoder with the online weights."""

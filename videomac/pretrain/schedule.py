@@ -64,4 +64,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95)) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+    """AdamW on :func:`param_groups`, fused (one kernel for all parameters) where torch has it for the
+    parameters' device, else torch's default (foreach on CUDA)."""
+    groups = param_groups(model, weight_decay)
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):  # no fused AdamW for this device or torch version
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)

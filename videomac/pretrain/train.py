@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -103,23 +103,28 @@ def _item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(index, item seed)`` for the indices set for the current epoch, so one DataLoader (and its
-    persistent workers, with their decoded-video caches) serves every epoch, including a resumed partial
-    one. ``start`` is the position in the epoch of ``indices[0]`` (a resumed epoch starts mid-way)."""
+    """Yields ``(index, item seed)`` from position ``start`` of epoch ``epoch`` to the end of epoch
+    ``last - 1``, each epoch's indices from ``plan(epoch)``. One iterator spans the epochs, so the
+    DataLoader's workers (persistent, with their decoded-video caches) prefetch across epoch ends
+    instead of starting every epoch empty; a resumed run starts mid-epoch."""
 
     def __init__(self, seed: int = 0, rank: int = 0) -> None:
-        self.indices: List[int] = []
-        self.seed, self.rank, self.epoch, self.start = seed, rank, 0, 0
+        self.plan: Callable[[int], List[int]] = lambda epoch: []
+        self.seed, self.rank, self.epoch, self.start, self.last = seed, rank, 0, 0, 0
 
-    def set_epoch(self, indices: List[int], epoch: int, start: int) -> None:
-        self.indices, self.epoch, self.start = list(indices), epoch, start
+    def set_span(self, plan: Callable[[int], List[int]], epoch: int, start: int, last: int) -> None:
+        self.plan, self.epoch, self.start, self.last = plan, epoch, start, last
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        seed, epoch, rank, start = self.seed, self.epoch, self.rank, self.start
-        return iter([(i, _item_seed(seed, epoch, rank, start + k)) for k, i in enumerate(self.indices)])
+        seed, rank = self.seed, self.rank
+        for epoch in range(self.epoch, self.last):
+            start = self.start if epoch == self.epoch else 0
+            indices = self.plan(epoch)
+            for k in range(start, len(indices)):
+                yield indices[k], _item_seed(seed, epoch, rank, k)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.plan(self.epoch)) * (self.last - self.epoch) - self.start  # every epoch is as long
 
 
 class _SeededItems(torch.utils.data.Dataset):
@@ -209,11 +214,31 @@ def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
     signal's name) after writing its checkpoint. ``trust_pickle``: resume from a checkpoint that a
     weights-only load refuses (one written by an earlier videomac; only for files you trust).
     """
-    env = _Dist(cfg.device)
+    with _deterministic(cfg.deterministic):
+        env = _Dist(cfg.device)
+        try:
+            return _Trainer(cfg, env, trust_pickle).run()
+        finally:
+            env.close()
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """Deterministic kernels for the run (cuBLAS needs its workspace setting before its first use in the
+    process, so set ``CUBLAS_WORKSPACE_CONFIG`` yourself if this process used CUDA before); the previous
+    settings are restored after the run."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
     try:
-        return _Trainer(cfg, env, trust_pickle).run()
+        yield
     finally:
-        env.close()
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 class _Trainer:
@@ -279,6 +304,8 @@ class _Trainer:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
+        # compiled once; the backward graph follows from the forward's
+        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
         self.stop_requested = False
         self.stop_signal: Optional[int] = None
         self.out = cfg.output_dir
@@ -393,14 +420,25 @@ class _Trainer:
         self._run_t0, self._run_pairs = time.perf_counter(), 0
         sums: Dict[str, float] = {}
         try:
+            usable = self.steps_per_epoch * cfg.accum_iter  # micro-batches of an epoch (its full batches)
+            last_epoch = math.ceil(self.total_steps * cfg.accum_iter / usable)
+            if self.micro_done >= usable:  # a checkpoint written at the end of an epoch by an earlier version
+                self.epoch, self.micro_done = self.epoch + 1, 0
+
+            dataset, workers, world, rank, seed, B = (self.dataset, self.loader.num_workers, env.world, env.rank,
+                                                      cfg.seed, cfg.batch_size)  # fmt: skip
+
+            def plan(epoch: int) -> List[int]:
+                # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader).
+                # No reference to the trainer: the loader holds this through its sampler, and a cycle back
+                # to the loader would keep its workers alive after the run (the process would not exit).
+                return epoch_indices(dataset, epoch, seed, world, rank, B, workers)[: usable * B]
+
             while self.step < self.total_steps:
-                # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader)
-                indices = epoch_indices(self.dataset, self.epoch, cfg.seed, env.world, env.rank, cfg.batch_size,
-                                        self.loader.num_workers)  # fmt: skip
-                usable = self.steps_per_epoch * cfg.accum_iter
-                # this epoch's full batches, less those a resumed run already did
+                # one iterator for all the epochs left (less the batches a resumed run already did): the
+                # workers load the next epoch's first batches while this one ends, so no epoch starts empty
                 start = self.micro_done * cfg.batch_size
-                self.sampler.set_epoch(indices[start : usable * cfg.batch_size], self.epoch, start)
+                self.sampler.set_span(plan, self.epoch, start, max(last_epoch, self.epoch + 1))
                 batches, t_wait = iter(self.loader), time.perf_counter()
                 for batch in batches:
                     # uint8 to the device, normalised there (JPEGs decoded there with gpu_decode)
@@ -414,14 +452,17 @@ class _Trainer:
                     no_sync = self.ddp.no_sync() if (env.world > 1 and not boundary) else contextlib.nullcontext()
                     with no_sync:
                         with torch.autocast(**autocast):
-                            out = self.ddp(frame1, frame2)
+                            out = self.forward(frame1, frame2)
                         loss = out["loss"]
-                        if not self._all_finite(loss):
-                            raise FloatingPointError(self._nan_message(loss))
+                        finite = torch.isfinite(loss.detach())
                         self.scaler.scale(loss / cfg.accum_iter).backward()
+                    # checked once the backward is queued, so the device is not left idle while we wait;
+                    # still before the optimizer step: a non-finite loss never reaches the weights
+                    if not self._all_finite(finite):
+                        raise FloatingPointError(self._nan_message(loss))
                     for k, v in out.items():
-                        if k.startswith("loss"):
-                            sums[k] = sums.get(k, 0.0) + float(v.detach())
+                        if k.startswith("loss"):  # summed on the device: read once per log interval
+                            sums[k] = sums.get(k, 0.0) + v.detach().double()
                     sums["n"] = sums.get("n", 0) + 1
                     self.micro_done += 1
                     pairs += frame1.shape[0] * env.world
@@ -441,6 +482,10 @@ class _Trainer:
                     self.model.update_target(momentum)
                     self.step += 1
                     bar.update(1)
+                    if self.micro_done >= usable:  # the epoch is complete (usable is a multiple of accum_iter)
+                        self.epoch, self.micro_done = self.epoch + 1, 0
+                        if env.main and cfg.vis_every and self.epoch % cfg.vis_every == 0:
+                            self._figure(last_batch, f"recon_epoch{self.epoch:04d}.png")
                     if self.step % cfg.log_every == 0 or self.step == self.total_steps:
                         elapsed = max(time.perf_counter() - t0, 1e-9)
                         self._log(log, bar, sums, lr, momentum, pairs / elapsed, min(1.0, waited / elapsed))
@@ -450,10 +495,6 @@ class _Trainer:
                     if self.step >= self.total_steps or self._should_stop(start_step):
                         break
                     t_wait = time.perf_counter()
-                if self.micro_done >= usable:  # the epoch is complete
-                    self.epoch, self.micro_done = self.epoch + 1, 0
-                    if env.main and last_batch is not None and cfg.vis_every and self.epoch % cfg.vis_every == 0:
-                        self._figure(last_batch, f"recon_epoch{self.epoch:04d}.png")
                 if self.step >= self.total_steps or self._should_stop(start_step):
                     break
         finally:
@@ -498,9 +539,9 @@ class _Trainer:
         skipped = self._skipped() if self.env.main else {}
         return dict(skipped_count=len(skipped), skipped=skipped)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
+    def _all_finite(self, finite: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank (so all ranks stop together, none hangs)."""
-        ok = torch.isfinite(loss.detach()).float().reshape(1)
+        ok = finite.float().reshape(1)
         if self.env.world > 1:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok.item())
@@ -537,8 +578,9 @@ class _Trainer:
 
     def _log(self, log, bar, sums: Dict, lr: float, momentum: float, rate: float, data_wait: float) -> None:
         n = max(1, sums.pop("n", 1))
-        means = torch.tensor([sums[k] / n for k in sorted(sums)], dtype=torch.float64)
-        means = self.env.mean(means.to(self.env.device)).cpu()
+        means = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.env.device) / n
+                             for k in sorted(sums)])  # fmt: skip
+        means = self.env.mean(means).cpu()
         rec = dict(step=self.step, epoch=self.epoch)
         rec.update({k: float(v) for k, v in zip(sorted(sums), means)})
         self._last_loss = rec.get("loss")
