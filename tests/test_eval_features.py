@@ -112,3 +112,15 @@ def test_weights_roundtrip_and_errors(tmp_path):
         load_weights(timm.create_model("resnet18"), str(tmp_path / "bad.pt"))
     with pytest.raises(FileNotFoundError):
         load_weights(src, str(tmp_path / "nope.pt"))
+
+
+def test_bf16_features_run_under_autocast():
+    """dtype=bf16 runs the model under autocast on any device (casting only the input to bf16 met fp32
+    weights: 'Input type (BFloat16) and bias type (float) should be the same')."""
+    frames = torch.randint(0, 256, (2, 64, 96, 3), dtype=torch.uint8)
+    torch.manual_seed(0)
+    full = FeatureExtractor("videomac_rn18")
+    half = FeatureExtractor("videomac_rn18", dtype=torch.bfloat16)
+    half.load_state_dict(full.state_dict())
+    a, b = full(frames), half(frames).float()
+    assert a.shape == b.shape and ((a - b).norm() / a.norm()).item() < 3e-2

@@ -286,15 +286,15 @@ class FeatureExtractor(nn.Module):
         if x.dtype == torch.uint8:
             x = x.permute(0, 3, 1, 2).float() / 255.0
         x = x.to(self.device, torch.float32)
-        return ((x - self.mean) / self.std).to(self.dtype)
+        return (x - self.mean) / self.std  # float32: autocast runs the model in self.dtype
 
     @torch.no_grad()
     def forward(self, frames: Union[np.ndarray, torch.Tensor], batch_size: int = 8) -> torch.Tensor:
         out = []
         for s in range(0, len(frames), batch_size):
             x = self.preprocess(frames[s : s + batch_size])
-            if self.dtype in (torch.float16, torch.bfloat16) and self.device.type == "cuda":
-                with torch.autocast("cuda", dtype=self.dtype):
+            if self.dtype in (torch.float16, torch.bfloat16):
+                with torch.autocast(self.device.type, dtype=self.dtype):
                     out.append(self._run(x))
             else:
                 out.append(self._run(x))
