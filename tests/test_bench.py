@@ -9,16 +9,23 @@ from videomac.cli import main
 
 def test_bench_pretrain_quick(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "pretrain", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "pretrain", "--quick", "--out", str(out), "--profile", str(tmp_path / "prof")]) == 0
     result = json.loads(out.read_text())
     rows = {(r["model"], r["config"]): r for r in result["rows"]}
     expected = {(m, c) for m in ("videomac_cnxv2_atto", "videomac_rn18") for c in CONFIGS}
     assert set(rows) == expected | {("vit_small_patch16_224", "vit_s16_siammae")}
     for r in rows.values():
         assert r["pairs_per_s"] > 0 and r["peak_mem_mb"] > 0 and r["loss"] == r["loss"]
+        assert r["ops_per_step"] > 100 and (tmp_path / "prof" / f"profile_{r['model']}_{r['config']}.txt").is_file()
     for m in ("videomac_cnxv2_atto", "videomac_rn18"):
         assert rows[(m, "masked")]["speed_vs_masked"] == 1.0
         assert 1.0 <= rows[(m, "visible")]["flop_bound"] == result["flops"][m]["bound"]
+        # encoder FLOPs of a step: online forward + backward (3 forwards) + target forward, 2 per MAC
+        fl = result["flops"][m]
+        full = fl["pointwise_gmacs"] + fl["spatial_gmacs"]
+        for config, gmacs in (("masked", full), ("visible", fl["visible_gmacs"])):
+            r = rows[(m, config)]
+            assert abs(r["encoder_tflops"] - r["pairs_per_s"] * 8 * gmacs / 1e3) <= 1e-9 * r["encoder_tflops"]
     assert result["meta"]["input_size"] == 64 and "getrusage" in result["meta"]["memory_method"]
     table = capsys.readouterr().out
     assert "x masked" in table and "FLOP bound" in table

@@ -15,7 +15,10 @@ patches, no EMA). Peak memory: each configuration runs in its own process forked
 server process (``multiprocessing`` 'forkserver'); on CPU it is the rise of the process's max RSS
 (``getrusage``) over its RSS just before the first step, i.e. optimizer state, gradients and
 activations; on CUDA it is ``torch.cuda.max_memory_allocated`` over the allocation before the
-first step.
+first step. ``TFLOP/s``: the encoders' conv/linear FLOPs of the step (online forward + backward, target
+forward; visible positions only for ``visible``) per second, for an MFU estimate against the device's
+peak. ``--profile DIR`` adds torch.profiler tables and, on CUDA, kernel launches and device busy time
+per step.
 """
 
 __all__ = ["DEFAULT_MODELS", "QUICK_MODELS", "CONFIGS", "VIT"]

@@ -23,7 +23,7 @@ from videomac.models.sparse_conv import plan
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
 
-__all__ = ["bench_pretrain", "flop_split", "format_table", "resolve_options"]
+__all__ = ["bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,10 +210,47 @@ def run_config(cfg: Dict) -> Dict:
     sync(device)
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else maxrss_mb()
-    return dict(
+    row = dict(
         model=cfg["model"], config=kind, pairs_per_s=B * cfg["steps"] / dt, step_s=dt / cfg["steps"],
         peak_mem_mb=peak - base, loss=losses[-1],
     )  # fmt: skip
+    if cfg.get("profile"):
+        row.update(profile_steps(step, device, os.path.join(cfg["profile"], f"profile_{cfg['model']}_{kind}.txt")))
+    return row
+
+
+_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+
+
+def profile_steps(step, device: torch.device, path: str, steps: int = 2) -> Dict:
+    """torch.profiler over ``steps`` more steps: the operator table (by device time on CUDA, else by CPU
+    time) to ``path``, and per step the kernel launches and the time the device was busy (CUDA), or the
+    operators dispatched (CPU). Many launches and a device busy for a fraction of the step's wall time
+    mean the step is bound by dispatch on the host, not by the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    ka = prof.key_averages()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    out: Dict = dict(profile=path)
+    if cuda:
+        attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
+        busy = sum(getattr(e, attr) for e in ka if e.device_type.name == "CUDA")
+        out.update(device_busy_ms_per_step=busy / 1e3 / steps,
+                   launches_per_step=sum(e.count for e in ka if e.key in _LAUNCHES) / steps)  # fmt: skip
+        table = ka.table(sort_by=attr, row_limit=40, max_name_column_width=60)
+    else:
+        out["ops_per_step"] = sum(e.count for e in ka if e.key.startswith("aten::")) / steps
+        table = ka.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
+    with open(path, "w") as f:
+        f.write(table)
+    return out
 
 
 def _child(conn, cfg: Dict) -> None:
@@ -257,13 +294,15 @@ def bench_pretrain(
     configs: Optional[List[str]] = None,
     vit: bool = True,
     isolate: bool = True,
+    profile: Optional[str] = None,
     log=print,
 ) -> Dict:
-    """Run every (model, config) row (and the ViT row) and return ``dict(meta, rows, flops)``."""
+    """Run every (model, config) row (and the ViT row) and return ``dict(meta, rows, flops)``.
+    ``profile``: a folder for each row's torch.profiler table (see :func:`profile_steps`)."""
     models = list(models or DEFAULT_MODELS)
     configs = list(configs or CONFIGS)
     base = dict(batch_size=batch_size, input_size=input_size, steps=steps, warmup=warmup, device=device,
-                amp=amp, compile=compile, mask_ratio=mask_ratio)  # fmt: skip
+                amp=amp, compile=compile, mask_ratio=mask_ratio, profile=profile)  # fmt: skip
     todo = [dict(base, model=m, config=c) for m in models for c in configs]
     if vit:
         todo.append(dict(base, model="vit_small_patch16_224", config=VIT))
@@ -294,7 +333,15 @@ def bench_pretrain(
     if not isolate and not device.startswith("cuda"):
         for r in rows:
             r.pop("peak_mem_mb", None)
+            r.pop("mem_vs_masked", None)
     return dict(meta=meta, rows=rows, flops=flops)
+
+
+def step_flops(split: Dict[str, float], config: str) -> float:
+    """Encoder FLOPs of one pair's train step: the online encoder's forward and backward (3 forwards) and
+    the target's forward, 2 FLOPs per MAC; the visible fraction for ``visible``, every position otherwise."""
+    gmacs = split["visible_gmacs"] if config == "visible" else split["pointwise_gmacs"] + split["spatial_gmacs"]
+    return 2 * 4 * gmacs * 1e9
 
 
 def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
@@ -306,6 +353,8 @@ def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
         r["speed_vs_masked"] = r["pairs_per_s"] / ref["pairs_per_s"]
         if r.get("peak_mem_mb") and ref.get("peak_mem_mb"):
             r["mem_vs_masked"] = r["peak_mem_mb"] / ref["peak_mem_mb"]
+        if r["model"] in flops:
+            r["encoder_tflops"] = r["pairs_per_s"] * step_flops(flops[r["model"]], r["config"]) / 1e12
         if r["config"] == "visible" and r["model"] in flops:
             r["flop_bound"] = flops[r["model"]]["bound"]
             r["of_bound"] = r["speed_vs_masked"] / r["flop_bound"]
@@ -314,7 +363,7 @@ def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
 def format_table(result: Dict) -> str:
     """The rows as a fixed-width text table (ratios are to the same model's ``masked`` row)."""
     head = f"{'model':22s} {'config':16s} {'pairs/s':>8s} {'x masked':>8s} {'peak MB':>8s} {'x mem':>6s} " \
-           f"{'FLOP bound':>10s} {'of bound':>8s}"  # fmt: skip
+           f"{'FLOP bound':>10s} {'of bound':>8s} {'TFLOP/s':>8s}"  # fmt: skip
     lines = [head, "-" * len(head)]
 
     def f(v, fmt, width, suffix=""):
@@ -328,7 +377,7 @@ def format_table(result: Dict) -> str:
             f"{r['model']:22s} {r['config']:16s} {f(r['pairs_per_s'], '.2f', 8)} "
             f"{f(r.get('speed_vs_masked'), '.2f', 8, 'x')} {f(r.get('peak_mem_mb'), '.0f', 8)} "
             f"{f(r.get('mem_vs_masked'), '.2f', 6, 'x')} {f(r.get('flop_bound'), '.2f', 10, 'x')} "
-            f"{f(r.get('of_bound'), '.0%', 8)}"
+            f"{f(r.get('of_bound'), '.0%', 8)} {f(r.get('encoder_tflops'), '.1f', 8)}"
         )
     lines.append("")
     lines.append(f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "
@@ -353,4 +402,4 @@ def resolve_options(quick: bool = False, models=None, configs=None, batch_size=N
     if unknown:
         raise ValueError(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
     return dict(models=models, configs=configs, batch_size=pick(batch_size, 2, 8), input_size=pick(input_size, 64, 224),
-                steps=pick(steps, 2, 3), warmup=pick(warmup, 1, 1), **rest)  # fmt: skip
+                steps=pick(steps, 2, 5), warmup=pick(warmup, 1, 2), **rest)  # fmt: skip

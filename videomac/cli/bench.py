@@ -24,8 +24,8 @@ def register(subparsers) -> None:
     pp.add_argument("--configs", help=f"comma-separated subset of {','.join(bench.CONFIGS)} (default all)")
     pp.add_argument("--batch-size", type=int, help="frame pairs per step (default 8; quick 2)")
     pp.add_argument("--input-size", type=int, help="square input size in px (default 224; quick 64)")
-    pp.add_argument("--steps", type=int, help="timed steps per row (default 3; quick 2)")
-    pp.add_argument("--warmup", type=int, help="untimed steps first (default 1)")
+    pp.add_argument("--steps", type=int, help="timed steps per row (default 5; quick 2)")
+    pp.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
     pp.add_argument("--mask-ratio", type=float, default=0.75)
     pp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     pp.add_argument("--no-vit", action="store_true", help="skip the ViT-S/16 SiamMAE row")
     pp.add_argument("--no-isolate", action="store_true", help="run rows in this process (no CPU memory numbers)")
     pp.add_argument("--quick", action="store_true", help="smoke test: cnxv2_atto + rn18, 64 px, batch 2, 2 steps")
+    pp.add_argument("--profile", metavar="DIR",
+                    help="also profile 2 steps per row (torch.profiler): tables to DIR, kernel launches and device "
+                    "busy time per step (CUDA) in the rows")  # fmt: skip
     pp.add_argument("--out", help="write the results as JSON")
     pp.set_defaults(func=pretrain)
 
@@ -78,12 +81,18 @@ def pretrain(args: argparse.Namespace) -> int:
         args.quick, models=args.models, configs=args.configs, batch_size=args.batch_size,
         input_size=args.input_size, steps=args.steps, warmup=args.warmup, device=args.device, amp=args.amp,
         compile=args.compile, mask_ratio=args.mask_ratio, vit=not args.no_vit, isolate=not args.no_isolate,
+        profile=args.profile,
     )  # fmt: skip
     print(f"videomac bench pretrain: {json.dumps({k: v for k, v in kw.items() if k != 'models'})}")
     result = bench_pretrain(**kw)
     print()
     print(format_table(result))
     print(f"\nmemory: {result['meta']['memory_method']}")
+    for r in result["rows"]:
+        if "profile" in r:
+            per_step = {k: round(r[k], 1) for k in ("launches_per_step", "device_busy_ms_per_step", "ops_per_step")
+                        if k in r}  # fmt: skip
+            print(f"profile {r['model']} / {r['config']}: {per_step} step {r['step_s'] * 1e3:.1f} ms -> {r['profile']}")
     _write(result, args.out)
     return 1 if any("error" in r for r in result["rows"]) else 0
 
