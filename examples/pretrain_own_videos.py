@@ -26,7 +26,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--pairs-per-video", type=int, default=None, help="random pairs per video per epoch (default: every pair)")
+    p.add_argument("--pairs-per-video", type=int, default=None,
+                   help="random pairs per video per epoch (default: every pair)")
     p.add_argument("--decoder-dim", type=int, default=512)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs/my-videomac")
