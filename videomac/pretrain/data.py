@@ -145,6 +145,15 @@ def _is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTS)
 
 
+def _frames_root(folder: str) -> str:
+    """Where a dataset folder's videos are: ``JPEGImages/480p`` or ``JPEGImages`` (DAVIS, YouTube-VOS
+    layouts) when it has one, else the folder itself."""
+    for sub in (os.path.join("JPEGImages", "480p"), "JPEGImages"):
+        if os.path.isdir(os.path.join(folder, sub)):
+            return os.path.join(folder, sub)
+    return folder
+
+
 def _list_images(folder: str) -> List[str]:
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
     return [os.path.join(folder, n) for n in names]
@@ -349,11 +358,7 @@ class FramePairDataset(torch.utils.data.Dataset):
             if _is_video(source):
                 return "video file", [source]
             return "list file", self._read_list(source)
-        root = source
-        for sub in (os.path.join("JPEGImages", "480p"), "JPEGImages"):
-            if os.path.isdir(os.path.join(source, sub)):
-                root = os.path.join(source, sub)
-                break
+        root = _frames_root(source)
         if _list_images(root):
             return "frame folder", [root]
         subdirs, videos = [], []

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
-from videomac.pretrain.data import IMAGE_EXTS, VIDEO_EXTS, _list_images
+from videomac.pretrain.data import IMAGE_EXTS, VIDEO_EXTS, _frames_root, _list_images
 
 __all__ = ["prepare_dataset", "list_items"]
 
@@ -34,11 +34,7 @@ def list_items(src: str) -> List[Tuple[str, str, str]]:
         return [("video", src, os.path.basename(src))]
     if not os.path.isdir(src):
         raise FileNotFoundError(f"prepare: {src} not found")
-    root = src
-    for sub in (os.path.join("JPEGImages", "480p"), "JPEGImages"):
-        if os.path.isdir(os.path.join(src, sub)):
-            root = os.path.join(src, sub)
-            break
+    root = _frames_root(src)
     if _list_images(root):
         return [("frames", root, os.path.basename(os.path.normpath(root)))]
     out = []
