@@ -11,9 +11,10 @@ import sys
 import pytest
 import torch
 from test_sparse import make
-from test_visible import case_inputs, max_grad_diff
+from test_visible import case_inputs, max_grad_diff, run_both
 
 import videomac
+from videomac.bench.pretrain import LAUNCHES
 from videomac.masking import random_mask
 from videomac.pretrain.checkpoint import load_checkpoint
 from videomac.pretrain.config import PretrainConfig
@@ -37,16 +38,6 @@ def exact_fp32():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
-def run_both(a, b, x, mask):
-    """Outputs of both encoders and input gradients for the same random linear loss (on x's device)."""
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = a(xa, mask), b(xb, mask)
-    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5)).to(ya)
-    (ya * g).mean().backward()
-    (yb * g).mean().backward()
-    return ya, yb, xa.grad, xb.grad
 
 
 def _pair_on(name, device):
@@ -214,8 +205,7 @@ def _launches(model, f1, f2, mask):
             loss = model(f1, f2, mask)["loss"]
         loss.backward()
         torch.cuda.synchronize()
-    return sum(e.count for e in prof.key_averages() if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
-                                                                    "cudaLaunchKernelExC"))  # fmt: skip
+    return sum(e.count for e in prof.key_averages() if e.key in LAUNCHES)
 
 
 def test_visible_step_launches_few_kernels():

@@ -47,7 +47,7 @@ def run_both(a, b, x, mask):
     """Outputs of both encoders and their gradients for the same random linear loss."""
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = a(xa, mask), b(xb, mask)
-    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5), dtype=ya.dtype)
+    g = torch.randn(ya.shape, generator=torch.Generator().manual_seed(5), dtype=ya.dtype).to(ya.device)
     (ya * g).mean().backward()
     (yb * g).mean().backward()
     return ya, yb, xa.grad, xb.grad

@@ -23,7 +23,7 @@ from videomac.models.sparse_conv import plan
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
 
-__all__ = ["bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
+__all__ = ["LAUNCHES", "bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def run_config(cfg: Dict) -> Dict:
     return row
 
 
-_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")  # profiler names of a kernel launch
 
 
 def profile_steps(step, device: torch.device, path: str, steps: int = 2) -> Dict:
@@ -243,7 +243,7 @@ def profile_steps(step, device: torch.device, path: str, steps: int = 2) -> Dict
         attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
         busy = sum(getattr(e, attr) for e in ka if e.device_type.name == "CUDA")
         out.update(device_busy_ms_per_step=busy / 1e3 / steps,
-                   launches_per_step=sum(e.count for e in ka if e.key in _LAUNCHES) / steps)  # fmt: skip
+                   launches_per_step=sum(e.count for e in ka if e.key in LAUNCHES) / steps)  # fmt: skip
         table = ka.table(sort_by=attr, row_limit=40, max_name_column_width=60)
     else:
         out["ops_per_step"] = sum(e.count for e in ka if e.key.startswith("aten::")) / steps
