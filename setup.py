@@ -26,6 +26,7 @@ setup(
         "einops>=0.7",
         "numpy",
         "pillow",
+        "simplejpeg>=1.8",  # libjpeg-turbo: JPEG frames decoded at DCT scale straight into numpy (data loading)
         "av>=12",
         "tqdm",
     ],

@@ -5,7 +5,8 @@ Each row runs in a fresh process (``multiprocessing`` 'spawn'), builds its DataL
 worker processes, loads ``warmup`` batches untimed (worker start, first decodes), then times ``pairs``
 pairs. Rows:
 
-- ``videomac``: :class:`~videomac.pretrain.data.FramePairDataset` through
+- ``videomac`` (and ``videomac units`` on frame-folder sources: ``frame_units=True``, each JPEG decoded
+  about once for its two pairs): :class:`~videomac.pretrain.data.FramePairDataset` through
   :func:`~videomac.pretrain.loader.make_loader`, in the epoch order of
   :func:`~videomac.pretrain.loader.epoch_indices` (what ``videomac pretrain`` does); batches go through
   :func:`~videomac.pretrain.loader.batch_to_device` on a CUDA ``--device`` (normalised there, JPEGs
@@ -126,7 +127,7 @@ def _is_frame_folders(path: str) -> bool:
 
 
 def _row(kind: str, source: str, workers: int, pairs: int, batch_size: int, input_size: int, warmup: int,
-         seed: int, gpu_decode: bool, device: str) -> Dict:  # fmt: skip
+         seed: int, gpu_decode: bool, device: str, frame_units: bool = False) -> Dict:  # fmt: skip
     torch.manual_seed(seed)
     random.seed(seed)
     build = time.perf_counter()
@@ -141,7 +142,8 @@ def _row(kind: str, source: str, workers: int, pairs: int, batch_size: int, inpu
         from videomac.pretrain.data import FramePairDataset
         from videomac.pretrain.loader import EpochSampler, epoch_indices, make_loader
 
-        ds = FramePairDataset(source, input_size=input_size, gpu_decode=gpu_decode, seed=seed)
+        ds = FramePairDataset(source, input_size=input_size, gpu_decode=gpu_decode, seed=seed,
+                              frame_units=frame_units)  # fmt: skip
         sampler = EpochSampler()
         loader = make_loader(ds, sampler, batch_size, workers, seed, device=torch.device(device))
         workers = loader.num_workers
@@ -179,7 +181,8 @@ def _row(kind: str, source: str, workers: int, pairs: int, batch_size: int, inpu
     rss = peak_rss_mb()
     del it, loader
     return dict(
-        loader=kind, data=source, workers=workers, pairs=n, seconds=dt, pairs_per_s=n / max(dt, 1e-9),
+        loader=kind + (" units" if frame_units else ""), data=source,
+        workers=workers, pairs=n, seconds=dt, pairs_per_s=n / max(dt, 1e-9),
         pairs_per_s_per_worker=n / max(dt, 1e-9) / max(1, workers), peak_rss_mb=rss["max"],
         main_rss_mb=rss["main"], worker_rss_mb=rss["workers"], build_s=build, dataset=describe,
     )  # fmt: skip
@@ -206,9 +209,11 @@ def bench_data(
     device: str = "cpu",
     seed: int = 0,
     isolate: bool = True,
+    units: bool = True,
 ) -> Dict:
     """Loader pairs/s and peak RSS for each source in ``data`` (videomac's loader), plus the authors'
-    pipeline on each frame-folder source if ``reference``. ``workers=None``: the default worker count
+    pipeline on each frame-folder source if ``reference``, and videomac's loader with ``frame_units=True``
+    on each frame-folder source if ``units``. ``workers=None``: the default worker count
     (:func:`videomac.pretrain.loader.default_num_workers`); the authors' rows use the same number."""
     from videomac.pretrain.loader import default_num_workers
 
@@ -218,13 +223,16 @@ def bench_data(
     for src in data:
         if not os.path.exists(src):
             raise FileNotFoundError(f"bench data: {src} not found")
-        rows_to_run.append(("videomac", src))
-        if reference and _is_frame_folders(src):
-            rows_to_run.append(("authors", src))
+        rows_to_run.append(("videomac", src, False))
+        if _is_frame_folders(src):
+            if units and not gpu_decode:
+                rows_to_run.append(("videomac", src, True))
+            if reference:
+                rows_to_run.append(("authors", src, False))
     rows = []
-    for kind, src in rows_to_run:
+    for kind, src, frame_units in rows_to_run:
         kw = dict(kind=kind, source=src, workers=w, pairs=pairs, batch_size=batch_size, input_size=input_size,
-                  warmup=warm, seed=seed, gpu_decode=gpu_decode, device=device)  # fmt: skip
+                  warmup=warm, seed=seed, gpu_decode=gpu_decode, device=device, frame_units=frame_units)  # fmt: skip
         if isolate:
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
@@ -237,8 +245,8 @@ def bench_data(
         rows.append(row)
     ok = [r for r in rows if "error" not in r]
     ours = [r for r in ok if r["loader"] == "videomac"]
-    for r in ok:  # speed relative to the authors' pipeline measured in this run
-        ref = [a for a in ok if a["loader"] == "authors"]
+    ref = [a for a in ok if a["loader"] == "authors"]
+    for r in ok:  # speed relative to the authors' pipeline measured in this run (the first frame folder)
         if ref:
             r["vs_authors"] = r["pairs_per_s"] / ref[0]["pairs_per_s"]
     summary = dict(

@@ -53,6 +53,8 @@ def register(subparsers) -> None:
     pd.add_argument("--batch-size", type=int, default=32)
     pd.add_argument("--warmup", type=int, help="untimed batches first (default: one per worker)")
     pd.add_argument("--no-reference", action="store_true", help="skip the authors' pipeline rows")
+    pd.add_argument("--no-units", action="store_true",
+                    help="skip the rows with frame folders served by unit (pretrain --frame-units)")  # fmt: skip
     pd.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on --device (CUDA)")
     pd.add_argument("--device", default="cpu", help="where batches go and are normalised (default cpu)")
     pd.add_argument("--seed", type=int, default=0)
@@ -103,7 +105,7 @@ def data(args: argparse.Namespace) -> int:
     kw = dict(
         data=args.data, workers=args.workers, pairs=args.pairs, batch_size=args.batch_size,
         input_size=args.input_size, warmup=args.warmup, reference=not args.no_reference,
-        gpu_decode=args.gpu_decode, device=args.device, seed=args.seed,
+        gpu_decode=args.gpu_decode, device=args.device, seed=args.seed, units=not args.no_units,
     )  # fmt: skip
     print(f"videomac bench data: {json.dumps(kw)}")
     result = bench_data(**kw)

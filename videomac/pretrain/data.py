@@ -33,13 +33,13 @@ from PIL import Image
 
 from videomac.pretrain.decode import (
     FrameReader,
+    ImageFile,
     SeekError,
     VideoIndex,
     crop_box,
     crop_resize,
     decode_frames,
     jpeg_crop,
-    jpeg_image,
     probe_video,
     reduction,
     video_frame_rgb,
@@ -216,7 +216,8 @@ class FramePairDataset(torch.utils.data.Dataset):
     size; ``scale``, ``ratio`` = width/height) and one flip for both frames, bicubic resize. Decoding:
 
     - JPEG frames are decoded at the smallest DCT scale (1/8..1) at which the crop still covers the output
-      size (``jpeg_draft=True``); crop and resize in uint8 with PIL. ``jpeg_draft=False`` decodes in full
+      size (``jpeg_draft=True``), the crop's edges rounded to that scale's pixel grid, and resized in
+      uint8 (torch's antialiased bicubic, PIL's filter). ``jpeg_draft=False`` decodes in full, resizes with PIL
       and is then exactly the authors' PIL ``resized_crop``; the difference is bounded by a test (see
       docs/pretraining.md, "Data loading").
     - Video frames are decoded by seeking to the keyframe before the pair and decoding forward, frames
@@ -589,24 +590,25 @@ class FramePairDataset(torch.utils.data.Dataset):
             return None
         k = t
         try:
-            with Image.open(clip.frames[t]) as im1:
+            im1 = ImageFile.read(clip.frames[t])
+            k = t + g
+            im2 = ImageFile.read(clip.frames[t + g])
+            if im1.hw != im2.hw:  # rare in real data; the shared crop needs equal sizes
+                k = t
+                a = im1.decode()  # (16-bit frames scaled to 8 bits)
                 k = t + g
-                with Image.open(clip.frames[t + g]) as im2:
-                    if im1.size != im2.size:  # rare in real data; the shared crop needs equal sizes
-                        a = np.asarray(jpeg_image(im1))  # (16-bit frames scaled to 8 bits)
-                        b = np.asarray(jpeg_image(im2).resize(im1.size, Image.BICUBIC))
-                        return self._array_pair(a, b)
-                    W, H = im1.size
-                    crop, flip = self._draw(H, W)
-                    if self.gpu_decode and im1.format == im2.format == "JPEG":
-                        a, b = _file_bytes(clip.frames[t]), _file_bytes(clip.frames[t + g])
-                        return EncodedPair(a, b, crop, flip, self.input_size)
-                    # one DCT scale for both frames, so the two are resampled alike
-                    d = reduction(crop, self.input_size) if self.jpeg_draft else 1
-                    k = t
-                    a = jpeg_crop(im1, crop, self.input_size, flip, self.jpeg_draft, d)
-                    k = t + g
-                    b = jpeg_crop(im2, crop, self.input_size, flip, self.jpeg_draft, d)
+                b = np.asarray(Image.fromarray(im2.decode()).resize(im1.hw[::-1], Image.BICUBIC))
+                return self._array_pair(a, b)
+            H, W = im1.hw
+            crop, flip = self._draw(H, W)
+            if self.gpu_decode and im1.jpeg and im2.jpeg:
+                return EncodedPair(_tensor(im1.data), _tensor(im2.data), crop, flip, self.input_size)
+            # one DCT scale for both frames, so the two are resampled alike
+            d = reduction(crop, self.input_size) if self.jpeg_draft else 1
+            k = t
+            a = jpeg_crop(im1, crop, self.input_size, flip, self.jpeg_draft, d)
+            k = t + g
+            b = jpeg_crop(im2, crop, self.input_size, flip, self.jpeg_draft, d)
         except Exception as e:
             clip.bad.add(k)
             self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
@@ -785,29 +787,30 @@ class FramePairDataset(torch.utils.data.Dataset):
         key, cur, end = self._cursor(c, t)
         k = t
         try:
-            im1, im2 = Image.open(clip.frames[t]), Image.open(clip.frames[t + g])  # headers only
-            if im1.size != im2.size or self.gpu_decode:
-                im1.close()
-                im2.close()
+            im1 = ImageFile.read(clip.frames[t])  # bytes and header; decoded below only if needed
+            k = t + g
+            im2 = ImageFile.read(clip.frames[t + g])
+            if im1.hw != im2.hw or self.gpu_decode:
                 return self._frames_pair(clip, t)
-            W, H = im1.size
+            H, W = im1.hw
             crop, flip = self._draw(H, W)
-            want = reduction(crop, self.input_size) if self.jpeg_draft and im1.format == "JPEG" else 1
+            want = reduction(crop, self.input_size) if self.jpeg_draft and im1.jpeg else 1
             have = cur.frames.get(t)
+            k = t
             if have is not None and have[0] == want:  # the previous pair decoded it at this scale
-                im1.close()
                 d, a = have
             else:
-                d, a = want, jpeg_image(im1, want)  # loading closes the file
+                d, a = want, im1.decode(want)
             k = t + g
-            b = jpeg_image(im2, d)
+            b = im2.decode(d if im2.jpeg else 1)
         except Exception as e:
             clip.bad.add(k)
             self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
             return None
         cur.frames[t + g] = (d, b)
-        box = crop_box(crop, (H, W), (a.height, a.width))
-        pair = self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
+        box, exact = crop_box(crop, (H, W), a.shape[:2]), not self.jpeg_draft
+        pair = self._out(crop_resize(a, box, self.input_size, flip, exact),
+                         crop_resize(b, box, self.input_size, flip, exact))  # fmt: skip
         self._release(key, cur, t, end)
         return pair
 
@@ -847,6 +850,5 @@ class FramePairDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"FramePairDataset: no decodable video left (skipped: {len(self.skipped)})")
 
 
-def _file_bytes(path: str) -> torch.Tensor:
-    with open(path, "rb") as f:
-        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+def _tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)

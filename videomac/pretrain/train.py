@@ -273,6 +273,7 @@ class _Trainer:
             video_short_side=cfg.video_short_side,
             seed=cfg.seed,
             gpu_decode=cfg.gpu_decode and env.device.type == "cuda",
+            frame_units=cfg.frame_units,
         )
         if cfg.total_batch:
             cfg.accum_iter = max(1, cfg.total_batch // (cfg.batch_size * env.world))
