@@ -42,9 +42,10 @@ def test_stop_and_resume_with_two_workers_is_bit_exact(tmp_path):
     assert all(torch.equal(v, c["model"][k]) for k, v in a["model"].items())
 
 
-def test_resume_with_frame_units_is_bit_exact(tmp_path):
-    """JPEG frame folders served by unit (--frame-units, recorded in the run's config): a stopped and resumed
-    run equals an uninterrupted one, across an epoch boundary."""
+def test_resume_with_frame_units_is_bit_exact(tmp_path, capsys):
+    """JPEG frame folders served by unit (--frame-units, recorded in the run's config): a stopped run resumed
+    with another worker count equals an uninterrupted one, across an epoch boundary (the epoch order stays
+    dealt to the first run's workers)."""
     from videomac.synthetic import render_video, write_frames
 
     for v in range(3):
@@ -54,11 +55,13 @@ def test_resume_with_frame_units_is_bit_exact(tmp_path):
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))  # 27 pairs: 6 steps an epoch
     stopped = pretrain(PretrainConfig(**base, stop_after=3, output_dir=str(tmp_path / "part")))
     assert stopped["stopped"] and stopped["step"] == 3
-    assert main(["pretrain", "--resume", str(tmp_path / "part"), "--stop-after", "100", "--no-progress"]) == 0
+    argv = ["pretrain", "--resume", str(tmp_path / "part"), "--stop-after", "100", "--num-workers", "1"]
+    assert main(argv + ["--no-progress"]) == 0
+    assert "keeping the epoch order of the saved run, dealt to 2" in capsys.readouterr().err
     a, b = load_checkpoint(str(tmp_path / "full")), load_checkpoint(str(tmp_path / "part"))
-    assert b["step"] == 8 and b["config"]["frame_units"] is True
     differ = [k for k, v in a["model"].items() if not torch.equal(v, b["model"][k])]
     assert not differ, f"{len(differ)}/{len(a['model'])} tensors differ after resume"
+    assert b["step"] == 8 and b["config"]["frame_units"] is True and b["order_workers"] == 2
 
 
 def _group_gone(pgid: int, timeout: float = 20.0) -> bool:

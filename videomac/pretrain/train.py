@@ -4,8 +4,9 @@ checkpoints with exact resume, JSONL metrics, reconstruction figures, dense enco
 Exact resume with any number of DataLoader workers: every item's random crop and flip come from its own
 seed, a function of (seed, epoch, rank, position in the epoch) set around ``dataset[i]`` in whichever
 process loads it, so the sample stream depends neither on the worker count nor on where a run stopped;
-the position in the epoch (``epoch``, ``micro_done``) and each rank's global RNG (masks, drop path) are
-in the checkpoint. SIGINT and SIGTERM (also sent to the whole process group: the workers ignore them)
+the position in the epoch (``epoch``, ``micro_done``), the worker count the epoch order of units is
+dealt to (``order_workers``: video files, ``frame_units``) and each rank's global RNG (masks, drop
+path) are in the checkpoint. SIGINT and SIGTERM (also sent to the whole process group: the workers ignore them)
 stop the run at the end of the current step with a checkpoint.
 """
 
@@ -153,6 +154,11 @@ class _SeededItems(torch.utils.data.Dataset):
                 with contextlib.suppress(OSError), open(self.log, "a") as f:
                     f.write("".join(json.dumps({"path": k, "reason": v}) + "\n" for k, v in new))
         return item
+
+
+def _uses_units(dataset) -> bool:
+    units = dataset.unit_ranges() if hasattr(dataset, "unit_ranges") else None
+    return units is not None and any(hi - lo > 1 for lo, hi in units)
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -320,6 +326,9 @@ class _Trainer:
         self.epoch = 0
         self.micro_done = 0  # micro-batches done in the current epoch
         self.saved_step: Optional[int] = None  # step of the checkpoint.pt this run wrote or resumed from
+        # Units (video files, --frame-units) are dealt to the DataLoader workers in the epoch order; a resumed
+        # run keeps the first run's count, so its order, hence its weights, do not depend on --num-workers.
+        self.order_workers = max(1, self.loader.num_workers)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> Dict:
@@ -335,6 +344,7 @@ class _Trainer:
             step=self.step,
             epoch=self.epoch,
             micro_done=self.micro_done,
+            order_workers=self.order_workers,
             total_steps=self.total_steps,
             warmup_steps=self.warmup_steps,
             base_lr=self.base_lr,
@@ -375,6 +385,12 @@ class _Trainer:
             raise ValueError(f"checkpoint {used} does not fit this run's model ({why})") from None
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch, self.micro_done = ck["step"], ck["epoch"], ck["micro_done"]
+        saved_workers = int(ck.get("order_workers", self.order_workers))
+        if saved_workers != self.order_workers and self.env.main and _uses_units(self.dataset):
+            print(f"note: keeping the epoch order of the saved run, dealt to {saved_workers} DataLoader worker(s); "
+                  f"with {self.order_workers} here some units are decoded by two workers (slower, same samples)",
+                  file=sys.stderr)  # fmt: skip
+        self.order_workers = saved_workers
         self.saved_step = ck["step"] if os.path.basename(used) == CHECKPOINT else None
         rng = ck.get("rng")
         if isinstance(rng, dict) and ck.get("world_size", 1) == self.env.world == 1:  # format 1: rank 0 only
@@ -426,8 +442,9 @@ class _Trainer:
             if self.micro_done >= usable:  # a checkpoint written at the end of an epoch by an earlier version
                 self.epoch, self.micro_done = self.epoch + 1, 0
 
-            dataset, workers, world, rank, seed, B = (self.dataset, self.loader.num_workers, env.world, env.rank,
-                                                      cfg.seed, cfg.batch_size)  # fmt: skip
+            # the worker count the epoch order is dealt to: this run's, or the one the resumed run started with
+            workers = self.order_workers
+            dataset, world, rank, seed, B = self.dataset, env.world, env.rank, cfg.seed, cfg.batch_size
 
             def plan(epoch: int) -> List[int]:
                 # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader).
