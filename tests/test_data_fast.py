@@ -214,7 +214,7 @@ def test_units_draw_crops_at_request_like_direct_access(tmp_path, ext):
         torch.manual_seed(i)
         y = b[i]
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
-        factors |= {f for f, _ in b._cursors[(0, 0)].frames.values()} if b._cursors else set()
+        factors |= {entry[0] for entry in b._cursors[(0, 0)].frames.values()} if b._cursors else set()
     assert ext == "png" or len(factors) > 1
 
 

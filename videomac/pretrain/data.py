@@ -182,8 +182,9 @@ def _chw(a: np.ndarray) -> torch.Tensor:
 
 class _Cursor:
     """An open unit of one clip, read in ascending order: the frames decoded and not yet used by its
-    pairs (video: at :meth:`FramePairDataset.store_hw`, as uint8 arrays; JPEG folders: ``(factor, PIL
-    image)`` at the DCT scale they were decoded at) and, for a video, its open :class:`FrameReader`."""
+    pairs (video: at :meth:`FramePairDataset.store_hw`, as uint8 arrays; frame folders: ``(factor, uint8
+    array, ImageFile)``, decoded at DCT scale ``1/factor``, the file kept for a decode at another scale)
+    and, for a video, its open :class:`FrameReader`."""
 
     def __init__(self, reader: Optional[FrameReader] = None):
         self.reader = reader
@@ -787,7 +788,8 @@ class FramePairDataset(torch.utils.data.Dataset):
         key, cur, end = self._cursor(c, t)
         k = t
         try:
-            im1 = ImageFile.read(clip.frames[t])  # bytes and header; decoded below only if needed
+            have = cur.frames.get(t)  # (factor, pixels, file) if the previous pair decoded frame t
+            im1 = have[2] if have is not None else ImageFile.read(clip.frames[t])  # decoded below if needed
             k = t + g
             im2 = ImageFile.read(clip.frames[t + g])
             if im1.hw != im2.hw or self.gpu_decode:
@@ -795,10 +797,9 @@ class FramePairDataset(torch.utils.data.Dataset):
             H, W = im1.hw
             crop, flip = self._draw(H, W)
             want = reduction(crop, self.input_size) if self.jpeg_draft and im1.jpeg else 1
-            have = cur.frames.get(t)
             k = t
             if have is not None and have[0] == want:  # the previous pair decoded it at this scale
-                d, a = have
+                d, a = have[:2]
             else:
                 d, a = want, im1.decode(want)
             k = t + g
@@ -807,7 +808,7 @@ class FramePairDataset(torch.utils.data.Dataset):
             clip.bad.add(k)
             self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
             return None
-        cur.frames[t + g] = (d, b)
+        cur.frames[t + g] = (d, b, im2)
         box, exact = crop_box(crop, (H, W), a.shape[:2]), not self.jpeg_draft
         pair = self._out(crop_resize(a, box, self.input_size, flip, exact),
                          crop_resize(b, box, self.input_size, flip, exact))  # fmt: skip
