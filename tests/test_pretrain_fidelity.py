@@ -21,7 +21,7 @@ from videomac.presets import PRESETS
 from videomac.pretrain.config import resolve_config
 from videomac.pretrain.data import FramePairDataset
 from videomac.pretrain.model import VideoMAC
-from videomac.pretrain.schedule import ema_momentum, param_groups
+from videomac.pretrain.schedule import build_optimizer, ema_momentum, param_groups
 from videomac.synthetic import render_video, write_frames
 
 ATTO = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
@@ -84,6 +84,20 @@ def test_weight_decay_groups_as_the_authors(atto):
     their_no_decay, their_decay = authors_weight_decay_split((k, s) for k, s, _ in entries)
     assert ours_decay == set(their_decay) and ours_no_decay == set(their_no_decay)
     assert "mask_token" in ours_decay and any(k.endswith("grn.gamma") for k in ours_decay)
+
+
+def test_optimizer_is_fused_only_where_torch_has_it(atto):
+    """Fused AdamW (the authors' groups and betas) where every parameter allows it; otherwise the
+    default, decided before the first step (torch checks fused devices only there)."""
+    opt = build_optimizer(atto, 1e-3)
+    assert opt.defaults["fused"] and opt.defaults["betas"] == (0.9, 0.95)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    on_meta = torch.nn.Linear(4, 4, device="meta")
+    opt = build_optimizer(on_meta, 1e-3)
+    assert not opt.defaults["fused"] and len(opt.param_groups) == 2
+    for p in on_meta.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # fused=True would raise here
 
 
 def _check_rule(name, p, rule, fan_in):

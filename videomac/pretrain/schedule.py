@@ -65,9 +65,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[dict]:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, betas=(0.9, 0.95)) -> torch.optim.AdamW:
     """AdamW on :func:`param_groups`, fused (one kernel for all parameters) where torch has it for the
-    parameters' device, else torch's default (foreach on CUDA)."""
-    groups = param_groups(model, weight_decay)
+    parameters' devices and dtypes, else torch's default (foreach on CUDA)."""
+    fused = _fused_adamw_supported(model)
     try:
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError):  # no fused AdamW for this device or torch version
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
+    except (RuntimeError, TypeError):  # torch < 2.4 checks the devices here (or has no fused AdamW)
+        # fresh groups: the failed constructor has already written fused=True into the first ones' dicts
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas)
+
+
+def _fused_adamw_supported(model: nn.Module) -> bool:
+    """Whether fused AdamW takes every parameter. torch >= 2.4 checks only at the first ``step`` (too late
+    to fall back), so the check is made here; older torch checks in the constructor."""
+    try:
+        from torch.optim.optimizer import _device_dtype_check_for_fused
+    except ImportError:
+        return True
+    try:
+        for p in model.parameters():
+            _device_dtype_check_for_fused(p)
+    except RuntimeError:
+        return False
+    return True
