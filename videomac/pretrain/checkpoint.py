@@ -26,12 +26,12 @@ import hashlib
 import os
 import pickle
 import re
-import shutil
 import zipfile
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from videomac.files import no_space_error
 from videomac.pretrain.config import CHECKPOINT, PretrainConfig, checkpoint_candidates
 from videomac.pretrain.model import VideoMAC
 
@@ -55,20 +55,6 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------------- writing
-def _no_space(path: str, cause: BaseException) -> OSError:
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
-    except OSError:
-        free = "free space unknown"
-    mount = folder
-    while not os.path.ismount(mount) and os.path.dirname(mount) != mount:
-        mount = os.path.dirname(mount)
-    err = OSError(errno.ENOSPC, f"no space left on {mount} ({free}) while writing {path}; the previous file is intact")
-    err.__cause__ = cause
-    return err
-
-
 @contextlib.contextmanager
 def atomic_file(path: str, before_replace: Optional[Callable[[], None]] = None) -> Iterator[str]:
     """Yields a temporary path beside ``path``; once written it is fsynced and renamed over ``path``,
@@ -85,7 +71,7 @@ def atomic_file(path: str, before_replace: Optional[Callable[[], None]] = None) 
         os.replace(tmp, path)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path, e) from e
+            raise no_space_error(path, e) from e
         raise
     finally:
         if os.path.lexists(tmp):
