@@ -577,3 +577,16 @@ def test_all_bad_empty_and_missing(tmp_path):
         FramePairDataset(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="nope"):
         FramePairDataset(str(tmp_path / "nope"))
+
+
+def test_a_video_listed_twice_trains_once_with_a_warning(tmp_path):
+    write_frames(render_video(0, 5, (40, 48))[0], str(tmp_path / "a"))
+    write_frames(render_video(1, 4, (40, 48))[0], str(tmp_path / "b"))
+    lst = tmp_path / "train.txt"
+    lst.write_text("a\nb\na/\n./a\n")
+    with pytest.warns(UserWarning, match=r"lists 2 video\(s\) more than once; each is used once: a, a"):
+        d = FramePairDataset(str(lst), input_size=32)
+    assert [c.name for c in d.clips] == ["a", "b"] and len(d) == 4 + 3 and not d.skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct videos: no warning
+        assert len(FramePairDataset([str(tmp_path / "a"), str(tmp_path / "b")], input_size=32)) == 7
