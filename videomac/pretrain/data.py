@@ -592,18 +592,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        if min(self.input_size) < 1:
-            raise ValueError(f"input_size must be positive, got {input_size}")
-        if int(gap) < 1:
-            raise ValueError(f"gap must be >= 1, got {gap}")
-        if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
-        if not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
-        if pairs_per_video is not None and int(pairs_per_video) < 1:
-            raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
-        if int(max_unit_pairs) < 1:
-            raise ValueError(f"max_unit_pairs must be >= 1, got {max_unit_pairs}")
+        _check_settings(self.input_size, gap, scale, ratio, pairs_per_video, max_unit_pairs)
         self.gap = int(gap)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -636,6 +625,15 @@ class FramePairDataset(torch.utils.data.Dataset):
             self.source = source if isinstance(source, (list, tuple)) else os.fspath(source)
             self.source_kind, candidates = self._resolve(self.source)
             self.clips = [c for c in (self._probe(p) for p in _unique(candidates, self._where())) if c is not None]
+        self._report_skipped()
+        # Item i of the every-pair epoch is pair i - offsets[c] of clip c, for offsets[c] <= i < offsets[c+1].
+        self._offsets = [0]
+        for c in self.clips:
+            self._offsets.append(self._offsets[-1] + c.num_pairs)
+
+    # ----------------------------------------------------------------------------------- discovery
+    def _report_skipped(self) -> None:
+        """One warning listing what construction skipped; an error if nothing usable is left."""
         if self.skipped:
             names = [f"{_short(p)} ({r})" for p, r in list(self.skipped.items())[:20]]
             more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
@@ -643,7 +641,7 @@ class FramePairDataset(torch.utils.data.Dataset):
                 f"FramePairDataset: skipped {len(self.skipped)} unusable item(s) in {self._where()}: "
                 + "; ".join(names)
                 + more,
-                stacklevel=2,
+                stacklevel=3,
             )
         if not self.clips:
             reasons = "; ".join(f"{_short(p)}: {r}" for p, r in list(self.skipped.items())[:20])
@@ -653,12 +651,7 @@ class FramePairDataset(torch.utils.data.Dataset):
                 f"(<video>/<frame>{'|'.join(IMAGE_EXTS)}) or video files ({' '.join(VIDEO_EXTS)}) "
                 f"with at least gap+1={self.gap + 1} frames."
             )
-        # Item i of the every-pair epoch is pair i - offsets[c] of clip c, for offsets[c] <= i < offsets[c+1].
-        self._offsets = [0]
-        for c in self.clips:
-            self._offsets.append(self._offsets[-1] + c.num_pairs)
 
-    # ----------------------------------------------------------------------------------- discovery
     def _where(self) -> str:
         if self.source is None:
             return "synthetic videos"
@@ -897,6 +890,21 @@ class FramePairDataset(torch.utils.data.Dataset):
             index, walked = (index + step) % total, walked + step
             c, t = self.locate(index)
         raise RuntimeError(f"FramePairDataset: no decodable video left (skipped: {len(self.skipped)})")
+
+
+def _check_settings(input_size, gap, scale, ratio, pairs_per_video, max_unit_pairs) -> None:
+    if min(input_size) < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    if int(gap) < 1:
+        raise ValueError(f"gap must be >= 1, got {gap}")
+    if not (0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+    if not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
+    if pairs_per_video is not None and int(pairs_per_video) < 1:
+        raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
+    if int(max_unit_pairs) < 1:
+        raise ValueError(f"max_unit_pairs must be >= 1, got {max_unit_pairs}")
 
 
 def _unique(paths: List[str], where: str) -> List[str]:
