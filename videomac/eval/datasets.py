@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from videomac.media import IMAGE_EXTS, image_to_rgb, natural_key
+from videomac.media import IMAGE_EXTS, JPEG_EXTS, image_to_rgb, natural_key
 from videomac.palette import davis_palette as default_palette
 
 __all__ = [
@@ -223,7 +223,7 @@ class DavisDataset:
                 idir = os.path.join(self.img_dir, seq)
                 if not os.path.isdir(idir):
                     problems.append(f"missing image folder {idir}")
-                elif not _list_files(idir, (".jpg", ".jpeg")):
+                elif not _list_files(idir, JPEG_EXTS):
                     problems.append(f"no JPEG frames in {idir}")
         _fail(self.layout, root, problems)
 
@@ -288,7 +288,7 @@ class DavisDataset:
                         f" (DAVIS-2016), got {ln.strip()!r}"
                     )
                 parsed = []
-                for col, top, exts in ((cols[0], "JPEGImages", (".jpg", ".jpeg")), (cols[1], "Annotations", (".png",))):
+                for col, top, exts in ((cols[0], "JPEGImages", JPEG_EXTS), (cols[1], "Annotations", (".png",))):
                     # root-relative paths: the leading '/' of the distributed lists is not the file system root
                     parts = check_relative_path(col.lstrip("/"), "path", where)
                     stem, ext = os.path.splitext(parts[-1])
@@ -323,7 +323,7 @@ class DavisDataset:
         if self.layout == "DAVIS-2016":
             return [p for _, p, _ in self._pairs[seq]]
         d = os.path.join(self.img_dir, seq)
-        return [os.path.join(d, f) for f in _list_files(d, (".jpg", ".jpeg"))]
+        return [os.path.join(d, f) for f in _list_files(d, JPEG_EXTS)]
 
     def frame_names(self, seq: str) -> List[str]:
         return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
