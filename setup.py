@@ -23,7 +23,6 @@ setup(
         "timm>=1.0.9",
         "huggingface_hub>=0.23",
         "safetensors>=0.4",
-        "einops>=0.7",
         "numpy",
         "pillow",
         "simplejpeg>=1.8",  # libjpeg-turbo: JPEG frames decoded at DCT scale straight into numpy (data loading)
@@ -31,7 +30,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff", "import-linter>=2.1"],
+        "dev": ["pytest>=7", "ruff", "import-linter>=2.1", "scipy"],  # scipy: the JHMDB .mat test
     },
     entry_points={"console_scripts": ["videomac=videomac.cli:main"]},
     classifiers=[

@@ -47,6 +47,7 @@ MODULES = [
     ("videomac.bench.propagate", "label propagation benchmark"),
     ("videomac.bench.data", "data loading benchmark"),
     ("videomac.synthetic", "procedural videos with exact labels"),
+    ("videomac.media", "frame and video files, frame order, 16-bit-safe RGB (every reader)"),
 ]
 
 

@@ -14,12 +14,13 @@ import videomac.pretrain.data as data_module
 from videomac.pretrain.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FrameFolderClip,
     FramePairDataset,
-    _count_video_frames,
+    VideoFileClip,
     normalize_frames,
     random_resized_crop_params,
 )
-from videomac.pretrain.decode import indexed_frames
+from videomac.pretrain.decode import indexed_frames, probe_video
 from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -159,12 +160,16 @@ def test_text_list_source(tmp_path):
     write_video(_frames(1, t=6), str(tmp_path / "data" / "v.mp4"))
     lst = tmp_path / "data" / "list.txt"
     lst.write_text(f"# training videos\nf1\n\n  v.mp4  \n{tmp_path / 'data' / 'f1'}\nmissing_dir\n")
-    with pytest.warns(UserWarning, match="missing_dir"):
+    with pytest.warns(UserWarning) as rec:
         d = FramePairDataset(str(lst), input_size=32)
-    assert d.num_videos == 3 and d.source_kind == "list file"
+    msgs = [str(w.message) for w in rec]
+    assert any("missing_dir" in m for m in msgs)
+    # f1 is listed twice (relative and absolute): used once, with a warning naming it
+    assert any("1 video(s) more than once" in m and "f1" in m for m in msgs)
+    assert d.num_videos == 2 and d.source_kind == "list file"
     assert list(d.skipped.values()) == ["not found"]
-    assert {c.kind for c in d.clips} == {"frames", "video"}
-    for i in range(3):
+    assert {type(c) for c in d.clips} == {FrameFolderClip, VideoFileClip}
+    for i in range(2):
         assert d[i][0].shape == (3, 32, 32)
 
 
@@ -278,7 +283,7 @@ def test_frame_count_matches_full_decode(tmp_path):
     with av.open(paths[2]) as c:
         assert c.streams.video[0].frames == 13
     for p, n in zip(paths, decoded):
-        assert _count_video_frames(p) == n, p
+        assert probe_video(p)[0] == n, p
         with av.open(p) as c:  # mp4 / mov from the sample index, the others by demuxing
             indexed = indexed_frames(c, c.streams.video[0], os.path.getsize(p))
         assert (indexed is not None) == p.endswith((".mp4", ".mov")), p
@@ -314,7 +319,7 @@ def test_every_pair_list_single_and_synthetic(tmp_path):
     for i in range(len(syn)):
         c, t = syn.locate(i)
         assert (c, t) == (i // 3, i % 3)
-        arr = syn._synthetic_array(syn.clips[c])
+        arr = syn.clips[c].frames(syn)
         assert torch.allclose(syn[i][1], _normalized(arr[t + 2]), atol=1e-5)
 
 
@@ -572,3 +577,16 @@ def test_all_bad_empty_and_missing(tmp_path):
         FramePairDataset(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="nope"):
         FramePairDataset(str(tmp_path / "nope"))
+
+
+def test_a_video_listed_twice_trains_once_with_a_warning(tmp_path):
+    write_frames(render_video(0, 5, (40, 48))[0], str(tmp_path / "a"))
+    write_frames(render_video(1, 4, (40, 48))[0], str(tmp_path / "b"))
+    lst = tmp_path / "train.txt"
+    lst.write_text("a\nb\na/\n./a\n")
+    with pytest.warns(UserWarning, match=r"lists 2 video\(s\) more than once; each is used once: a, a"):
+        d = FramePairDataset(str(lst), input_size=32)
+    assert [c.name for c in d.clips] == ["a", "b"] and len(d) == 4 + 3 and not d.skipped
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # distinct videos: no warning
+        assert len(FramePairDataset([str(tmp_path / "a"), str(tmp_path / "b")], input_size=32)) == 7

@@ -81,3 +81,49 @@ def test_prepare_refuses_dst_inside_src_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 1 and "broken.mp4: failed" in out and '"done": 3' in out
     assert not [n for n in os.listdir(tmp_path / "o") if n.startswith(".partial")]
+
+
+def test_prepare_scales_16_bit_frames_instead_of_clipping_them(tmp_path, capsys):
+    # a 16-bit grey ramp: convert("RGB") clips every value above 255 to white
+    ramp = np.linspace(0, 65535, 200 * 100).reshape(100, 200).astype(np.uint16)
+    (tmp_path / "src" / "deep").mkdir(parents=True)
+    for k in range(2):
+        Image.fromarray(ramp).save(tmp_path / "src" / "deep" / f"{k:05d}.png")
+    assert Image.open(tmp_path / "src" / "deep" / "00000.png").mode.startswith("I")
+    code = main(["prepare", str(tmp_path / "src"), str(tmp_path / "dst"), "--short-side", "50", "--no-progress"])
+    assert code == 0, capsys.readouterr()
+    out = np.asarray(Image.open(tmp_path / "dst" / "deep" / "00000.png"))
+    assert out.shape == (50, 100, 3) and out.dtype == np.uint8
+    eight = ((ramp.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)
+    want = np.asarray(Image.fromarray(eight).resize((100, 50), Image.BICUBIC))
+    assert np.abs(out[..., 0].astype(int) - want).max() <= 1
+    assert (out == 255).mean() < 0.02 and 120 < out.mean() < 135  # a ramp, not 98% white
+
+
+def test_prepare_refuses_items_that_would_share_a_destination(tmp_path, capsys):
+    src = tmp_path / "src"
+    frames = render_video(3, 4, (48, 64))[0]
+    write_frames(frames, str(src / "clip"))
+    write_video(frames, str(src / "clip.mp4"))
+    with av.open(str(src / "clip.webm"), "w") as c:  # a real VP8/VP9 file, not a renamed mp4
+        codec = "libvpx-vp9" if "libvpx-vp9" in av.codecs_available else "libvpx"
+        s = c.add_stream(codec, rate=8)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    write_frames(frames, str(src / "other"))
+    code = main(["prepare", str(src), str(tmp_path / "dst"), "--short-side", "32", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "clip/, clip.mp4, clip.webm -> clip" in err and "other" not in err
+    assert not (tmp_path / "dst").exists() or not os.listdir(tmp_path / "dst")  # refused before writing
+    # --videos mp4: the folder keeps its name, the two videos would both become clip.mp4
+    code = main(["prepare", str(src), str(tmp_path / "dst"), "--videos", "mp4", "--no-progress"])
+    assert code == 2 and "clip.mp4, clip.webm -> clip.mp4" in capsys.readouterr().err
+    os.remove(src / "clip.webm")
+    os.rename(src / "clip.mp4", src / "clip_video.mp4")
+    code = main(["prepare", str(src), str(tmp_path / "dst"), "--short-side", "32", "--no-progress"])
+    assert code == 0 and sorted(os.listdir(tmp_path / "dst")) == ["clip", "clip_video", "other"]

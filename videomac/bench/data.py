@@ -113,15 +113,15 @@ def peak_rss_mb() -> Dict[str, float]:
 
 
 def _is_frame_folders(path: str) -> bool:
-    from videomac.pretrain.data import IMAGE_EXTS, VIDEO_EXTS
+    from videomac.media import is_image, is_video
 
     if not os.path.isdir(path):
         return False
     for name in sorted(os.listdir(path)):
         p = os.path.join(path, name)
         if os.path.isdir(p):
-            return any(n.lower().endswith(IMAGE_EXTS) for n in os.listdir(p))
-        if name.lower().endswith(VIDEO_EXTS):
+            return any(is_image(n) for n in os.listdir(p))
+        if is_video(name):
             return False
     return False
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from videomac.media import IMAGE_EXTS, JPEG_EXTS, image_to_rgb, natural_key
 from videomac.palette import davis_palette as default_palette
 
 __all__ = [
@@ -30,8 +31,6 @@ __all__ = [
     "JhmdbDataset",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
-
 
 class DatasetLayoutError(FileNotFoundError):
     """A dataset root is missing files or folders (the message lists them)."""
@@ -43,18 +42,14 @@ def _fail(name: str, root: str, problems: List[str], limit: int = 12) -> None:
         raise DatasetLayoutError(f"{name} layout problem under {root}:\n  " + "\n  ".join(problems[:limit]) + more)
 
 
-def _natural_key(s: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
 def _list_files(folder: str, exts: Sequence[str]) -> List[str]:
-    return sorted((f for f in os.listdir(folder) if f.lower().endswith(tuple(exts))), key=_natural_key)
+    return sorted((f for f in os.listdir(folder) if f.lower().endswith(tuple(exts))), key=natural_key)
 
 
 def read_image(path: str) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB."""
+    """``(H, W, 3)`` uint8 RGB (16-bit images scaled to 8 bits, see :func:`videomac.media.image_to_rgb`)."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+        return image_to_rgb(im, path)
 
 
 def read_label_png(path: str) -> np.ndarray:
@@ -228,7 +223,7 @@ class DavisDataset:
                 idir = os.path.join(self.img_dir, seq)
                 if not os.path.isdir(idir):
                     problems.append(f"missing image folder {idir}")
-                elif not _list_files(idir, (".jpg", ".jpeg")):
+                elif not _list_files(idir, JPEG_EXTS):
                     problems.append(f"no JPEG frames in {idir}")
         _fail(self.layout, root, problems)
 
@@ -293,7 +288,7 @@ class DavisDataset:
                         f" (DAVIS-2016), got {ln.strip()!r}"
                     )
                 parsed = []
-                for col, top, exts in ((cols[0], "JPEGImages", (".jpg", ".jpeg")), (cols[1], "Annotations", (".png",))):
+                for col, top, exts in ((cols[0], "JPEGImages", JPEG_EXTS), (cols[1], "Annotations", (".png",))):
                     # root-relative paths: the leading '/' of the distributed lists is not the file system root
                     parts = check_relative_path(col.lstrip("/"), "path", where)
                     stem, ext = os.path.splitext(parts[-1])
@@ -310,7 +305,7 @@ class DavisDataset:
                     raise DatasetLayoutError(f"{where}: frame {seq}/{stem} is listed twice")
                 frames.append((stem, img, ann))
         for frames in self._pairs.values():
-            frames.sort(key=lambda p: _natural_key(p[0]))
+            frames.sort(key=lambda p: natural_key(p[0]))
         return list(self._pairs)
 
     def describe_layout(self) -> str:
@@ -328,7 +323,7 @@ class DavisDataset:
         if self.layout == "DAVIS-2016":
             return [p for _, p, _ in self._pairs[seq]]
         d = os.path.join(self.img_dir, seq)
-        return [os.path.join(d, f) for f in _list_files(d, (".jpg", ".jpeg"))]
+        return [os.path.join(d, f) for f in _list_files(d, JPEG_EXTS)]
 
     def frame_names(self, seq: str) -> List[str]:
         return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
@@ -442,9 +437,9 @@ class VipDataset:
                     problems.append(f"no frames in {e.image_dir}")
                 elif not lbls:
                     problems.append(f"no label PNGs in {e.label_path}")
-                elif min(imgs, key=_natural_key) not in lbls:
+                elif min(imgs, key=natural_key) not in lbls:
                     problems.append(
-                        f"{e.label_path} lacks the first frame's labels ({min(imgs, key=_natural_key)}.png)"
+                        f"{e.label_path} lacks the first frame's labels ({min(imgs, key=natural_key)}.png)"
                     )
         _fail("VIP", root, problems)
         self.videos = entries

@@ -11,36 +11,15 @@ first-frame mask (indexed/palette, grayscale, binary or coloured PNG) into objec
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 from PIL import Image
 
+from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, is_image, natural_key
+
 __all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "read_mask", "resize_frame", "image_to_rgb"]
-
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".ogv")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _natural_key(s: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def image_to_rgb(im: Image.Image, path: str = "image") -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB of a PIL image. 16-bit images (``I;16*``, and ``I`` within 0..65535) are
-    scaled to 8 bits (``convert('RGB')`` would clip them: almost every pixel white); float images are
-    refused."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        a = np.asarray(im).astype(np.int64)
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ValueError(f"{path}: 32-bit integer image with values outside 0..65535; expected 8- or 16-bit")
-        return np.repeat(((a * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=-1)
-    if im.mode == "F":
-        raise ValueError(f"{path}: floating-point image (mode F); expected 8- or 16-bit frames")
-    return np.asarray(im.convert("RGB"))
-
 
 def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a ``(H, W, 3)`` uint8 frame to ``size = (h, w)`` (no-op when equal)."""
@@ -69,7 +48,7 @@ class FrameReader:
             raise FileNotFoundError(f"video not found: {source} (expected a video file or a folder of frames)")
         self.paths = None
         if os.path.isdir(source):
-            names = sorted((n for n in os.listdir(source) if n.lower().endswith(IMAGE_EXTS)), key=_natural_key)
+            names = sorted((n for n in os.listdir(source) if is_image(n)), key=natural_key)
             if not names:
                 raise ValueError(f"{source}: folder holds no frames (expected images {', '.join(IMAGE_EXTS)})")
             self.paths = [os.path.join(source, n) for n in names]

@@ -24,13 +24,14 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
+from videomac.media import IMAGE_EXTS, VIDEO_EXTS, is_video, list_frames
 from videomac.pretrain.decode import (
     FrameReader,
     ImageFile,
@@ -50,17 +51,18 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTS",
     "VIDEO_EXTS",
+    "Clip",
     "EncodedPair",
+    "FrameFolderClip",
     "FramePairDataset",
+    "SyntheticClip",
+    "VideoFileClip",
     "normalize_frames",
     "random_resized_crop_params",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-JPEG_EXTS = (".jpg", ".jpeg")
 # Frames other than JPEGs (decoded reduced) are decoded in full: above this many pixels (8K UHD is 33.2 MP)
 # one pair costs seconds and gigabytes per worker, so such frames are skipped, and counted, at construction.
 MAX_FULL_DECODE_PIXELS = 40_000_000
@@ -125,26 +127,6 @@ class EncodedPair:
     size: Tuple[int, int]
 
 
-@dataclass
-class _Clip:
-    name: str
-    kind: str  # "frames" | "video" | "synthetic" | "dead" (failed to decode in this process)
-    path: str = ""
-    frames: List[str] = field(default_factory=list)  # frame folders: every image, in order (positions)
-    num_frames: int = 0  # usable frames (video files: counted, lowered if fewer decode)
-    seed: int = 0
-    bad: Set[int] = field(default_factory=set)  # frame folders: positions of unreadable images
-    starts: Optional[List[int]] = None  # first frames of the pairs if not simply 0..num_pairs-1
-    num_pairs: int = 0  # (t, t + gap) pairs fixed at construction: this clip's share of the epoch
-    keyframes: List[int] = field(default_factory=list)  # video files: keyframe positions (decode order)
-    hw: Tuple[int, int] = (0, 0)  # video files: frame size (after video_short_side)
-    decoded: bool = False  # video files: some frame decoded in this process
-
-
-def _is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_EXTS)
-
-
 def _frames_root(folder: str) -> str:
     """Where a dataset folder's videos are: ``JPEGImages/480p`` or ``JPEGImages`` (DAVIS, YouTube-VOS
     layouts) when it has one, else the folder itself."""
@@ -152,16 +134,6 @@ def _frames_root(folder: str) -> str:
         if os.path.isdir(os.path.join(folder, sub)):
             return os.path.join(folder, sub)
     return folder
-
-
-def _list_images(folder: str) -> List[str]:
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS))
-    return [os.path.join(folder, n) for n in names]
-
-
-def _count_video_frames(path: str) -> int:
-    """The number of frames a full decode yields, without decoding (see :func:`decode.probe_video`)."""
-    return probe_video(path)[0]
 
 
 def _short(path: str) -> str:
@@ -180,6 +152,14 @@ def _chw(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
+def _failure(e: Exception) -> str:
+    return f"failed to decode ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _frames_word(n: int) -> str:
+    return f"{n} frame{'s' * (n != 1)}"
+
+
 class _Cursor:
     """An open unit of one clip, read in ascending order: the frames decoded and not yet used by its
     pairs (video: at :meth:`FramePairDataset.store_hw`, as uint8 arrays; frame folders: ``(factor, uint8
@@ -195,6 +175,347 @@ class _Cursor:
             self.reader.close()
             self.reader = None
         self.frames.clear()
+
+
+# ------------------------------------------------------------------------------------------- clips
+class Clip:
+    """One video of a :class:`FramePairDataset`: the protocol the dataset reads pairs through.
+
+    ``num_frames`` usable frames; ``num_pairs`` ``(t, t + gap)`` pairs fixed at construction (its share of
+    the epoch); ``starts`` the first frames of those pairs when they are not simply ``0..num_pairs-1``;
+    ``keyframes`` where decoding units may start. :meth:`read_pair` returns pair ``t`` (``None``: a random
+    one) or ``None`` when it cannot; :meth:`lost` says whether every pair from ``t`` on is gone, so the
+    dataset skips the rest of the clip at once. State changes (a frame found unreadable, a video shorter
+    than counted, ``dead``: nothing of it decodes) belong to the process that found them.
+    """
+
+    def __init__(self, name: str, num_frames: int, num_pairs: int, starts: Optional[List[int]] = None):
+        self.name = name
+        self.num_frames = num_frames
+        self.num_pairs = num_pairs
+        self.starts = starts
+        self.keyframes: List[int] = []
+        self.dead = False
+
+    def read_pair(self, ds: FramePairDataset, c: int, t: Optional[int]):
+        raise NotImplementedError
+
+    def lost(self, end: int) -> bool:
+        """Whether no pair ending at frame ``end`` or later can come from this clip any more."""
+        return self.dead
+
+    def in_units(self, ds: FramePairDataset) -> bool:
+        """Whether this clip's pairs are grouped into units (served in ascending order by one process)."""
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, frames={self.num_frames}, pairs={self.num_pairs})"
+
+
+class SyntheticClip(Clip):
+    """A seeded synthetic video (:func:`videomac.synthetic.render_video`), rendered on first use."""
+
+    def __init__(self, seed: int, num_frames: int, gap: int):
+        super().__init__(f"synthetic-{seed}", num_frames, num_frames - gap)
+        self.seed = seed
+
+    def frames(self, ds: FramePairDataset) -> np.ndarray:
+        """All frames, ``(T, H, W, 3)`` uint8, cached per process."""
+        arr = ds._synthetic.get(self.seed)
+        if arr is None:
+            from videomac.synthetic import render_video
+
+            arr = render_video(self.seed, self.num_frames, ds.synthetic_size)[0]
+            ds._synthetic[self.seed] = arr
+        return arr
+
+    def read_pair(self, ds: FramePairDataset, c: int, t: Optional[int]):
+        arr = self.frames(ds)
+        if t is None:
+            t = int(torch.randint(0, len(arr) - ds.gap, (1,)).item())
+        return ds._array_pair(arr[t], arr[t + ds.gap])
+
+
+class FrameFolderClip(Clip):
+    """A folder of frame images: ``frames`` every image in order (positions), ``bad`` the positions of
+    unreadable ones (no pair spans them)."""
+
+    def __init__(self, path: str, frames: List[str], bad: Set[int], gap: int):
+        n = len(frames) - len(bad)
+        starts = None
+        if bad:
+            starts = [t for t in range(len(frames) - gap) if t not in bad and t + gap not in bad]
+        super().__init__(_short(path), n, len(frames) - gap if starts is None else len(starts), starts)
+        self.path, self.frames, self.bad = path, frames, bad
+
+    @classmethod
+    def probe(cls, path: str, gap: int, skipped: Dict[str, str]) -> Optional[FrameFolderClip]:
+        """Check the folder's frame headers (decoding every frame is too slow); the clip, or ``None``
+        with the reasons recorded in ``skipped``."""
+        frames, bad = list_frames(path), set()
+        for k, f in enumerate(frames):
+            if not os.path.isfile(f):
+                bad.add(k)
+                skipped[f] = "not a regular file (a FIFO, socket or device)"
+                continue
+            try:
+                with Image.open(f) as im:
+                    (w, h), fmt = im.size, im.format
+            except Exception as e:
+                bad.add(k)
+                skipped[f] = f"unreadable image ({type(e).__name__})"
+                continue
+            if fmt != "JPEG" and w * h > MAX_FULL_DECODE_PIXELS:
+                bad.add(k)
+                skipped[f] = (
+                    f"{w}x{h} {fmt} frame above the {MAX_FULL_DECODE_PIXELS / 1e6:g} MP limit for frames "
+                    "decoded in full; downscale it (or use JPEG, decoded reduced)"
+                )
+        n = len(frames) - len(bad)
+        if n < gap + 1:
+            skipped[path] = f"{_frames_word(n)} < gap+1={gap + 1}"
+            return None
+        clip = cls(path, frames, bad, gap)
+        if clip.num_pairs == 0:
+            skipped[path] = f"no two readable frames gap={gap} apart"
+            return None
+        return clip
+
+    def in_units(self, ds: FramePairDataset) -> bool:
+        return ds.frame_units and self.starts is None
+
+    def read_pair(self, ds: FramePairDataset, c: int, t: Optional[int]):
+        if t is not None and ds.video_units and self.in_units(ds):
+            return self._unit_pair(ds, c, t)
+        return self._pair(ds, t)
+
+    def _broken(self, ds: FramePairDataset, k: int, e: Exception) -> None:
+        self.bad.add(k)
+        ds._warn_once(self.frames[k], _failure(e))
+
+    def _pair(self, ds: FramePairDataset, t: Optional[int]):
+        """Frames ``t`` and ``t + gap`` (``t=None``: a random valid ``t``), or ``None``."""
+        g = ds.gap
+        if t is None:
+            if self.bad:
+                valid = [s for s in range(len(self.frames) - g) if s not in self.bad and s + g not in self.bad]
+                if not valid:
+                    return None
+                t = valid[int(torch.randint(0, len(valid), (1,)).item())]
+            else:
+                t = int(torch.randint(0, len(self.frames) - g, (1,)).item())
+        elif t in self.bad or t + g in self.bad:
+            return None
+        k = t
+        try:
+            im1 = ImageFile.read(self.frames[t])
+            k = t + g
+            im2 = ImageFile.read(self.frames[t + g])
+            if im1.hw != im2.hw:  # rare in real data; the shared crop needs equal sizes
+                k = t
+                a = im1.decode()
+                k = t + g
+                b = np.asarray(Image.fromarray(im2.decode()).resize(im1.hw[::-1], Image.BICUBIC))
+                return ds._array_pair(a, b)
+            H, W = im1.hw
+            crop, flip = ds._draw(H, W)
+            if ds.gpu_decode and im1.jpeg and im2.jpeg:
+                return EncodedPair(_tensor(im1.data), _tensor(im2.data), crop, flip, ds.input_size)
+            # one DCT scale for both frames, so the two are resampled alike
+            d = reduction(crop, ds.input_size) if ds.jpeg_draft else 1
+            k = t
+            a = jpeg_crop(im1, crop, ds.input_size, flip, ds.jpeg_draft, d)
+            k = t + g
+            b = jpeg_crop(im2, crop, ds.input_size, flip, ds.jpeg_draft, d)
+        except Exception as e:
+            self._broken(ds, k, e)
+            return None
+        return ds._out(a, b)
+
+    def _unit_pair(self, ds: FramePairDataset, c: int, t: int):
+        """Pair ``t``, reusing frame ``t`` if the unit's previous pair decoded it."""
+        g = ds.gap
+        if t in self.bad or t + g in self.bad:
+            return None
+        key, cur, end = ds._cursor(c, t)
+        k = t
+        try:
+            have = cur.frames.get(t)  # (factor, pixels, file) if the previous pair decoded frame t
+            im1 = have[2] if have is not None else ImageFile.read(self.frames[t])  # decoded below if needed
+            k = t + g
+            im2 = ImageFile.read(self.frames[t + g])
+            if im1.hw != im2.hw or ds.gpu_decode:
+                return self._pair(ds, t)
+            H, W = im1.hw
+            crop, flip = ds._draw(H, W)
+            want = reduction(crop, ds.input_size) if ds.jpeg_draft and im1.jpeg else 1
+            k = t
+            if have is not None and have[0] == want:  # the previous pair decoded it at this scale
+                d, a = have[:2]
+            else:
+                d, a = want, im1.decode(want)
+            k = t + g
+            b = im2.decode(d if im2.jpeg else 1)
+        except Exception as e:
+            self._broken(ds, k, e)
+            return None
+        cur.frames[t + g] = (d, b, im2)
+        box, exact = crop_box(crop, (H, W), a.shape[:2]), not ds.jpeg_draft
+        pair = ds._out(crop_resize(a, box, ds.input_size, flip, exact),
+                       crop_resize(b, box, ds.input_size, flip, exact))  # fmt: skip
+        ds._release(key, cur, t, end)
+        return pair
+
+
+class VideoFileClip(Clip):
+    """A video file decoded with PyAV: ``hw`` its frame size (after ``video_short_side``); ``num_frames``
+    counted from the container without decoding, lowered if fewer decode; ``decoded`` whether some frame
+    decoded in this process (a failure before that makes the clip ``dead``)."""
+
+    def __init__(self, path: str, num_frames: int, keyframes: List[int], hw: Tuple[int, int], gap: int):
+        super().__init__(_short(path), num_frames, num_frames - gap)
+        self.path, self.keyframes, self.hw = path, keyframes, hw
+        self.decoded = False
+
+    @classmethod
+    def probe(
+        cls, path: str, gap: int, short_side: Optional[int], skipped: Dict[str, str]
+    ) -> Optional[VideoFileClip]:
+        """Count the frames without decoding (:func:`decode.probe_video`); the clip, or ``None`` with the
+        reason recorded in ``skipped``."""
+        try:
+            n, keys, hw = probe_video(path)
+        except Exception as e:
+            skipped[path] = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
+            return None
+        if n < gap + 1:
+            skipped[path] = f"{_frames_word(n)} < gap+1={gap + 1}"
+            return None
+        return cls(path, n, keys, _scaled_hw(hw, short_side), gap)
+
+    def lost(self, end: int) -> bool:
+        return self.dead or end >= self.num_frames
+
+    def in_units(self, ds: FramePairDataset) -> bool:
+        return True
+
+    def read_pair(self, ds: FramePairDataset, c: int, t: Optional[int]):
+        if t is not None and ds.video_units:
+            return self._unit_pair(ds, c, t)
+        return self._pair(ds, t)
+
+    def _failed(self, ds: FramePairDataset, first: int, e: Exception) -> None:
+        """A decode error: the clip is dead if nothing of it ever decoded, else it ends at ``first``."""
+        if not self.decoded:
+            ds._warn_once(self.path, _failure(e))
+            self.dead = True
+        else:
+            self._shorten(ds, first, f"{type(e).__name__}: {str(e)[:80]}")
+
+    def _shorten(self, ds: FramePairDataset, n: int, err: Optional[str]) -> None:
+        if n < self.num_frames:
+            why = f" ({err})" if err else ""
+            ds._warn_once(self.path, f"decoded {n} of {self.num_frames} frames{why}", record=False)
+            self.num_frames = n
+
+    def _decode(self, ds: FramePairDataset, wanted: List[int], on_frame) -> int:
+        """Decode ``wanted`` frames through ``on_frame(k, av_frame)``; handles seek failures (decode from
+        the start instead) and records short or broken files. Returns how many wanted frames were
+        delivered (in ascending order)."""
+        wanted = sorted(k for k in set(wanted) if k < self.num_frames)
+        if not wanted:
+            return 0
+        idx = ds._video_index(self)
+        try:
+            try:
+                done = decode_frames(self.path, idx, wanted, on_frame, ds.decode_threads)
+            except SeekError:
+                idx.pts = None  # this file seeks badly: count frames from the start from now on
+                done = decode_frames(self.path, idx, wanted, on_frame, ds.decode_threads)
+        except Exception as e:
+            self._failed(ds, wanted[0], e)
+            return 0
+        if done:
+            self.decoded = True
+        if done < len(wanted):
+            n = wanted[done]
+            self._shorten(ds, n, None)
+            if n < ds.gap + 1 and not self.decoded:
+                self.dead = True
+                ds._warn_once(self.path, f"{n} decodable frame{'s' * (n != 1)} < gap+1={ds.gap + 1}")
+        return done
+
+    def _pair(self, ds: FramePairDataset, t: Optional[int]):
+        """One pair by seeking (``t=None``: a random valid ``t``), or ``None``."""
+        g = ds.gap
+        if self.num_frames < g + 1:
+            return None
+        if t is None:
+            t = int(torch.randint(0, self.num_frames - g, (1,)).item())
+        if t + g >= self.num_frames:
+            return None
+        H, W = self.hw
+        crop, flip = ds._draw(H, W)
+        d = reduction(crop, ds.input_size, _VIDEO_FACTORS)
+        out_hw = (max(1, round(H / d)), max(1, round(W / d)))
+        got = {}
+
+        def keep(k, frame):
+            got[k] = video_frame_rgb(frame, out_hw)
+
+        self._decode(ds, [t, t + g], keep)
+        if len(got) < 2:
+            return None
+        box = crop_box(crop, (H, W), got[t].shape[:2])
+        return ds._out(crop_resize(got[t], box, ds.input_size, flip),
+                       crop_resize(got[t + g], box, ds.input_size, flip))  # fmt: skip
+
+    def _unit_pair(self, ds: FramePairDataset, c: int, t: int):
+        """Pair ``t`` from its unit's open reader (decoding forward)."""
+        g = ds.gap
+        if t + g >= self.num_frames:
+            return None
+        key, cur, end = ds._cursor(c, t)
+        ks = [k for k in range(t, t + g + 1) if k not in cur.frames]
+        if ks:
+            # every frame on the way: the unit's next pairs need them
+            if not self._read_frames(ds, cur, list(range(ks[0], t + g + 1)), ds.store_hw(self.hw)):
+                cur.close()
+                ds._cursors.pop(key, None)
+                return None
+        a, b = cur.frames[t], cur.frames[t + g]
+        H, W = self.hw
+        crop, flip = ds._draw(H, W)
+        box = crop_box(crop, (H, W), a.shape[:2])
+        pair = ds._out(crop_resize(a, box, ds.input_size, flip), crop_resize(b, box, ds.input_size, flip))
+        ds._release(key, cur, t, end)
+        return pair
+
+    def _read_frames(self, ds: FramePairDataset, cur: _Cursor, ks: List[int], hw) -> bool:
+        """Decode frames ``ks`` (ascending) into ``cur.frames``; False if any is missing (the clip is
+        shortened, or dead if nothing of it ever decoded)."""
+        for _ in range(2):
+            try:
+                if cur.reader is None:
+                    cur.reader = FrameReader(self.path, ds._video_index(self), ds.decode_threads)
+                for k in ks:
+                    if k in cur.frames:
+                        continue
+                    frame = cur.reader.read(k)
+                    if frame is None:
+                        self._shorten(ds, k, None)
+                        return False
+                    cur.frames[k] = video_frame_rgb(frame, hw)
+                    self.decoded = True
+                return True
+            except SeekError:
+                cur.close()
+                ds._video_index(self).pts = None  # seeks badly: count frames from the start from now on
+            except Exception as e:
+                cur.close()
+                self._failed(ds, ks[0], e)
+                return False
+        return False
 
 
 class FramePairDataset(torch.utils.data.Dataset):
@@ -271,18 +592,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         if isinstance(input_size, int):
             input_size = (input_size, input_size)
         self.input_size = (int(input_size[0]), int(input_size[1]))
-        if min(self.input_size) < 1:
-            raise ValueError(f"input_size must be positive, got {input_size}")
-        if int(gap) < 1:
-            raise ValueError(f"gap must be >= 1, got {gap}")
-        if not (0 < scale[0] <= scale[1] <= 1):
-            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
-        if not (0 < ratio[0] <= ratio[1]):
-            raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
-        if pairs_per_video is not None and int(pairs_per_video) < 1:
-            raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
-        if int(max_unit_pairs) < 1:
-            raise ValueError(f"max_unit_pairs must be >= 1, got {max_unit_pairs}")
+        _check_settings(self.input_size, gap, scale, ratio, pairs_per_video, max_unit_pairs)
         self.gap = int(gap)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -310,14 +620,20 @@ class FramePairDataset(torch.utils.data.Dataset):
                 raise ValueError(f"synthetic_frames={synthetic_frames} < gap+1={self.gap + 1}")
             self.source, self.source_kind = None, "synthetic"
             n = int(synthetic_frames)
-            self.clips = [
-                _Clip(f"synthetic-{seed + i}", "synthetic", num_frames=n, seed=seed + i, num_pairs=n - self.gap)
-                for i in range(int(synthetic_videos))
-            ]
+            self.clips: List[Clip] = [SyntheticClip(seed + i, n, self.gap) for i in range(int(synthetic_videos))]
         else:
             self.source = source if isinstance(source, (list, tuple)) else os.fspath(source)
             self.source_kind, candidates = self._resolve(self.source)
-            self.clips = [c for c in (self._probe(p) for p in candidates) if c is not None]
+            self.clips = [c for c in (self._probe(p) for p in _unique(candidates, self._where())) if c is not None]
+        self._report_skipped()
+        # Item i of the every-pair epoch is pair i - offsets[c] of clip c, for offsets[c] <= i < offsets[c+1].
+        self._offsets = [0]
+        for c in self.clips:
+            self._offsets.append(self._offsets[-1] + c.num_pairs)
+
+    # ----------------------------------------------------------------------------------- discovery
+    def _report_skipped(self) -> None:
+        """One warning listing what construction skipped; an error if nothing usable is left."""
         if self.skipped:
             names = [f"{_short(p)} ({r})" for p, r in list(self.skipped.items())[:20]]
             more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
@@ -325,7 +641,7 @@ class FramePairDataset(torch.utils.data.Dataset):
                 f"FramePairDataset: skipped {len(self.skipped)} unusable item(s) in {self._where()}: "
                 + "; ".join(names)
                 + more,
-                stacklevel=2,
+                stacklevel=3,
             )
         if not self.clips:
             reasons = "; ".join(f"{_short(p)}: {r}" for p, r in list(self.skipped.items())[:20])
@@ -335,12 +651,7 @@ class FramePairDataset(torch.utils.data.Dataset):
                 f"(<video>/<frame>{'|'.join(IMAGE_EXTS)}) or video files ({' '.join(VIDEO_EXTS)}) "
                 f"with at least gap+1={self.gap + 1} frames."
             )
-        # Item i of the every-pair epoch is pair i - offsets[c] of clip c, for offsets[c] <= i < offsets[c+1].
-        self._offsets = [0]
-        for c in self.clips:
-            self._offsets.append(self._offsets[-1] + c.num_pairs)
 
-    # ----------------------------------------------------------------------------------- discovery
     def _where(self) -> str:
         if self.source is None:
             return "synthetic videos"
@@ -357,18 +668,18 @@ class FramePairDataset(torch.utils.data.Dataset):
         if not os.path.isfile(source) and not os.path.isdir(source):  # opening a FIFO would block forever
             raise ValueError(f"FramePairDataset source {source} is not a regular file or a folder")
         if os.path.isfile(source):
-            if _is_video(source):
+            if is_video(source):
                 return "video file", [source]
             return "list file", self._read_list(source)
         root = _frames_root(source)
-        if _list_images(root):
+        if list_frames(root):
             return "frame folder", [root]
         subdirs, videos = [], []
         for name in sorted(os.listdir(root)):
             p = os.path.join(root, name)
             if os.path.isdir(p):
                 subdirs.append(p)
-            elif _is_video(p):
+            elif is_video(p):
                 videos.append(p)
         kinds = [k for k, v in (("frame folders", subdirs), ("video files", videos)) if v]
         return " and ".join(kinds) or "empty folder", subdirs + videos
@@ -389,67 +700,19 @@ class FramePairDataset(torch.utils.data.Dataset):
             out.append(p if os.path.isabs(p) else os.path.join(base, p))
         return out
 
-    def _probe(self, path: str) -> Optional[_Clip]:
+    def _probe(self, path: str) -> Optional[Clip]:
         """Validate one candidate cheaply; returns a clip or records why it was skipped."""
-        need = self.gap + 1
         if not os.path.exists(path):
             self.skipped[path] = "not found"
-            return None
-        if not os.path.isdir(path) and not os.path.isfile(path):  # opening a FIFO would block forever
+        elif os.path.isdir(path):
+            return FrameFolderClip.probe(path, self.gap, self.skipped)
+        elif not os.path.isfile(path):  # opening a FIFO would block forever
             self.skipped[path] = "not a regular file (a FIFO, socket or device)"
-            return None
-        if os.path.isdir(path):
-            frames, bad = _list_images(path), set()
-            for k, f in enumerate(frames):
-                if not os.path.isfile(f):
-                    bad.add(k)
-                    self.skipped[f] = "not a regular file (a FIFO, socket or device)"
-                    continue
-                try:
-                    with Image.open(f) as im:  # parses the header only: decoding every frame is too slow
-                        (w, h), fmt = im.size, im.format
-                except Exception as e:
-                    bad.add(k)
-                    self.skipped[f] = f"unreadable image ({type(e).__name__})"
-                    continue
-                if fmt != "JPEG" and w * h > MAX_FULL_DECODE_PIXELS:
-                    bad.add(k)
-                    self.skipped[f] = (
-                        f"{w}x{h} {fmt} frame above the {MAX_FULL_DECODE_PIXELS / 1e6:g} MP limit for frames "
-                        "decoded in full; downscale it (or use JPEG, decoded reduced)"
-                    )
-            n = len(frames) - len(bad)
-            if n < need:
-                self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
-                return None
-            starts = None
-            if bad:
-                starts = [t for t in range(len(frames) - self.gap) if t not in bad and t + self.gap not in bad]
-                if not starts:
-                    self.skipped[path] = f"no two readable frames gap={self.gap} apart"
-                    return None
-            num_pairs = len(frames) - self.gap if starts is None else len(starts)
-            return _Clip(_short(path), "frames", path, frames, n, bad=bad, starts=starts, num_pairs=num_pairs)
-        if not _is_video(path):
+        elif is_video(path):
+            return VideoFileClip.probe(path, self.gap, self.video_short_side, self.skipped)
+        else:
             self.skipped[path] = "not a frame folder or video file"
-            return None
-        try:
-            n, keys, hw = probe_video(path)
-        except Exception as e:
-            self.skipped[path] = f"unreadable ({type(e).__name__}: {str(e)[:80]})"
-            return None
-        if n < need:
-            self.skipped[path] = f"{n} frame{'s' * (n != 1)} < gap+1={need}"
-            return None
-        return _Clip(
-            _short(path),
-            "video",
-            path,
-            num_frames=n,
-            num_pairs=n - self.gap,
-            keyframes=keys,
-            hw=_scaled_hw(hw, self.video_short_side),
-        )
+        return None
 
     # ------------------------------------------------------------------------------------- loading
     @property
@@ -524,11 +787,10 @@ class FramePairDataset(torch.utils.data.Dataset):
         pairs then come in the authors' fully random order (a JPEG pair costs the same wherever it is)."""
         if not self.video_units or self.pairs_per_video is not None:
             return None
-        kinds = ("video", "frames") if self.frame_units else ("video",)
         out = []
         for c, clip in enumerate(self.clips):
             lo = self._offsets[c]
-            if clip.kind not in kinds or clip.starts is not None:
+            if not clip.in_units(self):
                 out += [(i, i + 1) for i in range(lo, self._offsets[c + 1])]
                 continue
             bounds = self._unit_bounds(c) + [clip.num_pairs]
@@ -561,62 +823,14 @@ class FramePairDataset(torch.utils.data.Dataset):
             x, y = normalize_frames(x), normalize_frames(y)
         return x, y
 
-    def _synthetic_array(self, clip: _Clip) -> np.ndarray:
-        arr = self._synthetic.get(clip.seed)
-        if arr is None:
-            from videomac.synthetic import render_video
-
-            arr = render_video(clip.seed, clip.num_frames, self.synthetic_size)[0]
-            self._synthetic[clip.seed] = arr
-        return arr
-
     def _array_pair(self, a: np.ndarray, b: np.ndarray):
         H, W = a.shape[:2]
         crop, flip = self._draw(H, W)
         box = crop_box(crop, (H, W), (H, W))
         return self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
 
-    def _frames_pair(self, clip: _Clip, t: Optional[int]):
-        """Frames ``t`` and ``t + gap`` of a frame folder (``t=None``: a random valid ``t``), or ``None``."""
-        g = self.gap
-        if t is None:
-            if clip.bad:
-                valid = [s for s in range(len(clip.frames) - g) if s not in clip.bad and s + g not in clip.bad]
-                if not valid:
-                    return None
-                t = valid[int(torch.randint(0, len(valid), (1,)).item())]
-            else:
-                t = int(torch.randint(0, len(clip.frames) - g, (1,)).item())
-        elif t in clip.bad or t + g in clip.bad:
-            return None
-        k = t
-        try:
-            im1 = ImageFile.read(clip.frames[t])
-            k = t + g
-            im2 = ImageFile.read(clip.frames[t + g])
-            if im1.hw != im2.hw:  # rare in real data; the shared crop needs equal sizes
-                k = t
-                a = im1.decode()  # (16-bit frames scaled to 8 bits)
-                k = t + g
-                b = np.asarray(Image.fromarray(im2.decode()).resize(im1.hw[::-1], Image.BICUBIC))
-                return self._array_pair(a, b)
-            H, W = im1.hw
-            crop, flip = self._draw(H, W)
-            if self.gpu_decode and im1.jpeg and im2.jpeg:
-                return EncodedPair(_tensor(im1.data), _tensor(im2.data), crop, flip, self.input_size)
-            # one DCT scale for both frames, so the two are resampled alike
-            d = reduction(crop, self.input_size) if self.jpeg_draft else 1
-            k = t
-            a = jpeg_crop(im1, crop, self.input_size, flip, self.jpeg_draft, d)
-            k = t + g
-            b = jpeg_crop(im2, crop, self.input_size, flip, self.jpeg_draft, d)
-        except Exception as e:
-            clip.bad.add(k)
-            self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-            return None
-        return self._out(a, b)
-
-    def _video_index(self, clip: _Clip) -> VideoIndex:
+    def _video_index(self, clip: VideoFileClip) -> VideoIndex:
+        """The clip's :class:`VideoIndex`, kept for the 64 most recently used videos of this process."""
         idx = self._indices.get(clip.path)
         if idx is None:
             idx = VideoIndex.read(clip.path)
@@ -626,72 +840,6 @@ class FramePairDataset(torch.utils.data.Dataset):
         else:
             self._indices.move_to_end(clip.path)
         return idx
-
-    def _decode_video(self, clip: _Clip, wanted: List[int], on_frame) -> int:
-        """Decode ``wanted`` frames of a video clip through ``on_frame(k, av_frame)``; handles seek
-        failures (decode from the start instead) and records short or broken files. Returns how many
-        wanted frames were delivered (in ascending order)."""
-        wanted = sorted(k for k in set(wanted) if k < clip.num_frames)
-        if not wanted:
-            return 0
-        idx = self._video_index(clip)
-        try:
-            try:
-                done = decode_frames(clip.path, idx, wanted, on_frame, self.decode_threads)
-            except SeekError:
-                idx.pts = None  # this file seeks badly: count frames from the start from now on
-                done = decode_frames(clip.path, idx, wanted, on_frame, self.decode_threads)
-        except Exception as e:
-            if not clip.decoded:
-                self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-                clip.kind = "dead"
-            else:
-                self._shorten(clip, wanted[0], f"{type(e).__name__}: {str(e)[:80]}")
-            return 0
-        if done:
-            clip.decoded = True
-        if done < len(wanted):
-            n = wanted[done]
-            self._shorten(clip, n, None)
-            if n < self.gap + 1 and not clip.decoded:
-                clip.kind = "dead"
-                self._warn_once(clip.path, f"{n} decodable frame{'s' * (n != 1)} < gap+1={self.gap + 1}")
-        return done
-
-    def _shorten(self, clip: _Clip, n: int, err: Optional[str]) -> None:
-        if n < clip.num_frames:
-            why = f" ({err})" if err else ""
-            self._warn_once(clip.path, f"decoded {n} of {clip.num_frames} frames{why}", record=False)
-            clip.num_frames = n
-
-    def _frame_rgb(self, clip: _Clip, frame, d: int) -> np.ndarray:
-        H, W = clip.hw
-        return video_frame_rgb(frame, (max(1, round(H / d)), max(1, round(W / d))))
-
-    def _video_pair(self, clip: _Clip, t: Optional[int]):
-        """One pair by seeking (``t=None``: a random valid ``t``), or ``None``."""
-        g = self.gap
-        if clip.num_frames < g + 1:
-            return None
-        if t is None:
-            t = int(torch.randint(0, clip.num_frames - g, (1,)).item())
-        if t + g >= clip.num_frames:
-            return None
-        H, W = clip.hw
-        crop, flip = self._draw(H, W)
-        d = reduction(crop, self.input_size, _VIDEO_FACTORS)
-        got = {}
-
-        def keep(k, frame):
-            got[k] = self._frame_rgb(clip, frame, d)
-
-        self._decode_video(clip, [t, t + g], keep)
-        if len(got) < 2:
-            return None
-        rh, rw = got[t].shape[:2]
-        box = crop_box(crop, (H, W), (rh, rw))
-        return self._out(crop_resize(got[t], box, self.input_size, flip),
-                         crop_resize(got[t + g], box, self.input_size, flip))  # fmt: skip
 
     def store_hw(self, clip_hw: Tuple[int, int]) -> Tuple[int, int]:
         """The size video frames are converted to in unit mode: the smallest at which every crop the
@@ -727,128 +875,58 @@ class FramePairDataset(torch.utils.data.Dataset):
             cur.close()
             self._cursors.pop(key, None)
 
-    def _unit_video_pair(self, c: int, t: int):
-        """Pair ``t`` of video clip ``c`` from its unit's open reader (decoding forward)."""
-        clip, g = self.clips[c], self.gap
-        if t + g >= clip.num_frames:
-            return None
-        key, cur, end = self._cursor(c, t)
-        hw = self.store_hw(clip.hw)
-        ks = [k for k in range(t, t + g + 1) if k not in cur.frames]
-        if ks:
-            first = ks[0]
-            ks = list(range(first, t + g + 1))  # every frame on the way: the next pairs need them
-            if not self._read_frames(clip, cur, ks, hw):
-                cur.close()
-                self._cursors.pop(key, None)
-                return None
-        a, b = cur.frames[t], cur.frames[t + g]
-        H, W = clip.hw
-        crop, flip = self._draw(H, W)
-        box = crop_box(crop, (H, W), a.shape[:2])
-        pair = self._out(crop_resize(a, box, self.input_size, flip), crop_resize(b, box, self.input_size, flip))
-        self._release(key, cur, t, end)
-        return pair
-
-    def _read_frames(self, clip: _Clip, cur: _Cursor, ks: List[int], hw) -> bool:
-        """Decode frames ``ks`` (ascending) into ``cur.frames``; False if any is missing (the clip is
-        shortened, or marked dead if nothing of it ever decoded)."""
-        for _ in range(2):
-            try:
-                if cur.reader is None:
-                    cur.reader = FrameReader(clip.path, self._video_index(clip), self.decode_threads)
-                for k in ks:
-                    if k in cur.frames:
-                        continue
-                    frame = cur.reader.read(k)
-                    if frame is None:
-                        self._shorten(clip, k, None)
-                        return False
-                    cur.frames[k] = video_frame_rgb(frame, hw)
-                    clip.decoded = True
-                return True
-            except SeekError:
-                cur.close()
-                self._video_index(clip).pts = None  # seeks badly: count frames from the start from now on
-            except Exception as e:
-                cur.close()
-                if not clip.decoded:
-                    self._warn_once(clip.path, f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-                    clip.kind = "dead"
-                else:
-                    self._shorten(clip, ks[0], f"{type(e).__name__}: {str(e)[:80]}")
-                return False
-        return False
-
-    def _unit_frames_pair(self, c: int, t: int):
-        """Pair ``t`` of frame folder ``c``, reusing frame ``t`` if the previous pair decoded it."""
-        clip, g = self.clips[c], self.gap
-        if t in clip.bad or t + g in clip.bad:
-            return None
-        key, cur, end = self._cursor(c, t)
-        k = t
-        try:
-            have = cur.frames.get(t)  # (factor, pixels, file) if the previous pair decoded frame t
-            im1 = have[2] if have is not None else ImageFile.read(clip.frames[t])  # decoded below if needed
-            k = t + g
-            im2 = ImageFile.read(clip.frames[t + g])
-            if im1.hw != im2.hw or self.gpu_decode:
-                return self._frames_pair(clip, t)
-            H, W = im1.hw
-            crop, flip = self._draw(H, W)
-            want = reduction(crop, self.input_size) if self.jpeg_draft and im1.jpeg else 1
-            k = t
-            if have is not None and have[0] == want:  # the previous pair decoded it at this scale
-                d, a = have[:2]
-            else:
-                d, a = want, im1.decode(want)
-            k = t + g
-            b = im2.decode(d if im2.jpeg else 1)
-        except Exception as e:
-            clip.bad.add(k)
-            self._warn_once(clip.frames[k], f"failed to decode ({type(e).__name__}: {str(e)[:80]})")
-            return None
-        cur.frames[t + g] = (d, b, im2)
-        box, exact = crop_box(crop, (H, W), a.shape[:2]), not self.jpeg_draft
-        pair = self._out(crop_resize(a, box, self.input_size, flip, exact),
-                         crop_resize(b, box, self.input_size, flip, exact))  # fmt: skip
-        self._release(key, cur, t, end)
-        return pair
-
     # --------------------------------------------------------------------------------------- items
-    def _make_pair(self, c: int, index: int, t: Optional[int]):
-        clip = self.clips[c]
-        if clip.kind == "dead":
-            return None
-        if clip.kind == "frames":
-            if t is not None and self.video_units and self.frame_units and clip.starts is None:
-                return self._unit_frames_pair(c, t)
-            return self._frames_pair(clip, t)
-        if clip.kind == "synthetic":
-            arr = self._synthetic_array(clip)
-            if t is None:
-                t = int(torch.randint(0, len(arr) - self.gap, (1,)).item())
-            return self._array_pair(arr[t], arr[t + self.gap])
-        if t is not None and self.video_units:
-            return self._unit_video_pair(c, t)
-        return self._video_pair(clip, t)
-
     def __getitem__(self, index: int):
         total = len(self)
         c, t = self.locate(index)
         walked = 0
         while walked < total:
             clip = self.clips[c]
-            pair = self._make_pair(c, index, t)
+            pair = None if clip.dead else clip.read_pair(self, c, t)
             if pair is not None:
                 return pair
             # Unusable: take the next index's pair, skipping whole clips that cannot give one.
-            step = 1
-            if t is not None and (clip.kind == "dead" or (clip.kind == "video" and t + self.gap >= clip.num_frames)):
-                step = self._offsets[c + 1] - index
+            step = self._offsets[c + 1] - index if t is not None and clip.lost(t + self.gap) else 1
             index, walked = (index + step) % total, walked + step
             c, t = self.locate(index)
         raise RuntimeError(f"FramePairDataset: no decodable video left (skipped: {len(self.skipped)})")
+
+
+def _check_settings(input_size, gap, scale, ratio, pairs_per_video, max_unit_pairs) -> None:
+    if min(input_size) < 1:
+        raise ValueError(f"input_size must be positive, got {input_size}")
+    if int(gap) < 1:
+        raise ValueError(f"gap must be >= 1, got {gap}")
+    if not (0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {tuple(scale)}")
+    if not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must satisfy 0 < min <= max, got {tuple(ratio)}")
+    if pairs_per_video is not None and int(pairs_per_video) < 1:
+        raise ValueError(f"pairs_per_video must be >= 1 or None (every pair), got {pairs_per_video}")
+    if int(max_unit_pairs) < 1:
+        raise ValueError(f"max_unit_pairs must be >= 1, got {max_unit_pairs}")
+
+
+def _unique(paths: List[str], where: str) -> List[str]:
+    """``paths`` without repeats of a video already listed (same real path), with one warning naming
+    them: a list that names a video twice would otherwise train on it twice per epoch."""
+    seen: Set[str] = set()
+    out, repeats = [], []
+    for p in paths:
+        key = os.path.realpath(p)
+        if key in seen:
+            repeats.append(p)
+        else:
+            seen.add(key)
+            out.append(p)
+    if repeats:
+        more = f" and {len(repeats) - 10} more" if len(repeats) > 10 else ""
+        names = ", ".join(_short(p) for p in repeats[:10]) + more
+        warnings.warn(
+            f"FramePairDataset: {where} lists {len(repeats)} video(s) more than once; each is used once: {names}",
+            stacklevel=3,
+        )
+    return out
 
 
 def _tensor(data: bytes) -> torch.Tensor:

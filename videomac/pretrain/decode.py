@@ -34,6 +34,8 @@ import simplejpeg
 import torch
 from PIL import Image
 
+from videomac.media import image_to_rgb
+
 __all__ = [
     "Crop",
     "ImageFile",
@@ -130,15 +132,6 @@ def _pil_crop_resize(
     return np.asarray(r)
 
 
-def _rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit: convert("RGB") clips (nearly all white)
-        a = np.asarray(im).astype(np.int64)
-        return Image.fromarray(((a.clip(0, 65535) * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
-    return im.convert("RGB")
-
-
 @dataclass
 class ImageFile:
     """An image file read into memory, its size from the header, not yet decoded.
@@ -178,7 +171,7 @@ class ImageFile:
             except ValueError:  # libjpeg warned (extraneous bytes, truncation): PIL's lenience decides, in full
                 pass
         with Image.open(io.BytesIO(self.data)) as im:
-            return np.asarray(_rgb(im))
+            return image_to_rgb(im)
 
 
 def jpeg_crop(

@@ -6,20 +6,28 @@ that small are copied byte for byte). Video files become frame folders (default)
 short-GOP H.264 MP4s (``videos="mp4"``: a keyframe every ``gop`` frames, so seeking decodes few frames).
 SRC is only read. Each item is written under a temporary name and renamed when complete, so an
 interrupted run resumes where it stopped: finished items are skipped, half-written ones redone.
+
+Every item has its own destination: items that would share one (``clip/``, ``clip.mp4`` and ``clip.webm``
+all become ``DST/clip``) are refused before anything is written, naming them, since keeping one and
+skipping the rest as "already done" would silently lose videos.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
-from videomac.pretrain.data import IMAGE_EXTS, VIDEO_EXTS, _frames_root, _list_images
+from videomac.files import atomic_file, stale_temporaries
+from videomac.media import IMAGE_EXTS, JPEG_EXTS, VIDEO_EXTS, image_to_rgb, is_video, list_frames
+from videomac.pretrain.data import _frames_root
 
-__all__ = ["prepare_dataset", "list_items"]
+__all__ = ["destination", "prepare_dataset", "list_items"]
 
 _PARTIAL = ".partial-"
 
@@ -29,20 +37,20 @@ def list_items(src: str) -> List[Tuple[str, str, str]]:
     :class:`~videomac.pretrain.data.FramePairDataset` reads: a folder of frame folders or videos,
     ``JPEGImages[/480p]``, a single video or frame folder)."""
     if os.path.isfile(src):
-        if not src.lower().endswith(VIDEO_EXTS):
+        if not is_video(src):
             raise ValueError(f"prepare: {src} is not a video file ({' '.join(VIDEO_EXTS)}) or a folder")
         return [("video", src, os.path.basename(src))]
     if not os.path.isdir(src):
         raise FileNotFoundError(f"prepare: {src} not found")
     root = _frames_root(src)
-    if _list_images(root):
+    if list_frames(root):
         return [("frames", root, os.path.basename(os.path.normpath(root)))]
     out = []
     for name in sorted(os.listdir(root)):
         p = os.path.join(root, name)
-        if os.path.isdir(p) and _list_images(p):
+        if os.path.isdir(p) and list_frames(p):
             out.append(("frames", p, name))
-        elif name.lower().endswith(VIDEO_EXTS):
+        elif is_video(name):
             out.append(("video", p, name))
     return out
 
@@ -64,12 +72,12 @@ def _resize_image(src: str, dst_dir: str, short_side: int, quality: int) -> None
             return
         if im.format == "JPEG":
             im.draft("RGB", (tw, th))  # DCT-scaled decode to at least the target size
-        im = im.convert("RGB").resize((tw, th), Image.BICUBIC, reducing_gap=3.0)
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in (".jpg", ".jpeg"):
+        # 16-bit frames are scaled to 8 bits (convert("RGB") would clip them nearly all white)
+        im = Image.fromarray(image_to_rgb(im, src)).resize((tw, th), Image.BICUBIC, reducing_gap=3.0)
+        if name.lower().endswith(JPEG_EXTS):
             im.save(os.path.join(dst_dir, name), quality=quality)
         else:
-            im.save(os.path.join(dst_dir, stem + ext))
+            im.save(os.path.join(dst_dir, name))
 
 
 def _video_to_frames(src: str, dst_dir: str, short_side: int, quality: int) -> int:
@@ -123,34 +131,63 @@ def _video_to_mp4(src: str, dst: str, short_side: int, gop: int) -> int:
     return n
 
 
+def destination(kind: str, name: str, videos: str) -> str:
+    """The name an item gets under DST: frame folders keep theirs, videos lose their extension
+    (``videos="frames"``) or get ``.mp4``."""
+    if kind == "frames":
+        return name
+    stem = os.path.splitext(name)[0]
+    return stem if videos == "frames" else stem + ".mp4"
+
+
+def _check_unique(items: List[Tuple[str, str, str]], videos: str) -> None:
+    by_dst: Dict[str, List[str]] = {}
+    for kind, _, name in items:
+        by_dst.setdefault(destination(kind, name, videos), []).append(name + ("/" if kind == "frames" else ""))
+    clashes = [f"{', '.join(srcs)} -> {dst}" for dst, srcs in by_dst.items() if len(srcs) > 1]
+    if clashes:
+        raise ValueError(
+            f"prepare: items of SRC would be written to the same destination ({'; '.join(clashes[:5])}"
+            f"{f' and {len(clashes) - 5} more' if len(clashes) > 5 else ''}); rename all but one of each, "
+            "or prepare them into different DST folders"
+        )
+
+
+def _clear_partials(dst: str, final_name: str) -> None:
+    """Remove what an interrupted run left of this item (its ``.partial-<name>*`` temporaries)."""
+    pattern = re.compile(re.escape(_PARTIAL + final_name) + r"(-[A-Za-z0-9_]+)?$")
+    for n in os.listdir(dst):
+        p = os.path.join(dst, n)
+        if pattern.fullmatch(n):
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p)
+            else:
+                os.remove(p)
+
+
 def _prepare_one(job) -> Tuple[str, Optional[str]]:
     kind, path, name, dst, short_side, videos, quality, gop = job
-    final = os.path.join(dst, name if kind == "frames" or videos == "frames" else os.path.splitext(name)[0] + ".mp4")
-    if kind == "video" and videos == "frames":
-        final = os.path.join(dst, os.path.splitext(name)[0])
+    final = os.path.join(dst, destination(kind, name, videos))
     if os.path.exists(final):
         return name, "exists"
-    tmp = os.path.join(os.path.dirname(final), _PARTIAL + os.path.basename(final))
-    if os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    elif os.path.exists(tmp):
-        os.remove(tmp)
+    _clear_partials(dst, os.path.basename(final))
+    tmp = None
     try:
+        if kind == "video" and videos == "mp4":
+            with atomic_file(final) as f:
+                _video_to_mp4(path, f, short_side, gop)
+            return name, None
+        # exclusive, unique: nothing planted at a predictable name is written through
+        tmp = tempfile.mkdtemp(dir=dst, prefix=_PARTIAL + os.path.basename(final) + "-")
         if kind == "frames":
-            os.makedirs(tmp)
-            for f in _list_images(path):
+            for f in list_frames(path):
                 _resize_image(f, tmp, short_side, quality)
-        elif videos == "frames":
-            os.makedirs(tmp)
-            _video_to_frames(path, tmp, short_side, quality)
         else:
-            _video_to_mp4(path, tmp, short_side, gop)
+            _video_to_frames(path, tmp, short_side, quality)
         os.replace(tmp, final)
     except Exception as e:  # one bad item must not stop the copy: reported, retried on the next run
-        if os.path.isdir(tmp):
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.exists(tmp):
-            os.remove(tmp)
         return name, f"failed: {type(e).__name__}: {str(e)[:100]}"
     return name, None
 
@@ -177,7 +214,10 @@ def prepare_dataset(
     items = list_items(src)
     if not items:
         raise ValueError(f"prepare: no frame folders or video files under {src} ({' '.join(IMAGE_EXTS + VIDEO_EXTS)})")
+    _check_unique(items, videos)
     os.makedirs(dst, exist_ok=True)
+    for leftover in stale_temporaries(dst):  # MP4s of killed runs (frame folders: see _clear_partials)
+        os.remove(leftover)
     jobs = [(k, p, n, dst, short_side, videos, quality, gop) for k, p, n in items]
     from tqdm import tqdm
 
