@@ -1,4 +1,4 @@
-"""Spatial layers on packed visible tokens (videomac.models.sparse_conv) equal the masked reference,
+"""Spatial layers on packed visible tokens (videomac.sparse.packed) equal the masked reference,
 a dense layer on the zero-filled map with masked outputs dropped: outputs and the gradients of the
 packed input, weight and bias, in float64, for every algorithm and the edge cases (non-square maps,
 per-sample different masks, samples or batches with nothing visible, 1x1 blocks)."""
@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 from videomac.masking import random_mask, upsample_mask
-from videomac.models import sparse_conv as sc
-from videomac.models.blocks import register_sparse_container
-from videomac.models.context import MaskContext
-from videomac.models.sparse import sparsify
+from videomac.sparse import packed as sc
+from videomac.sparse.blocks import register_sparse_container
+from videomac.sparse.context import MaskContext
+from videomac.sparse.masked import sparsify
 
 MASKS = {
     "random": lambda: torch.rand(3, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.5,

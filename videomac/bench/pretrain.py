@@ -19,9 +19,9 @@ import videomac.models  # noqa: F401  (registers the videomac encoders with timm
 from videomac.bench import CONFIGS, DEFAULT_MODELS, QUICK_MODELS, VIT
 from videomac.bench.common import device_name, maxrss_mb, rss_mb, sync
 from videomac.masking import num_visible, random_mask
-from videomac.models.sparse_conv import plan
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
+from videomac.sparse.packed import plan
 
 __all__ = ["LAUNCHES", "bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
 
@@ -37,7 +37,7 @@ def flop_split(name: str, input_size: int = 224, mask_ratio: float = 0.75) -> Di
     ``bound``: the MACs the masked backend runs (every layer on the full map) over those the visible
     backend runs: every layer computes the visible fraction ``v = int(L * (1 - r)) / L`` of its outputs
     (L patches; tiled convs too: a tile's halo is read, not computed), except layers that
-    :func:`videomac.models.sparse_conv.plan` leaves dense. So ``1 / v`` (4.08 at r = 0.75 on 7x7)
+    :func:`videomac.sparse.packed.plan` leaves dense. So ``1 / v`` (4.08 at r = 0.75 on 7x7)
     when every layer is sparse. ``bound_pointwise_only``: ``(P + S) / (v P + S)``, the bound when only
     pointwise layers skip masked positions (the visible backend before sparse spatial convs)."""
     model = timm.create_model(name, num_classes=0).eval()

@@ -9,9 +9,9 @@ import torch.nn as nn
 
 from videomac.masking import check_images, check_mask
 from videomac.models import timm_blocks  # noqa: F401  (declares timm's ConvNeXt and ResNet families)
-from videomac.models.context import MaskContext
-from videomac.models.sparse import HEAD_NAMES, densify, sparsify
-from videomac.models.visible import visibilize
+from videomac.sparse.context import MaskContext
+from videomac.sparse.masked import HEAD_NAMES, densify, sparsify
+from videomac.sparse.visible import visibilize
 
 __all__ = ["SparseEncoder"]
 
@@ -21,8 +21,8 @@ class SparseEncoder(nn.Module):
 
     ``mask`` is bool ``(B, h, w)`` over the grid of the model's total stride (32; 16 for the isotropic
     ConvNeXt), True = masked. ``backend``: ``'visible'`` (the default) runs every layer, spatial convs
-    included, on the visible positions only (:mod:`videomac.models.visible`,
-    :mod:`videomac.models.sparse_conv`; 2-4.5x faster train steps than ``'masked'`` on CPU, see
+    included, on the visible positions only (:mod:`videomac.sparse.visible`,
+    :mod:`videomac.sparse.packed`; 2-4.5x faster train steps than ``'masked'`` on CPU, see
     docs/performance.md); ``'masked'`` is the layer-by-layer reference (every layer a module call
     that runs dense and zeroes masked positions; same results).
     The wrapped model keeps its parameter names (under ``model.``); :meth:`to_dense` returns a

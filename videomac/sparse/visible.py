@@ -1,14 +1,14 @@
 """Visible-only execution of sparse ConvNets (the ``'visible'`` backend of :class:`SparseEncoder`).
 
-On top of the masked conversion of :mod:`videomac.models.sparse`, the residual blocks each family
-declares (:func:`videomac.models.blocks.register_block`), every ``nn.Sequential`` and the layers a
+On top of the masked conversion of :mod:`videomac.sparse.masked`, the residual blocks each family
+declares (:func:`videomac.sparse.blocks.register_block`), every ``nn.Sequential`` and the layers a
 family's own ``forward`` calls directly (stem convs, stage norms, BatchNorm, max-pool, activations)
 get visible classes (names and parameters untouched). Activations are *packed*: a ``(N, C)`` tensor
-of the N visible positions of the batch, block-major (:mod:`.sparse_conv`). Every layer does
+of the N visible positions of the batch, block-major (:mod:`.packed`). Every layer does
 visible-only work:
 
 - pointwise layers (Linear, 1x1 conv, LayerNorm, BatchNorm, GRN, activations) run on the packed tokens;
-- spatial convs and max-pooling compute only the visible outputs (:mod:`.sparse_conv`: patchify for
+- spatial convs and max-pooling compute only the visible outputs (:mod:`.packed`: patchify for
   kernel == stride, tiles with a halo or im2col over packed neighbourhoods otherwise);
 - the model's ``forward_features`` and the registered containers (timm's ``ConvNeXtStage``, ...) whose
   forward only applies submodules one after the other (checked by tracing it with ``torch.fx``, module
@@ -38,11 +38,11 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers.grn import GlobalResponseNorm
 
-from videomac.models import sparse_conv
-from videomac.models.blocks import ZERO_PRESERVING, block_parts, dense_class, is_container
-from videomac.models.context import MaskContext, SparseLayer, update_running_stats
-from videomac.models.sparse import HEAD_NAMES
-from videomac.models.sparse_conv import Layout, layout
+from videomac.sparse import packed
+from videomac.sparse.blocks import ZERO_PRESERVING, block_parts, dense_class, is_container
+from videomac.sparse.context import MaskContext, SparseLayer, update_running_stats
+from videomac.sparse.masked import HEAD_NAMES
+from videomac.sparse.packed import Layout, layout
 
 __all__ = ["visibilize", "gather", "scatter"]
 
@@ -235,7 +235,7 @@ def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State
         cls, res = dense_class(m), None
         if cls is nn.Conv2d or cls is nn.MaxPool2d:
             p = st.to_packed(ctx)
-            fn = sparse_conv.conv2d if cls is nn.Conv2d else sparse_conv.max_pool2d
+            fn = packed.conv2d if cls is nn.Conv2d else packed.max_pool2d
             res = fn(ctx, m, p.t, p.hw)
         if res is not None:
             st = _State(res[0], res[1], True)

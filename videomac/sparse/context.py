@@ -1,5 +1,5 @@
 """What every sparse layer shares: the mask of the current forward pass and the mixin that marks a
-converted layer. Both backends (:mod:`.sparse`, :mod:`.visible`) build on this module."""
+converted layer. Both backends (:mod:`.masked`, :mod:`.visible`) build on this module."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ Algorithms (all exact: masked inputs read as zeros, the masked backend's semanti
 Tiles and columns are built a few blocks / rows at a time (bounded memory, reused allocations).
 Which one a conv uses is chosen per layer by :func:`plan` (measurements in docs/performance.md).
 Index tables are built once per forward pass and resolution and cached in the encoder's
-:class:`~videomac.models.context.MaskContext`.
+:class:`~videomac.sparse.context.MaskContext`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from videomac.models.context import MaskContext
+from videomac.sparse.context import MaskContext
 
 __all__ = ["Layout", "layout", "ConvGeom", "conv_geom", "plan", "conv2d", "max_pool2d"]
 
