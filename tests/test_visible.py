@@ -216,12 +216,16 @@ def test_grn_per_sample_over_visible(uniform):
     ctx = videomac.sparse.masked.MaskContext()
     ctx.set(mask)
     lay = _index(ctx, (4, 6), torch.device("cpu"))
-    assert (lay.per_sample is not None) == uniform
+    assert (lay.valid is None) == uniform
     dense = torch.randn(3, 4, 6, 8) * ~videomac.masking.upsample_mask(mask, (4, 6)).unsqueeze(-1)
-    t = dense.reshape(-1, 8)[lay.idx].requires_grad_()
+    t = dense.reshape(-1, 8)[lay.idx]
+    if not uniform:  # padding rows hold anything: they must not count
+        t = torch.where(lay.valid, t, torch.full_like(t, 1e3))
+    t.requires_grad_()
     out = _grn(grn, t, lay)
     ref = torch.cat([grn(dense[i : i + 1]).reshape(-1, 8) for i in range(3)])[lay.idx]
-    torch.testing.assert_close(out, ref)
+    ok = slice(None) if uniform else lay.valid.view(-1)
+    torch.testing.assert_close(out[ok], ref[ok])
     out.square().sum().backward()  # an all-masked sample must not produce NaN gradients
     assert torch.isfinite(t.grad).all() and torch.isfinite(grn.weight.grad).all()
 

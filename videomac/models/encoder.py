@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -52,10 +53,14 @@ class SparseEncoder(nn.Module):
         if backend == "visible":
             visibilize(self.model, self.ctx)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
+        """``keep``: the visible cells of every sample, when known (``random_mask`` keeps
+        ``num_visible(L, ratio)``): the packed sizes then follow from shapes, with no host sync, as
+        ``torch.compile(fullgraph=True)`` and CUDA graphs need. Without it the ``visible`` backend reads
+        the counts once, and pads samples with fewer visible cells (exact either way)."""
         grid = check_images(x, self.patch_size, self.in_chans)
         mask = check_mask(mask, x.shape[0], grid).to(x.device)
-        self.ctx.set(mask)
+        self.ctx.set(mask, keep)
         try:
             # Masked pixels must not reach the first layer: its kernel may span patch borders.
             x = x * self.ctx.get(x)

@@ -18,14 +18,28 @@ class MaskContext:
 
     def __init__(self) -> None:
         self.active: Optional[torch.Tensor] = None  # (B, h, w) bool, True = visible
+        self.keep: Optional[int] = None  # visible cells of every sample, when the caller knows it
         self._cache: Dict[Tuple, object] = {}
 
-    def set(self, mask: torch.Tensor) -> None:
+    def set(self, mask: torch.Tensor, keep: Optional[int] = None) -> None:
+        """Set the mask (True = masked). ``keep``: the number of visible cells of *every* sample (as
+        :func:`~videomac.masking.random_mask` makes), so the packed sizes need no look at the mask's values
+        (no host sync; what a compiled step needs). It is checked on the device, asynchronously. Without
+        it the visible backend reads the counts once (one sync) and pads unequal samples exactly."""
         self.active = ~mask
+        self.keep = None
+        if keep is not None:
+            cells = mask.shape[1] * mask.shape[2]
+            if not 0 <= int(keep) <= cells:
+                raise ValueError(f"keep={keep} visible cells is outside [0, {cells}] for a mask of {tuple(mask.shape)}")
+            self.keep = int(keep)
+            counts = self.active.reshape(mask.shape[0], -1).sum(1)
+            torch._assert_async((counts == self.keep).all(), f"a sample of the mask does not keep {keep} visible cells")
         self._cache = {}
 
     def clear(self) -> None:
         self.active = None
+        self.keep = None
         self._cache = {}
 
     def get(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
