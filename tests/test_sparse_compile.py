@@ -1,6 +1,8 @@
 """The visible step traces as one graph: static, sync-free layouts and the packed kernels as custom ops
 (torch.library), checked with opcheck; compiled equals eager."""
 
+import inspect
+
 import pytest
 import timm
 import torch
@@ -92,3 +94,27 @@ def test_compiled_equals_eager_inductor():
     for n, g in ref.items():
         got = dict(model.named_parameters())[n].grad
         assert (got - g).abs().max() <= 1e-3 * max(g.abs().max().item(), 1e-8), n
+
+
+def test_auto_backend_resolves_per_device(monkeypatch):
+    """'auto' is the default and means visible on the CPU, masked on CUDA (docs/performance.md's table);
+    an 'auto' encoder gives the masked backend's results on either path."""
+    import videomac
+    from videomac.sparse import AUTO_BACKEND, resolve_backend
+
+    assert resolve_backend("auto", "cpu") == "visible" and resolve_backend("auto", "cuda") == "masked"
+    assert resolve_backend("auto", "meta") == "masked" and resolve_backend("masked", "cpu") == "masked"
+    assert AUTO_BACKEND == {"cpu": "visible", "cuda": "masked"}
+    with pytest.raises(ValueError, match="unknown sparse backend 'fast'"):
+        resolve_backend("fast", "cpu")
+    enc = videomac.SparseEncoder(timm.create_model("videomac_cnxv2_atto", depths=(1, 1, 1, 1)))
+    assert enc.backend == "auto" and inspect.signature(VideoMAC).parameters["backend"].default == "auto"
+    ref = videomac.SparseEncoder(timm.create_model("videomac_cnxv2_atto", depths=(1, 1, 1, 1)), backend="masked")
+    ref.load_state_dict(enc.state_dict())
+    x, _, mask = inputs()
+    want = ref(x, mask)
+    torch.testing.assert_close(enc(x, mask), want, atol=1e-5, rtol=1e-4)
+    assert enc.ctx.packed  # resolved to visible on the CPU
+    monkeypatch.setitem(AUTO_BACKEND, "cpu", "masked")  # what a CUDA device gets
+    torch.testing.assert_close(enc(x, mask), want, atol=1e-5, rtol=1e-4)
+    assert not enc.ctx.packed

@@ -72,9 +72,9 @@ def register(sub) -> None:
                    help="targets normalised per patch (mean/variance, as MAE and the paper)")  # fmt: skip
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
-    g.add_argument("--backend", choices=["visible", "masked"],
-                   help="encoder execution: every layer on visible positions only, or masked-dense "
-                   "(the reference)")  # fmt: skip
+    g.add_argument("--backend", choices=["auto", "visible", "masked"],
+                   help="encoder execution: every layer on visible positions only, masked-dense (the "
+                   "reference), or auto: the one measured fastest on the device (default)")  # fmt: skip
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")

@@ -68,7 +68,7 @@ class Decoder(nn.Module):
 class Branch(nn.Module):
     """Sparse encoder + decoder."""
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "visible"):
+    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "auto"):
         super().__init__()
         self.encoder = SparseEncoder(encoder, backend=backend)
         self.decoder = Decoder(self.encoder.num_features, self.encoder.patch_size, decoder_dim, decoder_depth)
@@ -99,7 +99,7 @@ class VideoMAC(nn.Module):
         norm_pix_loss: bool = True,
         motion_weight: float = 0.0,
         drop_path_rate: float = 0.0,
-        backend: str = "visible",
+        backend: str = "auto",
         init: str = "timm",
     ):
         super().__init__()

@@ -19,6 +19,7 @@ class MaskContext:
     def __init__(self) -> None:
         self.active: Optional[torch.Tensor] = None  # (B, h, w) bool, True = visible
         self.keep: Optional[int] = None  # visible cells of every sample, when the caller knows it
+        self.packed = True  # False: visible-converted layers run as the masked backend (backend 'auto')
         self._cache: Dict[Tuple, object] = {}
 
     def set(self, mask: torch.Tensor, keep: Optional[int] = None) -> None:

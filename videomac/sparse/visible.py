@@ -264,6 +264,8 @@ class _Visible(SparseLayer):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._vm_ctx.packed:  # backend 'auto' resolved to 'masked' for this device
+            return super().forward(x)
         return _publish(self._vm_ctx, self.forward_packed(_received(self._vm_ctx, x)))
 
 
@@ -346,9 +348,9 @@ class _VisibleModel(SparseLayer):
     _vm_chain: Tuple[str, ...]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "grad_checkpointing", False):
-            return super().forward_features(x)
         ctx = self._vm_ctx
+        if getattr(self, "grad_checkpointing", False) or not ctx.packed:
+            return super().forward_features(x)
         return _publish(ctx, _run_chain(ctx, self, self._vm_chain, _received(ctx, x)))
 
 
