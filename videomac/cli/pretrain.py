@@ -116,7 +116,9 @@ def register(sub) -> None:
                    "about once instead of twice (faster; batches mix ~8 videos per worker instead of independent "
                    "pairs)")  # fmt: skip
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (first steps slower while it compiles)")  # fmt: skip
+                   help="torch.compile the model (first steps slower while it compiles)")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs")  # fmt: skip
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit "
                    "for bit (slower)")  # fmt: skip

@@ -66,6 +66,7 @@ class PretrainConfig:
     gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
     frame_units: bool = False  # frame folders served by unit like videos (each JPEG decoded ~once; ~1.3x faster)
     compile: bool = False  # torch.compile the model's forward (the train step's graph; backward follows)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     deterministic: bool = False  # deterministic kernels (bit-exact reruns and resumes on CUDA; slower)
     seed: int = 0
     log_every: int = 10
