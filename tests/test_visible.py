@@ -255,7 +255,7 @@ def test_videomac_visible_equals_masked():
 
 def test_unknown_backend_is_refused():
     # MinkowskiEngine is the reference the masked backend was checked against (DESIGN.md §2), not a backend.
-    with pytest.raises(ValueError, match="available: masked, visible"):
+    with pytest.raises(ValueError, match="available: auto, masked, visible"):
         videomac.SparseEncoder(make("videomac_rn18"), backend="minkowski")
 
 
