@@ -14,6 +14,8 @@ MODULES = [
     ("videomac.registry", "the published-weights registry"),
     ("videomac.presets", "the paper's pretraining recipes"),
     ("videomac.pretrained", "verified downloads for pretrained=True"),
+    ("videomac.sparse", "the sparse execution engine: backend names and what 'auto' picks per device"),
+    ("videomac.sparse.context", "the mask of a forward pass (keep=: static packed sizes)"),
     ("videomac.sparse.blocks", "how a model family declares itself for sparse execution"),
     ("videomac.sparse.masked", "the masked backend: sparse execution layer by layer on dense maps"),
     ("videomac.sparse.visible", "the visible backend: execution on packed visible tokens"),
