@@ -220,3 +220,30 @@ def test_visible_step_launches_few_kernels():
         counts[backend] = _launches(model, f1, f2, mask)
     assert counts["visible"] < 2 * counts["masked"], counts
 
+
+
+@pytest.mark.parametrize("name", ["videomac_cnxv2_atto", "videomac_rn18"])
+def test_visible_step_compiles_to_one_graph_on_cuda(name, exact_fp32):
+    """On the device too: the visible VideoMAC step with a static mask count is one graph (fullgraph
+    Inductor), gives the eager loss and gradients, and 'auto' runs the masked backend there."""
+    import timm
+
+    torch._dynamo.reset()
+    kw = dict(depths=(1, 1, 1, 1)) if "cnxv2" in name else {}
+    model = VideoMAC(timm.create_model(name, num_classes=0, **kw), decoder_dim=32, backend="visible").cuda()
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(4, 3, 64, 64, generator=g).cuda(), torch.randn(4, 3, 64, 64, generator=g).cuda()
+    mask = random_mask(4, (2, 2), 0.5, generator=g).cuda()
+    eager = model(x1, x2, mask, 2)["loss"]
+    eager.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    loss = torch.compile(model, fullgraph=True)(x1, x2, mask, 2)["loss"]
+    loss.backward()
+    assert abs(loss.item() - eager.item()) < 1e-4
+    for n, p in model.named_parameters():
+        if n in ref:
+            assert (p.grad - ref[n]).abs().max() <= 1e-3 * max(ref[n].abs().max().item(), 1e-8), n
+    auto = videomac.SparseEncoder(timm.create_model(name, **kw)).cuda()
+    auto(x1, mask)
+    assert auto.backend == "auto" and not auto.ctx.packed

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import videomac
 from videomac.masking import random_mask, upsample_mask
-from videomac.models.context import SparseLayer as _Sparse
+from videomac.sparse.context import SparseLayer as _Sparse
 
 # Every family at small sizes; timm's resnet18 covers BatchNorm + max-pool; cnxv2_t covers the
 # channels-last Linear/LayerNorm MLP path, atto the conv-MLP path.

@@ -1,4 +1,4 @@
-"""Spatial layers on packed visible tokens (videomac.models.sparse_conv) equal the masked reference,
+"""Spatial layers on packed visible tokens (videomac.sparse.packed) equal the masked reference,
 a dense layer on the zero-filled map with masked outputs dropped: outputs and the gradients of the
 packed input, weight and bias, in float64, for every algorithm and the edge cases (non-square maps,
 per-sample different masks, samples or batches with nothing visible, 1x1 blocks)."""
@@ -8,10 +8,10 @@ import torch
 import torch.nn as nn
 
 from videomac.masking import random_mask, upsample_mask
-from videomac.models import sparse_conv as sc
-from videomac.models.blocks import register_sparse_container
-from videomac.models.context import MaskContext
-from videomac.models.sparse import sparsify
+from videomac.sparse import packed as sc
+from videomac.sparse.blocks import register_sparse_container
+from videomac.sparse.context import MaskContext
+from videomac.sparse.masked import sparsify
 
 MASKS = {
     "random": lambda: torch.rand(3, 2, 3, generator=torch.Generator().manual_seed(0)) < 0.5,
@@ -63,11 +63,20 @@ def run_layer(layer, hw, mask, how=None, dw_method=None, monkeypatch=None):
     yr = packed(ctx, layer(xr))  # the masked backend keeps exactly these outputs
     assert y.shape == yr.shape and tuple(out_hw) == tuple(layer(x).shape[-2:])
     g = torch.randn(y.shape, dtype=torch.float64, generator=gen)
+    # Unequal counts pad samples with masked blocks: their rows are outside the contract (never read, and
+    # never given a gradient by the encoder), so only the valid rows are compared.
+    v_in = sc.layout(ctx, hw, x.device).valid
+    v_out = sc.layout(ctx, out_hw, x.device).valid
+    if v_out is not None:
+        g = g * v_out
     params = [p for p in layer.parameters()]
     grads = torch.autograd.grad((y * g).sum(), [t, *params], allow_unused=True)
     grads_ref = torch.autograd.grad((yr * g).sum(), [xr, *params])
+    gt, gt_ref = grads[0], packed(ctx, grads_ref[0])
+    if v_out is not None:
+        y, yr, gt, gt_ref = y[v_out[:, 0]], yr[v_out[:, 0]], gt[v_in[:, 0]], gt_ref[v_in[:, 0]]
     errs = [(y - yr).abs().max().item() if y.numel() else 0.0]
-    errs.append((grads[0] - packed(ctx, grads_ref[0])).abs().max().item() if t.numel() else 0.0)
+    errs.append((gt - gt_ref).abs().max().item() if gt.numel() else 0.0)
     for a, b in zip(grads[1:], grads_ref[1:]):
         errs.append((a - b).abs().max().item())
     return max(errs), how or sc.plan(layer, hw, sc.layout(ctx, hw, x.device).block, x.device)
@@ -160,11 +169,15 @@ def test_max_pool_equals_masked_backend(mask_name):
         t = packed(ctx, x.detach()).requires_grad_()
         y, out_hw = sc.max_pool2d(ctx, net.pool, t, hw)
         assert out_hw == (hw[0] // 2, hw[1] // 2)
-        torch.testing.assert_close(y, ref, rtol=0, atol=0)
-        g = torch.randn_like(y)
+        v = sc.layout(ctx, out_hw, x.device).valid  # padding rows (unequal counts) are not compared
+        ok = slice(None) if v is None else v[:, 0]
+        torch.testing.assert_close(y[ok], ref[ok], rtol=0, atol=0)
+        g = torch.randn_like(y) * (1 if v is None else v)
         (gx,) = torch.autograd.grad((ref * g).sum(), [x])
         (gt,) = torch.autograd.grad((y * g).sum(), [t])
-        torch.testing.assert_close(gt, packed(ctx, gx), rtol=0, atol=1e-12)  # sums in another order
+        vi = sc.layout(ctx, hw, x.device).valid
+        oki = slice(None) if vi is None else vi[:, 0]
+        torch.testing.assert_close(gt[oki], packed(ctx, gx)[oki], rtol=0, atol=1e-12)  # sums in another order
 
 
 def test_layout_is_block_major():
@@ -172,10 +185,14 @@ def test_layout_is_block_major():
     ctx = MaskContext()
     ctx.set(mask)
     lay = sc.layout(ctx, (4, 4), torch.device("cpu"))
-    assert lay.block == (2, 2) and lay.m == 3 and lay.n == 12 and lay.per_sample is None
-    # block (0,0) of sample 0, block (1,1) of sample 0, block (1,0) of sample 1, each row-major inside
-    assert lay.idx.tolist() == [0, 1, 4, 5, 10, 11, 14, 15, 16 + 8, 16 + 9, 16 + 12, 16 + 13]
-    assert lay.sample.tolist() == [0] * 8 + [1] * 4
+    # unequal counts: each sample padded to 2 blocks with its first masked block (valid False)
+    assert lay.block == (2, 2) and lay.m == 4 and lay.n == 16 and lay.per_sample == 8
+    # block (0,0) of sample 0, block (1,1) of sample 0, block (1,0) of sample 1, then the padding block
+    # (0,0) of sample 1, each row-major inside
+    assert lay.idx.tolist() == [0, 1, 4, 5, 10, 11, 14, 15, 16 + 8, 16 + 9, 16 + 12, 16 + 13, 16, 17, 20, 21]
+    assert lay.valid.view(-1).tolist() == [True] * 12 + [False] * 4
+    # padding rows are no token of the row map: their positions read the zero row
+    assert sc._row_map(ctx, (4, 4), torch.device("cpu"))[[16, 17, 20, 21]].tolist() == [16] * 4
 
 
 def test_autocast_bf16_runs_in_bf16():

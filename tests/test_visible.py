@@ -12,10 +12,10 @@ from test_sparse import FAMILIES, make
 
 import videomac
 from videomac.masking import random_mask
-from videomac.models import sparse_conv, visible
-from videomac.models.context import SparseLayer as _Sparse
-from videomac.models.visible import _grn, _index, _VisibleBlock
 from videomac.pretrain.model import VideoMAC
+from videomac.sparse import packed, visible
+from videomac.sparse.context import SparseLayer as _Sparse
+from videomac.sparse.visible import _grn, _index, _VisibleBlock
 
 # (ratio, input size): 0.9 needs a grid of >= 10 cells to keep any visible patch; None: per-sample
 # different counts, one sample with a single visible patch, one with none.
@@ -98,7 +98,7 @@ def test_packed_from_stem_to_last_stage(name, monkeypatch):
     the input image's and the only packed->dense scatter the output's (the model's forward_features and
     its stages are traced chains of modules)."""
     calls = collections.Counter()
-    gather, scatter, plan = visible.gather, visible.scatter, sparse_conv.plan
+    gather, scatter, plan = visible.gather, visible.scatter, packed.plan
 
     def counting_gather(ctx, x):
         calls["gather"] += 1
@@ -115,7 +115,7 @@ def test_packed_from_stem_to_last_stage(name, monkeypatch):
 
     monkeypatch.setattr(visible, "gather", counting_gather)
     monkeypatch.setattr(visible, "scatter", counting_scatter)
-    monkeypatch.setattr(sparse_conv, "plan", counting_plan)
+    monkeypatch.setattr(packed, "plan", counting_plan)
     enc = videomac.SparseEncoder(make(name, train=True), backend="visible")
     p = enc.patch_size
     x, mask = torch.randn(3, 3, 2 * p, 3 * p), RAGGED
@@ -125,7 +125,7 @@ def test_packed_from_stem_to_last_stage(name, monkeypatch):
 
 
 def test_handover_needs_the_same_unmodified_tensor():
-    ctx = videomac.models.sparse.MaskContext()
+    ctx = videomac.sparse.masked.MaskContext()
     ctx.set(RAGGED)
     t = torch.randn(visible.layout(ctx, (4, 6), torch.device("cpu")).n, 5)
     d = visible._publish(ctx, visible._State(t, (4, 6), True))
@@ -213,15 +213,19 @@ def test_grn_per_sample_over_visible(uniform):
         mask = random_mask(3, (2, 3), 0.5, generator=torch.Generator().manual_seed(4))
     else:
         mask = torch.tensor([[[0, 1, 1], [1, 1, 1]], [[0, 0, 0], [0, 0, 1]], [[1, 1, 1], [1, 1, 1]]]).bool()
-    ctx = videomac.models.sparse.MaskContext()
+    ctx = videomac.sparse.masked.MaskContext()
     ctx.set(mask)
     lay = _index(ctx, (4, 6), torch.device("cpu"))
-    assert (lay.per_sample is not None) == uniform
+    assert (lay.valid is None) == uniform
     dense = torch.randn(3, 4, 6, 8) * ~videomac.masking.upsample_mask(mask, (4, 6)).unsqueeze(-1)
-    t = dense.reshape(-1, 8)[lay.idx].requires_grad_()
+    t = dense.reshape(-1, 8)[lay.idx]
+    if not uniform:  # padding rows hold anything: they must not count
+        t = torch.where(lay.valid, t, torch.full_like(t, 1e3))
+    t.requires_grad_()
     out = _grn(grn, t, lay)
     ref = torch.cat([grn(dense[i : i + 1]).reshape(-1, 8) for i in range(3)])[lay.idx]
-    torch.testing.assert_close(out, ref)
+    ok = slice(None) if uniform else lay.valid.view(-1)
+    torch.testing.assert_close(out[ok], ref[ok])
     out.square().sum().backward()  # an all-masked sample must not produce NaN gradients
     assert torch.isfinite(t.grad).all() and torch.isfinite(grn.weight.grad).all()
 
@@ -251,7 +255,7 @@ def test_videomac_visible_equals_masked():
 
 def test_unknown_backend_is_refused():
     # MinkowskiEngine is the reference the masked backend was checked against (DESIGN.md §2), not a backend.
-    with pytest.raises(ValueError, match="available: masked, visible"):
+    with pytest.raises(ValueError, match="available: auto, masked, visible"):
         videomac.SparseEncoder(make("videomac_rn18"), backend="minkowski")
 
 

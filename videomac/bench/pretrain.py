@@ -19,9 +19,9 @@ import videomac.models  # noqa: F401  (registers the videomac encoders with timm
 from videomac.bench import CONFIGS, DEFAULT_MODELS, QUICK_MODELS, VIT
 from videomac.bench.common import device_name, maxrss_mb, rss_mb, sync
 from videomac.masking import num_visible, random_mask
-from videomac.models.sparse_conv import plan
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
+from videomac.sparse.packed import plan
 
 __all__ = ["LAUNCHES", "bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
 
@@ -37,7 +37,7 @@ def flop_split(name: str, input_size: int = 224, mask_ratio: float = 0.75) -> Di
     ``bound``: the MACs the masked backend runs (every layer on the full map) over those the visible
     backend runs: every layer computes the visible fraction ``v = int(L * (1 - r)) / L`` of its outputs
     (L patches; tiled convs too: a tile's halo is read, not computed), except layers that
-    :func:`videomac.models.sparse_conv.plan` leaves dense. So ``1 / v`` (4.08 at r = 0.75 on 7x7)
+    :func:`videomac.sparse.packed.plan` leaves dense. So ``1 / v`` (4.08 at r = 0.75 on 7x7)
     when every layer is sparse. ``bound_pointwise_only``: ``(P + S) / (v P + S)``, the bound when only
     pointwise layers skip masked positions (the visible backend before sparse spatial convs)."""
     model = timm.create_model(name, num_classes=0).eval()
@@ -167,6 +167,7 @@ def run_config(cfg: Dict) -> Dict:
     B, S, ratio = cfg["batch_size"], cfg["input_size"], cfg["mask_ratio"]
     frames = torch.rand(2, B, 3, S, S, generator=torch.Generator().manual_seed(0)).to(device)
     kind = cfg["config"]
+    keep = None
     if kind == VIT:
         model: nn.Module = SiamMAEViT(S, ratio)
         mask = None
@@ -176,19 +177,25 @@ def run_config(cfg: Dict) -> Dict:
         backend = "masked" if kind == "masked" else "visible"
         model = VideoMAC(cfg["model"], mask_ratio=ratio, backend=backend)
         grid = (S // model.patch_size, S // model.patch_size)
-        mask = random_mask(B, grid, 0.0 if kind == "visible_r0" else ratio, generator=torch.Generator().manual_seed(1))
-        mask = mask.to(device)
+        r = 0.0 if kind == "visible_r0" else ratio
+        mask = random_mask(B, grid, r, generator=torch.Generator().manual_seed(1)).to(device)
+        keep = num_visible(grid[0] * grid[1], r)  # static packed sizes: no host sync, one graph compiled
     model = model.to(device).train()
     opt = build_optimizer(model, 1.5e-4, 0.05)
-    fwd = torch.compile(model) if cfg["compile"] else model
+    mode = cfg.get("compile_mode") or "default"
+    fwd = torch.compile(model, mode=mode) if cfg["compile"] else model
+    graphs = cfg["compile"] and mode == "reduce-overhead" and device.type == "cuda"
+    args = (mask, keep) if kind not in (VIT, "dense") else (mask,)
     amp = cfg["amp"]
     autocast = dict(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
                     enabled=amp != "none")  # fmt: skip
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step() -> float:
+        if graphs:  # a new step: the CUDA graphs' outputs of the last one may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(**autocast):
-            loss = fwd(frames[0], frames[1], mask)["loss"]
+            loss = fwd(frames[0], frames[1], *args)["loss"]
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
@@ -202,8 +209,12 @@ def run_config(cfg: Dict) -> Dict:
         base = torch.cuda.memory_allocated(device) / 2**20
     else:
         base = rss_mb()
-    for _ in range(cfg["warmup"]):
+    first = None
+    for i in range(cfg["warmup"]):
+        t0 = time.perf_counter()
         step()
+        sync(device)
+        first = time.perf_counter() - t0 if i == 0 else first
     sync(device)
     t0 = time.perf_counter()
     losses = [step() for _ in range(cfg["steps"])]
@@ -214,6 +225,8 @@ def run_config(cfg: Dict) -> Dict:
         model=cfg["model"], config=kind, pairs_per_s=B * cfg["steps"] / dt, step_s=dt / cfg["steps"],
         peak_mem_mb=peak - base, loss=losses[-1],
     )  # fmt: skip
+    if cfg["compile"] and first is not None:  # the first step compiles (forward and backward graphs)
+        row["compile_s"] = max(first - dt / cfg["steps"], 0.0)
     if cfg.get("profile"):
         row.update(profile_steps(step, device, os.path.join(cfg["profile"], f"profile_{cfg['model']}_{kind}.txt")))
     return row
@@ -290,6 +303,7 @@ def bench_pretrain(
     device: str = "cpu",
     amp: str = "none",
     compile: bool = False,
+    compile_mode: str = "default",
     mask_ratio: float = 0.75,
     configs: Optional[List[str]] = None,
     vit: bool = True,
@@ -302,7 +316,8 @@ def bench_pretrain(
     models = list(models or DEFAULT_MODELS)
     configs = list(configs or CONFIGS)
     base = dict(batch_size=batch_size, input_size=input_size, steps=steps, warmup=warmup, device=device,
-                amp=amp, compile=compile, mask_ratio=mask_ratio, profile=profile)  # fmt: skip
+                amp=amp, compile=compile, compile_mode=compile_mode, mask_ratio=mask_ratio,
+                profile=profile)  # fmt: skip
     todo = [dict(base, model=m, config=c) for m in models for c in configs]
     if vit:
         todo.append(dict(base, model="vit_small_patch16_224", config=VIT))
@@ -363,7 +378,7 @@ def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
 def format_table(result: Dict) -> str:
     """The rows as a fixed-width text table (ratios are to the same model's ``masked`` row)."""
     head = f"{'model':22s} {'config':16s} {'pairs/s':>8s} {'x masked':>8s} {'peak MB':>8s} {'x mem':>6s} " \
-           f"{'FLOP bound':>10s} {'of bound':>8s} {'TFLOP/s':>8s}"  # fmt: skip
+           f"{'FLOP bound':>10s} {'of bound':>8s} {'TFLOP/s':>8s} {'compile s':>9s}"  # fmt: skip
     lines = [head, "-" * len(head)]
 
     def f(v, fmt, width, suffix=""):
@@ -377,7 +392,8 @@ def format_table(result: Dict) -> str:
             f"{r['model']:22s} {r['config']:16s} {f(r['pairs_per_s'], '.2f', 8)} "
             f"{f(r.get('speed_vs_masked'), '.2f', 8, 'x')} {f(r.get('peak_mem_mb'), '.0f', 8)} "
             f"{f(r.get('mem_vs_masked'), '.2f', 6, 'x')} {f(r.get('flop_bound'), '.2f', 10, 'x')} "
-            f"{f(r.get('of_bound'), '.0%', 8)} {f(r.get('encoder_tflops'), '.1f', 8)}"
+            f"{f(r.get('of_bound'), '.0%', 8)} {f(r.get('encoder_tflops'), '.1f', 8)} "
+            f"{f(r.get('compile_s'), '.1f', 9)}"
         )
     lines.append("")
     lines.append(f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "

@@ -72,9 +72,9 @@ def register(sub) -> None:
                    help="targets normalised per patch (mean/variance, as MAE and the paper)")  # fmt: skip
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
-    g.add_argument("--backend", choices=["visible", "masked"],
-                   help="encoder execution: every layer on visible positions only, or masked-dense "
-                   "(the reference)")  # fmt: skip
+    g.add_argument("--backend", choices=["auto", "visible", "masked"],
+                   help="encoder execution: every layer on visible positions only, masked-dense (the "
+                   "reference), or auto: the one measured fastest on the device (default)")  # fmt: skip
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
@@ -116,7 +116,9 @@ def register(sub) -> None:
                    "about once instead of twice (faster; batches mix ~8 videos per worker instead of independent "
                    "pairs)")  # fmt: skip
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (first steps slower while it compiles)")  # fmt: skip
+                   help="torch.compile the model (first steps slower while it compiles)")
+    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs")  # fmt: skip
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit "
                    "for bit (slower)")  # fmt: skip

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from videomac.masking import check_images, check_mask
 from videomac.models import timm_blocks  # noqa: F401  (declares timm's ConvNeXt and ResNet families)
-from videomac.models.context import MaskContext
-from videomac.models.sparse import HEAD_NAMES, densify, sparsify
-from videomac.models.visible import visibilize
+from videomac.sparse import BACKENDS, resolve_backend
+from videomac.sparse.context import MaskContext
+from videomac.sparse.masked import HEAD_NAMES, densify, sparsify
+from videomac.sparse.visible import visibilize
 
 __all__ = ["SparseEncoder"]
 
@@ -20,21 +22,21 @@ class SparseEncoder(nn.Module):
     """Run a dense timm ConvNet sparsely: ``forward(x, mask)`` -> last feature map, masked cells 0.
 
     ``mask`` is bool ``(B, h, w)`` over the grid of the model's total stride (32; 16 for the isotropic
-    ConvNeXt), True = masked. ``backend``: ``'visible'`` (the default) runs every layer, spatial convs
-    included, on the visible positions only (:mod:`videomac.models.visible`,
-    :mod:`videomac.models.sparse_conv`; 2-4.5x faster train steps than ``'masked'`` on CPU, see
-    docs/performance.md); ``'masked'`` is the layer-by-layer reference (every layer a module call
-    that runs dense and zeroes masked positions; same results).
+    ConvNeXt), True = masked. ``backend``: ``'visible'`` runs every layer, spatial convs included, on
+    the visible positions only (:mod:`videomac.sparse.visible`, :mod:`videomac.sparse.packed`; 3.8-5.3x
+    faster train steps than ``'masked'`` on CPU, see docs/performance.md); ``'masked'`` is the
+    layer-by-layer reference (every layer a module call that runs dense and zeroes masked positions;
+    same results); ``'auto'`` (the default) picks, at each forward, the one measured fastest on the
+    input's device (:data:`videomac.sparse.AUTO_BACKEND`: visible on CPU, masked on CUDA).
     The wrapped model keeps its parameter names (under ``model.``); :meth:`to_dense` returns a
     plain dense copy whose state_dict loads strictly into ``timm.create_model(name)``.
     """
 
-    BACKENDS = ("masked", "visible")
+    BACKENDS = BACKENDS
 
-    def __init__(self, model: nn.Module, backend: str = "visible"):
+    def __init__(self, model: nn.Module, backend: str = "auto"):
         super().__init__()
-        if backend not in self.BACKENDS:
-            raise ValueError(f"unknown sparse backend {backend!r}; available: {', '.join(self.BACKENDS)}")
+        resolve_backend(backend, "cpu")  # checks the name
         self.backend = backend
         if not hasattr(model, "forward_features"):
             raise TypeError(f"{type(model).__name__} has no forward_features(); pass a timm classification model")
@@ -49,13 +51,18 @@ class SparseEncoder(nn.Module):
         if first_conv is None:
             raise TypeError(f"{type(model).__name__} has no Conv2d; cannot tell its input channels")
         self.in_chans = int(first_conv.in_channels)
-        if backend == "visible":
+        if backend != "masked":
             visibilize(self.model, self.ctx)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
+        """``keep``: the visible cells of every sample, when known (``random_mask`` keeps
+        ``num_visible(L, ratio)``): the packed sizes then follow from shapes, with no host sync, as
+        ``torch.compile(fullgraph=True)`` and CUDA graphs need. Without it the ``visible`` backend reads
+        the counts once, and pads samples with fewer visible cells (exact either way)."""
         grid = check_images(x, self.patch_size, self.in_chans)
         mask = check_mask(mask, x.shape[0], grid).to(x.device)
-        self.ctx.set(mask)
+        self.ctx.set(mask, keep)
+        self.ctx.packed = resolve_backend(self.backend, x.device) == "visible"
         try:
             # Masked pixels must not reach the first layer: its kernel may span patch borders.
             x = x * self.ctx.get(x)

@@ -1,4 +1,4 @@
-"""timm's ConvNeXt and ResNet families, declared for sparse execution (:mod:`.blocks`)."""
+"""timm's ConvNeXt and ResNet families, declared for sparse execution (:mod:`videomac.sparse.blocks`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from timm.layers.mlp import ConvMlp, GlobalResponseNormMlp, Mlp
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from videomac.models.blocks import BlockParts, dense_class, layer_list, register_block, register_sparse_container
+from videomac.sparse.blocks import BlockParts, dense_class, layer_list, register_block, register_sparse_container
 
 __all__: List[str] = []
 

@@ -24,8 +24,8 @@ from timm.models._features import feature_take_indices
 from timm.models.convnext import ConvNeXt
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.models.blocks import register_sparse_container
 from videomac.pretrained import resolve_pretrained
+from videomac.sparse.blocks import register_sparse_container
 
 __all__ = ["VideoMACConvNeXt", "ARCHS", "STAGE_NORM_EPS"]
 

@@ -20,8 +20,8 @@ from timm.models._manipulate import checkpoint_seq, named_apply
 from timm.models.convnext import ConvNeXtBlock, _init_weights
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.models.blocks import register_sparse_container
 from videomac.pretrained import resolve_pretrained
+from videomac.sparse.blocks import register_sparse_container
 
 __all__ = ["VideoMACConvNeXtIsotropic", "ISO_ARCHS"]
 

@@ -16,8 +16,8 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models._manipulate import checkpoint_seq
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.models.blocks import BlockParts, layer_list, register_block, register_sparse_container
 from videomac.pretrained import resolve_pretrained
+from videomac.sparse.blocks import BlockParts, layer_list, register_block, register_sparse_container
 
 __all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck"]
 

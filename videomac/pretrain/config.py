@@ -42,7 +42,7 @@ class PretrainConfig:
     norm_pix_loss: bool = True
     motion_weight: float = 0.0
     drop_path: float = 0.0
-    backend: str = "visible"  # sparse execution: visible | masked (the reference; same results)
+    backend: str = "auto"  # sparse execution: auto (fastest measured on the device) | visible | masked (reference)
     batch_size: int = 64  # per process
     accum_iter: int = 1
     total_batch: Optional[int] = None  # if set, accum_iter = total_batch / (batch_size * world)
@@ -66,6 +66,7 @@ class PretrainConfig:
     gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
     frame_units: bool = False  # frame folders served by unit like videos (each JPEG decoded ~once; ~1.3x faster)
     compile: bool = False  # torch.compile the model's forward (the train step's graph; backward follows)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     deterministic: bool = False  # deterministic kernels (bit-exact reruns and resumes on CUDA; slower)
     seed: int = 0
     log_every: int = 10

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from timm.models.convnext import ConvNeXtBlock
 
-from videomac.masking import check_images, check_mask, patchify, random_mask
+from videomac.masking import check_images, check_mask, num_visible, patchify, random_mask
 from videomac.models.encoder import SparseEncoder
 from videomac.pretrain.init import INITS, init_authors_
 
@@ -68,13 +68,13 @@ class Decoder(nn.Module):
 class Branch(nn.Module):
     """Sparse encoder + decoder."""
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "visible"):
+    def __init__(self, encoder: nn.Module, decoder_dim: int = 512, decoder_depth: int = 1, backend: str = "auto"):
         super().__init__()
         self.encoder = SparseEncoder(encoder, backend=backend)
         self.decoder = Decoder(self.encoder.num_features, self.encoder.patch_size, decoder_dim, decoder_depth)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x, mask), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: Optional[int] = None) -> torch.Tensor:
+        return self.decoder(self.encoder(x, mask, keep), mask)
 
 
 class VideoMAC(nn.Module):
@@ -99,7 +99,7 @@ class VideoMAC(nn.Module):
         norm_pix_loss: bool = True,
         motion_weight: float = 0.0,
         drop_path_rate: float = 0.0,
-        backend: str = "visible",
+        backend: str = "auto",
         init: str = "timm",
     ):
         super().__init__()
@@ -142,20 +142,29 @@ class VideoMAC(nn.Module):
         return mask.to(device)
 
     def forward(
-        self, frame1: torch.Tensor, frame2: torch.Tensor, mask: Optional[torch.Tensor] = None
+        self,
+        frame1: torch.Tensor,
+        frame2: torch.Tensor,
+        mask: Optional[torch.Tensor] = None,
+        keep: Optional[int] = None,
     ) -> Dict[str, torch.Tensor]:
+        """``mask``: ``(B, h, w)`` bool, or None for a fresh :meth:`make_mask`. ``keep``: the visible cells of
+        every sample of a given mask, when known (see :class:`videomac.SparseEncoder`); a fresh mask's is."""
         grid = check_images(frame1, self.patch_size)
         if frame2.shape != frame1.shape:
             raise ValueError(
                 f"frame1 and frame2 must have the same shape, got {tuple(frame1.shape)} and {tuple(frame2.shape)}"
             )
         B = frame1.shape[0]
-        mask = self.make_mask(B, grid, frame1.device) if mask is None else check_mask(mask, B, grid).to(frame1.device)
+        if mask is None:
+            mask, keep = self.make_mask(B, grid, frame1.device), num_visible(grid[0] * grid[1], self.mask_ratio)
+        else:
+            mask = check_mask(mask, B, grid).to(frame1.device)
 
-        feats = self.online.encoder(frame1, mask)
+        feats = self.online.encoder(frame1, mask, keep)
         pred_online = self.online.decoder(feats, mask)
         with torch.no_grad():
-            pred_target = self.target(frame2, mask)
+            pred_target = self.target(frame2, mask, keep)
 
         with torch.autocast(device_type=frame1.device.type, enabled=False):
             pred_online, pred_target = pred_online.float(), pred_target.float()

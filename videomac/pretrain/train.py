@@ -312,7 +312,7 @@ class _Trainer:
                 self.model, device_ids=[env.device.index] if env.device.type == "cuda" else None
             )
         # compiled once; the backward graph follows from the forward's
-        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.forward = torch.compile(self.ddp, mode=cfg.compile_mode) if cfg.compile else self.ddp
         self.stop_requested = False
         self.stop_signal: Optional[int] = None
         self.out = cfg.output_dir
@@ -469,6 +469,8 @@ class _Trainer:
                     # DDP all-reduces gradients only on the micro-batch that ends an accumulation
                     no_sync = self.ddp.no_sync() if (env.world > 1 and not boundary) else contextlib.nullcontext()
                     with no_sync:
+                        if cfg.compile and cfg.compile_mode == "reduce-overhead":
+                            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step begins
                         with torch.autocast(**autocast):
                             out = self.forward(frame1, frame2)
                         loss = out["loss"]

@@ -1,14 +1,14 @@
 """Visible-only execution of sparse ConvNets (the ``'visible'`` backend of :class:`SparseEncoder`).
 
-On top of the masked conversion of :mod:`videomac.models.sparse`, the residual blocks each family
-declares (:func:`videomac.models.blocks.register_block`), every ``nn.Sequential`` and the layers a
+On top of the masked conversion of :mod:`videomac.sparse.masked`, the residual blocks each family
+declares (:func:`videomac.sparse.blocks.register_block`), every ``nn.Sequential`` and the layers a
 family's own ``forward`` calls directly (stem convs, stage norms, BatchNorm, max-pool, activations)
 get visible classes (names and parameters untouched). Activations are *packed*: a ``(N, C)`` tensor
-of the N visible positions of the batch, block-major (:mod:`.sparse_conv`). Every layer does
+of the N visible positions of the batch, block-major (:mod:`.packed`). Every layer does
 visible-only work:
 
 - pointwise layers (Linear, 1x1 conv, LayerNorm, BatchNorm, GRN, activations) run on the packed tokens;
-- spatial convs and max-pooling compute only the visible outputs (:mod:`.sparse_conv`: patchify for
+- spatial convs and max-pooling compute only the visible outputs (:mod:`.packed`: patchify for
   kernel == stride, tiles with a halo or im2col over packed neighbourhoods otherwise);
 - the model's ``forward_features`` and the registered containers (timm's ``ConvNeXtStage``, ...) whose
   forward only applies submodules one after the other (checked by tracing it with ``torch.fx``, module
@@ -38,11 +38,11 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.layers.grn import GlobalResponseNorm
 
-from videomac.models import sparse_conv
-from videomac.models.blocks import ZERO_PRESERVING, block_parts, dense_class, is_container
-from videomac.models.context import MaskContext, SparseLayer, update_running_stats
-from videomac.models.sparse import HEAD_NAMES
-from videomac.models.sparse_conv import Layout, layout
+from videomac.sparse import packed
+from videomac.sparse.blocks import ZERO_PRESERVING, block_parts, dense_class, is_container
+from videomac.sparse.context import MaskContext, SparseLayer, update_running_stats
+from videomac.sparse.masked import HEAD_NAMES
+from videomac.sparse.packed import Layout, layout
 
 __all__ = ["visibilize", "gather", "scatter"]
 
@@ -66,7 +66,7 @@ def scatter(ctx: MaskContext, t: torch.Tensor, hw) -> torch.Tensor:
     """Packed ``(N, C)`` -> dense ``(B, C, H, W)`` (channels-last memory), masked positions 0."""
     lay = layout(ctx, hw, t.device)
     C = t.shape[1]
-    out = t.new_zeros(lay.B * hw[0] * hw[1], C).index_copy(0, lay.idx, t)
+    out = t.new_zeros(lay.B * hw[0] * hw[1], C).index_copy(0, lay.idx, _valid_only(t, lay))
     return out.view(lay.B, hw[0], hw[1], C).permute(0, 3, 1, 2)
 
 
@@ -108,7 +108,8 @@ def _version(x: torch.Tensor) -> int:
 
 def _publish(ctx: MaskContext, st: _State) -> torch.Tensor:
     """The dense output of a visible module; its packed tokens are kept for the next visible module."""
-    if not st.packed:
+    # Compiled, the hand-over (object identity, weak references) is not traceable; the dense map is exact.
+    if not st.packed or torch.compiler.is_compiling():
         return st.to_dense(ctx)
     d = scatter(ctx, st.t, st.hw)
     key, cache = ("handoff", id(d)), ctx._cache
@@ -118,6 +119,8 @@ def _publish(ctx: MaskContext, st: _State) -> torch.Tensor:
 
 def _received(ctx: MaskContext, x: torch.Tensor) -> _State:
     """The state of a module input: the packed tokens published with ``x``, or ``x`` itself (dense)."""
+    if torch.compiler.is_compiling():
+        return _State.dense(x)
     entry = ctx._cache.get(("handoff", id(x)))
     if entry is not None and entry[0]() is x and entry[1] == _version(x):
         return entry[2]
@@ -128,18 +131,19 @@ def _received(ctx: MaskContext, x: torch.Tensor) -> _State:
 # Pointwise layers on packed tokens.
 
 
+def _valid_only(t: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """``t`` with its padding rows zeroed (a select, not a product: padding rows hold any value)."""
+    return t if lay.valid is None else torch.where(lay.valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
 def _segment_sum(x: torch.Tensor, lay: Layout) -> torch.Tensor:
-    """Per-sample sums over packed tokens: ``(N, C)`` -> ``(B, C)``."""
-    if lay.per_sample is not None:
-        return x.view(lay.B, lay.per_sample, x.shape[1]).sum(1)
-    return x.new_zeros(lay.B, x.shape[1]).index_add(0, lay.sample, x)
+    """Per-sample sums over the (valid) packed tokens: ``(N, C)`` -> ``(B, C)``."""
+    return _valid_only(x, lay).view(lay.B, lay.per_sample, x.shape[1]).sum(1)
 
 
 def _per_token(v: torch.Tensor, t: torch.Tensor, lay: Layout) -> torch.Tensor:
     """Broadcast per-sample rows ``(B, C')`` to the packed tokens ``(N, C')``."""
-    if lay.per_sample is not None:
-        return v.unsqueeze(1).expand(-1, lay.per_sample, -1).reshape(-1, v.shape[1])
-    return v.index_select(0, lay.sample)
+    return v.unsqueeze(1).expand(-1, lay.per_sample, -1).reshape(-1, v.shape[1])
 
 
 def _grn(m: GlobalResponseNorm, t: torch.Tensor, lay: Layout) -> torch.Tensor:
@@ -151,19 +155,20 @@ def _grn(m: GlobalResponseNorm, t: torch.Tensor, lay: Layout) -> torch.Tensor:
     gx = torch.where(pos, torch.where(pos, ss, torch.ones_like(ss)).sqrt(), torch.zeros_like(ss))
     nx = (gx / (gx.mean(dim=-1, keepdim=True) + m.eps)).to(t.dtype)
     scale = torch.addcmul(torch.ones_like(m.weight), m.weight, nx)  # (B, C)
-    if lay.per_sample is not None:
-        k = lay.per_sample
-        return torch.addcmul(m.bias, t.view(lay.B, k, t.shape[1]), scale.unsqueeze(1)).view(-1, t.shape[1])
-    return torch.addcmul(m.bias, t, scale.index_select(0, lay.sample))
+    k = lay.per_sample
+    return torch.addcmul(m.bias, t.view(lay.B, k, t.shape[1]), scale.unsqueeze(1)).view(-1, t.shape[1])
 
 
-def _batch_norm(m: nn.BatchNorm2d, t: torch.Tensor) -> torch.Tensor:
+def _batch_norm(m: nn.BatchNorm2d, t: torch.Tensor, lay: Layout) -> torch.Tensor:
     # The masked backend's BatchNorm statistics: over the visible positions, n clamped to >= 1.
     if not (m.training or m.running_mean is None):
         return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
-    n = t.new_tensor(float(max(t.shape[0], 1)))
-    mean = t.sum(0) / n
-    var = (t - mean).square().sum(0) / n
+    if lay.valid is None:
+        n = t.new_tensor(float(max(t.shape[0], 1)))
+    else:
+        n = lay.valid.sum().to(t.dtype).clamp_min(1.0)
+    mean = _valid_only(t, lay).sum(0) / n
+    var = _valid_only(t - mean, lay).square().sum(0) / n
     update_running_stats(m, mean, var, n)
     y = (t - mean) * torch.rsqrt(var + m.eps)
     return y * m.weight + m.bias if m.affine else y
@@ -203,7 +208,7 @@ def _pointwise(m: nn.Module, kind: str, st: _State, ctx: MaskContext) -> _State:
     elif kind == "layer_norm":
         t = F.layer_norm(t, m.normalized_shape, m.weight, m.bias, m.eps)
     elif kind == "batch_norm":
-        t = _batch_norm(m, t)
+        t = _batch_norm(m, t, layout(ctx, hw, t.device))
     elif kind == "grn":
         t = _grn(m, t, layout(ctx, hw, t.device))
     elif kind == "drop_path":
@@ -235,7 +240,7 @@ def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State
         cls, res = dense_class(m), None
         if cls is nn.Conv2d or cls is nn.MaxPool2d:
             p = st.to_packed(ctx)
-            fn = sparse_conv.conv2d if cls is nn.Conv2d else sparse_conv.max_pool2d
+            fn = packed.conv2d if cls is nn.Conv2d else packed.max_pool2d
             res = fn(ctx, m, p.t, p.hw)
         if res is not None:
             st = _State(res[0], res[1], True)
@@ -259,6 +264,8 @@ class _Visible(SparseLayer):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._vm_ctx.packed:  # backend 'auto' resolved to 'masked' for this device
+            return super().forward(x)
         return _publish(self._vm_ctx, self.forward_packed(_received(self._vm_ctx, x)))
 
 
@@ -341,9 +348,9 @@ class _VisibleModel(SparseLayer):
     _vm_chain: Tuple[str, ...]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "grad_checkpointing", False):
-            return super().forward_features(x)
         ctx = self._vm_ctx
+        if getattr(self, "grad_checkpointing", False) or not ctx.packed:
+            return super().forward_features(x)
         return _publish(ctx, _run_chain(ctx, self, self._vm_chain, _received(ctx, x)))
 
 

@@ -1,6 +1,6 @@
 """How a model family runs sparsely: the registration API of sparse execution.
 
-The backends (:mod:`.sparse`, :mod:`.visible`) know layers (Conv2d, LayerNorm, Linear, ...) but no
+The backends (:mod:`.masked`, :mod:`.visible`) know layers (Conv2d, LayerNorm, Linear, ...) but no
 model class. Each family declares its own, in its own module:
 
 - containers, whose ``forward`` only composes children with position-wise ops (permutes, residual

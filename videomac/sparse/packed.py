@@ -30,21 +30,24 @@ Algorithms (all exact: masked inputs read as zeros, the masked backend's semanti
 Tiles and columns are built a few blocks / rows at a time (bounded memory, reused allocations).
 Which one a conv uses is chosen per layer by :func:`plan` (measurements in docs/performance.md).
 Index tables are built once per forward pass and resolution and cached in the encoder's
-:class:`~videomac.models.context.MaskContext`.
+:class:`~videomac.sparse.context.MaskContext`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
-from videomac.models.context import MaskContext
+from videomac.sparse.context import MaskContext
 
-__all__ = ["Layout", "layout", "ConvGeom", "conv_geom", "plan", "conv2d", "max_pool2d"]
+__all__ = [
+    "Layout", "layout", "ConvGeom", "conv_geom", "plan", "conv2d", "max_pool2d", "gemm_conv", "gemm_conv_backward",
+    "tile_conv", "tile_conv_backward",
+]  # fmt: skip
 
 HW = Tuple[int, int]
 
@@ -67,16 +70,22 @@ def _limit(cpu_limit: int, device) -> int:
 
 
 class Layout(NamedTuple):
-    """The packed visible tokens of one resolution (block-major, see the module docstring)."""
+    """The packed visible tokens of one resolution (block-major, see the module docstring).
+
+    Every sample holds ``K`` blocks (``K * bh * bw`` tokens): its visible patches in row-major order and,
+    when samples have unequal counts, masked patches after them as padding (``valid`` False). Padding
+    rows are computed like the others but never read by a neighbour, counted in a statistic or written
+    out, so the results stay exact; with equal counts (every :func:`~videomac.masking.random_mask`)
+    there is none and ``valid`` is None. All sizes follow from the mask's shape and ``K``."""
 
     idx: torch.Tensor  # (N,) flat dense position b*H*W + y*W + x of each token
-    sample: torch.Tensor  # (N,) the sample of each token
     B: int
-    per_sample: Optional[int]  # tokens per sample when every sample has as many, else None
+    per_sample: int  # tokens per sample, K * bh * bw
     hw: HW
     block: HW  # (bh, bw): positions of one patch at this resolution
     grid: HW  # (gh, gw): the patch grid
-    blocks: torch.Tensor  # (M,) the visible patches, flat over (b, gy, gx)
+    blocks: torch.Tensor  # (M,) = (B * K,) the patches, flat over (b, gy, gx)
+    valid: Optional[torch.Tensor]  # (N, 1) bool, False on padding rows; None when there are none
 
     @property
     def n(self) -> int:
@@ -93,39 +102,62 @@ def _active(ctx: MaskContext) -> torch.Tensor:
     return ctx.active
 
 
+def _patches(ctx: MaskContext, device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(B*K,)`` patches of the packed layout, flat over (b, gy, gx), and the ``(B, K)`` valid flags (or
+    None): sorted, not ``nonzero``, so the shape is ``(B*K,)`` whatever the mask holds (no host sync)."""
+    key = ("patches", str(device))
+    hit = ctx._cache.get(key)
+    if hit is None:
+        active = _active(ctx).to(device)
+        B, gh, gw = active.shape
+        L, K, counts = gh * gw, ctx.keep, None
+        if K is None:  # unknown: the largest count, one host sync (pass keep= to avoid it)
+            counts = active.reshape(B, L).sum(1)
+            lo, K = (int(v) for v in torch.stack(torch.aminmax(counts)).tolist()) if B else (0, 0)
+            counts = None if lo == K else counts
+        ar = torch.arange(L, device=device)
+        # visible cells first, each group in row-major order (the keys are distinct)
+        order = torch.where(active.reshape(B, L), ar, ar + L).argsort(dim=1)[:, :K]
+        blocks = (order + (torch.arange(B, device=device) * L).view(B, 1)).reshape(-1)
+        valid = None if counts is None else torch.arange(K, device=device).view(1, K) < counts.view(B, 1)
+        hit = ctx._cache[key] = (blocks, valid)
+    return hit
+
+
 def layout(ctx: MaskContext, hw: HW, device) -> Layout:
     """The :class:`Layout` of resolution ``hw`` for the mask of the current forward pass (cached)."""
     hw = (int(hw[0]), int(hw[1]))
     key = ("layout", hw, str(device))
     lay = ctx._cache.get(key)
     if lay is None:
-        active = _active(ctx).to(device)
-        B, gh, gw = active.shape
+        blocks, valid = _patches(ctx, device)
+        B, gh, gw = ctx.active.shape
         H, W = hw
         if H % gh or W % gw:
             raise ValueError(f"resolution {H}x{W} is not a multiple of the mask grid {gh}x{gw}")
         bh, bw = H // gh, W // gw
-        blocks = active.reshape(-1).nonzero().squeeze(1)
         b, gy, gx = blocks // (gh * gw), blocks // gw % gh, blocks % gw
         origin = b * (H * W) + gy * (bh * W) + gx * bw
         inner = (torch.arange(bh, device=device) * W).view(bh, 1) + torch.arange(bw, device=device)
         idx = (origin.view(-1, 1, 1) + inner).reshape(-1)
-        counts = active.reshape(B, -1).sum(1)
-        per_sample = int(counts[0]) * bh * bw if B and bool((counts == counts[0]).all()) else None
-        sample = b.repeat_interleave(bh * bw)
-        lay = Layout(idx, sample, B, per_sample, hw, (bh, bw), (gh, gw), blocks)
+        if valid is not None:
+            valid = valid.reshape(-1, 1).repeat_interleave(bh * bw, dim=0)
+        lay = Layout(idx, B, blocks.numel() // max(B, 1) * bh * bw, hw, (bh, bw), (gh, gw), blocks, valid)
         ctx._cache[key] = lay
     return lay
 
 
 def _row_map(ctx: MaskContext, hw: HW, device) -> torch.Tensor:
-    """``(B*H*W,)``: the token of each dense position, N (the zero row) where masked."""
+    """``(B*H*W,)``: the token of each dense position, N (the zero row) where masked or padding."""
     key = ("rows", tuple(hw), str(device))
     rows = ctx._cache.get(key)
     if rows is None:
         lay = layout(ctx, hw, device)
-        rows = torch.full((lay.B * hw[0] * hw[1],), lay.n, dtype=torch.long, device=device)
-        rows[lay.idx] = torch.arange(lay.n, device=device)
+        size = lay.B * hw[0] * hw[1]
+        idx = lay.idx if lay.valid is None else torch.where(lay.valid.view(-1), lay.idx, size)
+        # one spare slot at the end takes the padding rows' writes
+        rows = torch.full((size + 1,), lay.n, dtype=torch.long, device=device)
+        rows = rows.index_copy(0, idx, torch.arange(lay.n, device=device))[:size]
         ctx._cache[key] = rows
     return rows
 
@@ -216,7 +248,8 @@ def _tile_hw(block: HW, g: ConvGeom) -> HW:
 
 
 # ----------------------------------------------------------------------------------------------
-# Kernels (autograd Functions that save packed tensors only)
+# Kernels: custom ops (torch.library) with fake shapes and autograd, so torch.compile traces through
+# them as single nodes; they save packed tensors only
 
 
 def _pad_row(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
@@ -236,7 +269,13 @@ def _chunks(n: int, row_elems: int, device="cpu"):
     return [(i, min(n, i + step)) for i in range(0, n, step)]
 
 
-class _GemmConv(torch.autograd.Function):
+def _gemm_weight(weight: torch.Tensor, ck: bool) -> torch.Tensor:
+    c_out = weight.shape[0]
+    return weight.reshape(c_out, -1) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+
+
+@torch.library.custom_op("videomac::gemm_conv", mutates_args=())
+def gemm_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], nbr: Tensor) -> Tensor:
     """im2col over packed neighbourhoods: ``y = cols(x) @ W^T``; groups == 1.
 
     The columns of a row are ordered (offset, channel) as gathered, and the weight is reordered to
@@ -244,56 +283,79 @@ class _GemmConv(torch.autograd.Function):
     offset), the weight's own order (deep layers: few tokens, big weights). The input gradient folds
     the column gradient back with an index-add (inputs read by several outputs); only ``x`` is saved.
     """
+    n_out, k = nbr.shape
+    c_out, c_in = weight.shape[:2]
+    ck = n_out <= c_out
+    w2 = _gemm_weight(weight, ck)
+    xz = _pad_row(x)
+    y = x.new_empty(n_out, c_out)
+    for a, b in _chunks(n_out, k * c_in, x.device):
+        cols = _columns(xz, nbr[a:b], ck)
+        if bias is not None:
+            torch.addmm(bias, cols, w2.t(), out=y[a:b])
+        else:
+            torch.mm(cols, w2.t(), out=y[a:b])
+    return y
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, nbr):
-        n_out, k = nbr.shape
-        c_out, c_in = weight.shape[:2]
-        ck = n_out <= c_out
-        w2 = weight.reshape(c_out, c_in * k) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, k * c_in)
+
+@gemm_conv.register_fake
+def _(x, weight, bias, nbr):
+    return x.new_empty(nbr.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("videomac::gemm_conv_backward", mutates_args=())
+def gemm_conv_backward(
+    g: Tensor, x: Tensor, weight: Tensor, nbr: Tensor, need_input: bool, need_weight: bool
+) -> Tuple[Tensor, Tensor]:
+    """The input and weight gradients of :func:`gemm_conv` (each empty where not needed)."""
+    g = g.contiguous()
+    n_out, k = nbr.shape
+    c_out, c_in = weight.shape[:2]
+    ck = n_out <= c_out
+    gx, gw = x.new_empty(0, c_in), weight.new_empty(0)
+    if need_input:
+        # the reordered weight is made again rather than saved (it is weight-sized)
+        w2 = _gemm_weight(weight, ck)
+        gxz = x.new_zeros(x.shape[0] + 1, c_in)
+        for a, b in _chunks(n_out, k * c_in, x.device):
+            gcols = torch.mm(g[a:b], w2)
+            gcols = gcols.view(b - a, c_in, k).transpose(1, 2) if ck else gcols.view(b - a, k, c_in)
+            gxz.index_add_(0, nbr[a:b].reshape(-1), gcols.reshape(-1, c_in))
+        gx = gxz[:-1].contiguous()
+    if need_weight:
         xz = _pad_row(x)
-        y = x.new_empty(n_out, c_out)
+        gw2 = None
         for a, b in _chunks(n_out, k * c_in, x.device):
             cols = _columns(xz, nbr[a:b], ck)
-            if bias is not None:
-                torch.addmm(bias, cols, w2.t(), out=y[a:b])
-            else:
-                torch.mm(cols, w2.t(), out=y[a:b])
-        ctx.save_for_backward(x, weight, nbr)
-        ctx.has_bias, ctx.ck = bias is not None, ck
-        return y
+            gw2 = torch.mm(g[a:b].t(), cols) if gw2 is None else gw2.addmm_(g[a:b].t(), cols)
+        if gw2 is None:
+            gw2 = x.new_zeros(c_out, k * c_in)
+        kh, kw = weight.shape[2:]
+        gw = gw2.view_as(weight) if ck else gw2.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2).contiguous()
+    return gx, gw
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, weight, nbr = ctx.saved_tensors
-        ck = ctx.ck
-        g = g.contiguous()
-        n_out, k = nbr.shape
-        c_out, c_in = weight.shape[:2]
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            # the reordered weight is made again rather than saved (it is weight-sized)
-            w2 = weight.reshape(c_out, c_in * k) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, k * c_in)
-            gxz = x.new_zeros(x.shape[0] + 1, c_in)
-            for a, b in _chunks(n_out, k * c_in, x.device):
-                gcols = torch.mm(g[a:b], w2)
-                gcols = gcols.view(b - a, c_in, k).transpose(1, 2) if ck else gcols.view(b - a, k, c_in)
-                gxz.index_add_(0, nbr[a:b].reshape(-1), gcols.reshape(-1, c_in))
-            gx = gxz[:-1]
-        if ctx.needs_input_grad[1]:
-            xz = _pad_row(x)
-            gw2 = None
-            for a, b in _chunks(n_out, k * c_in, x.device):
-                cols = _columns(xz, nbr[a:b], ck)
-                gw2 = torch.mm(g[a:b].t(), cols) if gw2 is None else gw2.addmm_(g[a:b].t(), cols)
-            if gw2 is None:
-                gw2 = x.new_zeros(c_out, k * c_in)
-            kh, kw = weight.shape[2:]
-            gw = gw2.view_as(weight) if ck else gw2.view(c_out, kh, kw, c_in).permute(0, 3, 1, 2).contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb, None
+
+@gemm_conv_backward.register_fake
+def _(g, x, weight, nbr, need_input, need_weight):
+    gx = x.new_empty(x.shape[0] if need_input else 0, weight.shape[1])
+    return gx, weight.new_empty(weight.shape if need_weight else (0,))
+
+
+def _gemm_setup(ctx, inputs, output):
+    x, weight, bias, nbr = inputs
+    ctx.save_for_backward(x, weight, nbr)
+    ctx.has_bias = bias is not None
+
+
+def _gemm_backward(ctx, g):
+    x, weight, nbr = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gx, gw = gemm_conv_backward(g, x, weight, nbr, need[0], need[1])
+    gb = g.sum(0) if ctx.has_bias and need[2] else None
+    return gx if need[0] else None, gw if need[1] else None, gb, None
+
+
+gemm_conv.register_autograd(_gemm_backward, setup_context=_gemm_setup)
 
 
 def _columns(xz: torch.Tensor, nbr: torch.Tensor, ck: bool) -> torch.Tensor:
@@ -373,45 +435,74 @@ def _tile_conv(xz, tidx, weight, bias, groups: int, m: int, block: HW, tile: HW)
     return y if y is not None else xz.new_empty(0, c_out)
 
 
-class _TileConv(torch.autograd.Function):
+@torch.library.custom_op("videomac::tile_conv", mutates_args=())
+def tile_conv(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], tidx: Tensor, block: List[int], tile: List[int], groups: int
+) -> Tensor:
     """Stride-1 'same' conv on the tiles of the visible blocks (block + halo), dense conv inside."""
+    m = tidx.numel() // (tile[0] * tile[1])
+    return _tile_conv(_pad_row(x), tidx, weight, bias, groups, m, tuple(block), tuple(tile)).contiguous()
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, tidx, m, block, tile, groups, dw_method):
-        y = _tile_conv(_pad_row(x), tidx, weight, bias, groups, m, block, tile)
-        ctx.save_for_backward(x, weight, tidx)
-        ctx.geo = (m, block, tile, groups, dw_method, bias is not None)
-        return y
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        x, weight, tidx = ctx.saved_tensors
-        m, (bh, bw), (th, tw), groups, dw_method, has_bias = ctx.geo
-        g = g.contiguous()
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            # The input gradient of a stride-1 'same' conv is the same conv of the output gradient
-            # with the flipped kernel (in/out channels swapped); masked outputs have zero gradient.
-            wf = weight.flip(-1, -2)
+@tile_conv.register_fake
+def _(x, weight, bias, tidx, block, tile, groups):
+    return x.new_empty(tidx.shape[0] // (tile[0] * tile[1]) * block[0] * block[1], weight.shape[0])
+
+
+@torch.library.custom_op("videomac::tile_conv_backward", mutates_args=())
+def tile_conv_backward(
+    g: Tensor, x: Tensor, weight: Tensor, tidx: Tensor, block: List[int], tile: List[int], groups: int,
+    dw_method: str, need_input: bool, need_weight: bool,
+) -> Tuple[Tensor, Tensor]:  # fmt: skip
+    """The input and weight gradients of :func:`tile_conv` (each empty where not needed)."""
+    (bh, bw), (th, tw) = block, tile
+    m = tidx.numel() // (th * tw)
+    g = g.contiguous()
+    gx, gw = x.new_empty(0, x.shape[1]), weight.new_empty(0)
+    if need_input:
+        # The input gradient of a stride-1 'same' conv is the same conv of the output gradient
+        # with the flipped kernel (in/out channels swapped); masked outputs have zero gradient.
+        wf = weight.flip(-1, -2)
+        if groups == 1:
+            wf = wf.transpose(0, 1)
+        gx = _tile_conv(_pad_row(g), tidx, wf, None, groups, m, (bh, bw), (th, tw)).contiguous()
+    if need_weight:
+        xz = _pad_row(x)
+        gw = None
+        for a, b in _block_chunks(m, th * tw * x.shape[1], x.device):
+            tid, gc = tidx[a * th * tw : b * th * tw], g[a * bh * bw : b * bh * bw]
             if groups == 1:
-                wf = wf.transpose(0, 1)
-            gx = _tile_conv(_pad_row(g), tidx, wf, None, groups, m, (bh, bw), (th, tw))
-        if ctx.needs_input_grad[1]:
-            xz = _pad_row(x)
-            for a, b in _block_chunks(m, th * tw * x.shape[1], x.device):
-                tid, gc = tidx[a * th * tw : b * th * tw], g[a * bh * bw : b * bh * bw]
-                if groups == 1:
-                    t = _gather_rows(xz, tid).view(b - a, th, tw, -1).permute(0, 3, 1, 2)
-                    part = _conv_weight_grad(_blocks(gc, b - a, bh, bw), t, weight, 1)
-                else:
-                    part = _dw_weight_grad(xz, tid, gc, b - a, (bh, bw), (th, tw), weight, dw_method)
-                gw = part if gw is None else gw.add_(part)
-            if gw is None:
-                gw = torch.zeros_like(weight)
-        if has_bias and ctx.needs_input_grad[2]:
-            gb = g.sum(0)
-        return gx, gw, gb, None, None, None, None, None, None
+                t = _gather_rows(xz, tid).view(b - a, th, tw, -1).permute(0, 3, 1, 2)
+                part = _conv_weight_grad(_blocks(gc, b - a, bh, bw), t, weight, 1)
+            else:
+                part = _dw_weight_grad(xz, tid, gc, b - a, (bh, bw), (th, tw), weight, dw_method)
+            gw = part if gw is None else gw.add_(part)
+        gw = torch.zeros_like(weight) if gw is None else gw.contiguous()
+    return gx, gw
+
+
+@tile_conv_backward.register_fake
+def _(g, x, weight, tidx, block, tile, groups, dw_method, need_input, need_weight):
+    gx = x.new_empty(x.shape if need_input else (0, x.shape[1]))
+    return gx, weight.new_empty(weight.shape if need_weight else (0,))
+
+
+def _tile_setup(ctx, inputs, output):
+    x, weight, bias, tidx, block, tile, groups = inputs
+    ctx.save_for_backward(x, weight, tidx)
+    ctx.geo = (block, tile, groups, _dw_method(tuple(block), x.device), bias is not None)
+
+
+def _tile_backward(ctx, g):
+    x, weight, tidx = ctx.saved_tensors
+    block, tile, groups, dw_method, has_bias = ctx.geo
+    need = ctx.needs_input_grad
+    gx, gw = tile_conv_backward(g, x, weight, tidx, block, tile, groups, dw_method, need[0], need[1])
+    gb = g.sum(0) if has_bias and need[2] else None
+    return gx if need[0] else None, gw if need[1] else None, gb, None, None, None, None
+
+
+tile_conv.register_autograd(_tile_backward, setup_context=_tile_setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,7 +555,6 @@ def _autocast(t: torch.Tensor, *params):
     return (t.to(dt), *(p.to(dt) if p is not None else None for p in params))
 
 
-@torch.compiler.disable  # its custom autograd Functions take index tensors and shapes dynamo cannot trace
 def conv2d(
     ctx: MaskContext, m: nn.Conv2d, t: torch.Tensor, hw: HW, how: Optional[str] = None
 ) -> Optional[Tuple[torch.Tensor, HW]]:
@@ -488,13 +578,15 @@ def conv2d(
             return F.linear(t, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), b), out_hw
         if how == "tile":
             tidx = _tile_index(ctx, hw, g, t.device)
-            tile = _tile_hw(lay.block, g)
-            y = _TileConv.apply(t, w, b, tidx, lay.m, lay.block, tile, m.groups, _dw_method(lay.block, t.device))
+            if lay.valid is not None:
+                # A padding block's tile reads real neighbours, so the input gradient its own rows get
+                # is not zero: cut it here (nothing reads those rows).
+                t = torch.where(lay.valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+            y = tile_conv(t, w, b, tidx, list(lay.block), list(_tile_hw(lay.block, g)), m.groups)
             return y, out_hw
-        return _GemmConv.apply(t, w, b, _neighbours(ctx, hw, g, t.device)), out_hw
+        return gemm_conv(t, w, b, _neighbours(ctx, hw, g, t.device)), out_hw
 
 
-@torch.compiler.disable
 def max_pool2d(ctx: MaskContext, m: nn.MaxPool2d, t: torch.Tensor, hw: HW) -> Optional[Tuple[torch.Tensor, HW]]:
     """Max-pool over the visible inputs of each visible output's window, or None where it must run dense."""
     g = conv_geom(m)

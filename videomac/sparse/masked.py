@@ -20,8 +20,8 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from timm.layers.grn import GlobalResponseNorm
 
-from videomac.models.blocks import ZERO_PRESERVING, is_container
-from videomac.models.context import MaskContext, SparseLayer, update_running_stats
+from videomac.sparse.blocks import ZERO_PRESERVING, is_container
+from videomac.sparse.context import MaskContext, SparseLayer, update_running_stats
 
 __all__ = ["HEAD_NAMES", "sparsify", "densify"]
 

@@ -1,5 +1,5 @@
 """What every sparse layer shares: the mask of the current forward pass and the mixin that marks a
-converted layer. Both backends (:mod:`.sparse`, :mod:`.visible`) build on this module."""
+converted layer. Both backends (:mod:`.masked`, :mod:`.visible`) build on this module."""
 
 from __future__ import annotations
 
@@ -18,14 +18,29 @@ class MaskContext:
 
     def __init__(self) -> None:
         self.active: Optional[torch.Tensor] = None  # (B, h, w) bool, True = visible
+        self.keep: Optional[int] = None  # visible cells of every sample, when the caller knows it
+        self.packed = True  # False: visible-converted layers run as the masked backend (backend 'auto')
         self._cache: Dict[Tuple, object] = {}
 
-    def set(self, mask: torch.Tensor) -> None:
+    def set(self, mask: torch.Tensor, keep: Optional[int] = None) -> None:
+        """Set the mask (True = masked). ``keep``: the number of visible cells of *every* sample (as
+        :func:`~videomac.masking.random_mask` makes), so the packed sizes need no look at the mask's values
+        (no host sync; what a compiled step needs). It is checked on the device, asynchronously. Without
+        it the visible backend reads the counts once (one sync) and pads unequal samples exactly."""
         self.active = ~mask
+        self.keep = None
+        if keep is not None:
+            cells = mask.shape[1] * mask.shape[2]
+            if not 0 <= int(keep) <= cells:
+                raise ValueError(f"keep={keep} visible cells is outside [0, {cells}] for a mask of {tuple(mask.shape)}")
+            self.keep = int(keep)
+            counts = self.active.reshape(mask.shape[0], -1).sum(1)
+            torch._assert_async((counts == self.keep).all(), f"a sample of the mask does not keep {keep} visible cells")
         self._cache = {}
 
     def clear(self) -> None:
         self.active = None
+        self.keep = None
         self._cache = {}
 
     def get(self, x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
