@@ -6,7 +6,7 @@ import inspect
 import pytest
 import timm
 import torch
-from timm.models import model_entrypoint
+from timm.models import create_feature_extractor, get_graph_node_names, model_entrypoint
 from timm.models._features import FeatureGetterNet
 from timm.models.convnext import ConvNeXt
 
@@ -53,6 +53,20 @@ def test_torchscript_equals_eager(name):
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(scripted.forward_features(x), model.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fx_trace_equals_eager_and_scripts(name):
+    model, x = make(name), inputs(name)
+    _, eval_nodes = get_graph_node_names(model)
+    graph = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])  # timm's tracer: timm's leaf modules
+    with torch.no_grad():
+        want = model(x)
+        (traced,) = graph(x).values()
+        assert torch.equal(traced, want)
+        # the traced code carries forward's annotations, which TorchScript must be able to resolve
+        (scripted,) = torch.jit.script(graph)(x).values()
+        torch.testing.assert_close(scripted, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

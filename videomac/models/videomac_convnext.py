@@ -12,8 +12,6 @@ Each ``videomac_cnxv2_*`` / ``videomac_cnxv1_*`` has the arguments of timm's ``c
 loads strictly into that timm model built with the same ``ls_init_value``.
 """
 
-from __future__ import annotations
-
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch

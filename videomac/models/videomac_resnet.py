@@ -5,8 +5,8 @@ LayerNorm instead of the 7x7 conv + max-pool, LayerNorm (channels-first) instead
 GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
+# generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
 from typing import List, Optional, Tuple, Type, Union
 
 import torch
