@@ -12,12 +12,9 @@ Each ``videomac_cnxv2_*`` / ``videomac_cnxv1_*`` has the arguments of timm's ``c
 loads strictly into that timm model built with the same ``ls_init_value``.
 """
 
-from __future__ import annotations
-
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
-import torch.nn as nn
 from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
@@ -71,6 +68,8 @@ class VideoMACConvNeXt(ConvNeXt):
 
     def __init__(self, *args, stage_norm_eps: float = STAGE_NORM_EPS, **kwargs):
         super().__init__(*args, **kwargs)
+        if len(self.stages) > 4:
+            raise ValueError(f"VideoMACConvNeXt has at most 4 stages (norm0..norm3), got depths of {len(self.stages)}")
         dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         # Re-register so the state_dict reads stem, stages, norm0..3, norm_pre, head (forward order).
         tail = {name: self._modules.pop(name) for name in ("norm_pre", "head")}
@@ -80,8 +79,18 @@ class VideoMACConvNeXt(ConvNeXt):
         for name, module in tail.items():
             self.add_module(name, module)
 
-    def stage_norm(self, i: int) -> nn.Module:
-        return getattr(self, f"norm{i}")
+    def _stage_norm(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``norm{i}(x)``, spelled out: TorchScript cannot look a module up by a computed name, and a
+        ModuleList would rename the ``norm{i}.*`` keys of the authors' checkpoints."""
+        if i == 0:
+            return self.norm0(x)
+        if i == 1 and hasattr(self, "norm1"):  # hasattr: a pruned model has fewer (scripted as a constant)
+            return self.norm1(x)
+        if i == 2 and hasattr(self, "norm2"):
+            return self.norm2(x)
+        if i == 3 and hasattr(self, "norm3"):
+            return self.norm3(x)
+        raise RuntimeError(f"no stage norm norm{i}")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
@@ -117,7 +126,7 @@ class VideoMACConvNeXt(ConvNeXt):
         stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
         feat_idx = 0
         for feat_idx, stage in enumerate(stages):
-            x = self.stage_norm(feat_idx)(stage(x))
+            x = self._stage_norm(feat_idx, stage(x))
             if feat_idx in take_indices:
                 intermediates.append(self.norm_pre(x) if norm and feat_idx == last_idx else x)
         if intermediates_only:
@@ -138,7 +147,7 @@ class VideoMACConvNeXt(ConvNeXt):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for i, stage in enumerate(self.stages):
-            x = self.stage_norm(i)(stage(x))
+            x = self._stage_norm(i, stage(x))
         return self.norm_pre(x)
 
 
@@ -159,17 +168,67 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VideoMACConvNeX
     )
 
 
-def _entrypoint(variant: str):
-    def fn(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
-        return _create(variant, pretrained, **kwargs)
-
-    twin = ARCHS[variant][0]
-    fn.__name__ = variant
-    fn.__qualname__ = variant
-    fn.__module__ = __name__
-    fn.__doc__ = f"{variant}: timm's {twin} + the authors' LayerNorm after every stage (norm0..norm3)."
-    return fn
+@register_model
+def videomac_cnxv2_atto(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 atto (timm's ``convnextv2_atto``, conv-MLP) + the authors' stage norms."""
+    return _create("videomac_cnxv2_atto", pretrained, **kwargs)
 
 
-for _name in ARCHS:
-    globals()[_name] = register_model(_entrypoint(_name))
+@register_model
+def videomac_cnxv2_femto(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 femto (timm's ``convnextv2_femto``, conv-MLP) + the authors' stage norms."""
+    return _create("videomac_cnxv2_femto", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_pico(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 pico (timm's ``convnextv2_pico``, conv-MLP) + the authors' stage norms."""
+    return _create("videomac_cnxv2_pico", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_nano(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 nano (timm's ``convnextv2_nano``, conv-MLP) + the authors' stage norms."""
+    return _create("videomac_cnxv2_nano", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_t(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 tiny (timm's ``convnextv2_tiny``) + the authors' stage norms."""
+    return _create("videomac_cnxv2_t", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_s(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 small (timm's ``convnextv2_small``) + the authors' stage norms."""
+    return _create("videomac_cnxv2_s", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_b(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 base (timm's ``convnextv2_base``) + the authors' stage norms."""
+    return _create("videomac_cnxv2_b", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_l(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 large (timm's ``convnextv2_large``) + the authors' stage norms."""
+    return _create("videomac_cnxv2_l", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv2_h(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V2 huge (timm's ``convnextv2_huge``) + the authors' stage norms."""
+    return _create("videomac_cnxv2_h", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv1_t(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V1 tiny (timm's ``convnext_tiny``, no layer scale) + the authors' stage norms."""
+    return _create("videomac_cnxv1_t", pretrained, **kwargs)
+
+
+@register_model
+def videomac_cnxv1_s(pretrained: bool = False, **kwargs) -> VideoMACConvNeXt:
+    """ConvNeXt-V1 small (timm's ``convnext_small``, no layer scale) + the authors' stage norms."""
+    return _create("videomac_cnxv1_s", pretrained, **kwargs)

@@ -7,8 +7,8 @@ masking patch is 16, the model's only stride. ``videomac_cnxv2_iso_s`` (dim 384,
 21,979,008 parameters, the paper's 22M; ``videomac_cnxv2_iso_b`` is dim 768.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
+# generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch

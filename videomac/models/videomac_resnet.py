@@ -5,14 +5,15 @@ LayerNorm instead of the 7x7 conv + max-pool, LayerNorm (channels-first) instead
 GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32.
 """
 
-from __future__ import annotations
-
-from typing import List, Optional, Type, Union
+# No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
+# generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
+from typing import List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerNorm2d, SelectAdaptivePool2d
+from timm.layers import DropPath, LayerNorm2d, create_classifier
 from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from videomac.models._cfgs import make_default_cfgs
@@ -96,7 +97,14 @@ class Bottleneck(nn.Module):
 
 
 class VideoMACResNet(nn.Module):
-    """ResNet with a patchify stem, LayerNorm and GELU (timm model interface)."""
+    """ResNet with a patchify stem, LayerNorm and GELU (timm model interface).
+
+    ``feature_info`` / ``forward_intermediates`` indices 0..3 are ``layer1`` .. ``layer4`` (strides 4..32;
+    the stem's output is ``layer1``'s stride, so it is not a feature of its own). ``global_pool=''`` keeps
+    the unpooled (B, C, H, W) map.
+    """
+
+    _LAYERS = ("layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,
@@ -137,8 +145,7 @@ class VideoMACResNet(nn.Module):
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=outplanes, reduction=reduction, module=f"layer{i + 1}"))
         self.num_features = self.head_hidden_size = inplanes
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
         self._init_weights(zero_init_last)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -167,21 +174,61 @@ class VideoMACResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """New classifier for ``num_classes`` (0: none) after ``global_pool`` ('': none, (B, C, H, W) out)."""
         self.num_classes = num_classes
-        if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's forward_intermediates: ``layer{i+1}`` outputs for ``indices`` (last n if int, all if None).
+
+        ``norm`` has nothing to apply (there is no final norm); ``stop_early`` skips the layers after the
+        last index taken.
+        """
+        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self._LAYERS), indices)
+        x = self.stem(x)
+        names = self._LAYERS[: max_index + 1] if stop_early else self._LAYERS
+        for feat_idx, name in enumerate(names):
+            layer = getattr(self, name)  # not scriptable, as timm's ResNet; forward() does not use it
+            x = checkpoint_seq(layer, x) if self.grad_checkpointing else layer(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drop the layers after the last of ``indices`` (and the head, which no longer fits); returns them."""
+        take_indices, max_index = feature_take_indices(len(self._LAYERS), indices)
+        for name in self._LAYERS[max_index + 1 :]:
+            setattr(self, name, nn.Sequential())  # empty, not Identity: checkpoint_seq iterates it
+        prune_end = max_index < len(self._LAYERS) - 1
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for i in range(1, 5):
-            layer = getattr(self, f"layer{i}")
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(layer, x)
-            else:
-                x = layer(x)
-        return x
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.layer4(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)
