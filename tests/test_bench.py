@@ -43,3 +43,29 @@ def test_bench_propagate(capsys):
     rc = main(["bench", "propagate", "--quick"])
     out = capsys.readouterr().out
     assert rc == 0 and "fps" in out or rc == 2 and "not available" in out
+
+
+def test_bench_pretrain_repeats_report_medians_of_interleaved_rounds(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "pretrain", "--quick", "--models", "videomac_rn18", "--configs", "visible,masked", "--no-vit",
+            "--no-isolate", "--steps", "1", "--repeats", "3", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["meta"]["repeats"] == 3
+    rows = {r["config"]: r for r in result["rows"]}
+    for r in rows.values():
+        runs = r["pairs_per_s_runs"]
+        assert len(runs) == 3 and r["pairs_per_s"] == sorted(runs)[1] and len(r["load_runs"]) == 3
+    ratios = rows["visible"]["speed_vs_masked_runs"]
+    assert rows["visible"]["speed_vs_masked"] == sorted(ratios)[1] and rows["masked"]["speed_vs_masked"] == 1.0
+    # each round's ratio is measured within the round, not between medians of different rounds
+    for k in range(3):
+        v, m = rows["visible"]["pairs_per_s_runs"][k], rows["masked"]["pairs_per_s_runs"][k]
+        assert abs(ratios[k] - v / m) < 1e-9
+    table = capsys.readouterr().out
+    assert "3 interleaved rounds" in table and "load average" in table
+
+
+def test_bench_pretrain_refuses_zero_repeats(capsys):
+    assert main(["bench", "pretrain", "--quick", "--no-vit", "--repeats", "0"]) == 2
+    assert "repeats" in capsys.readouterr().err

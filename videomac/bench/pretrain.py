@@ -7,6 +7,7 @@ import copy
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import time
 import traceback
 from typing import Dict, List, Optional
@@ -309,10 +310,15 @@ def bench_pretrain(
     vit: bool = True,
     isolate: bool = True,
     profile: Optional[str] = None,
+    repeats: int = 1,
     log=print,
 ) -> Dict:
     """Run every (model, config) row (and the ViT row) and return ``dict(meta, rows, flops)``.
-    ``profile``: a folder for each row's torch.profiler table (see :func:`profile_steps`)."""
+    ``profile``: a folder for each row's torch.profiler table (see :func:`profile_steps`, first round only).
+    ``repeats``: rounds of all rows, interleaved, so that a change of the machine's load hits every row of
+    a round alike; each row reports its median pairs/s and the median of its per-round ratios."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     models = list(models or DEFAULT_MODELS)
     configs = list(configs or CONFIGS)
     base = dict(batch_size=batch_size, input_size=input_size, steps=steps, warmup=warmup, device=device,
@@ -325,16 +331,24 @@ def bench_pretrain(
     if isolate:
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["videomac.bench.pretrain"])  # one torch import for all rows
-    rows = []
-    for cfg in todo:
-        t0 = time.perf_counter()
-        row = _run_isolated(cfg, ctx) if isolate else run_config(cfg)
-        log(f"  {cfg['model']} / {cfg['config']}: {time.perf_counter() - t0:.1f} s")
-        if "error" in row:
-            log(f"    failed: {row['error']}")
-        rows.append(row)
     flops = {m: flop_split(m, input_size, mask_ratio) for m in models}
-    _add_ratios(rows, flops)
+    rounds = []
+    for k in range(repeats):
+        round_rows = []
+        for cfg in todo:
+            cfg = dict(cfg, profile=profile if k == 0 else None)
+            load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+            t0 = time.perf_counter()
+            row = _run_isolated(cfg, ctx) if isolate else run_config(cfg)
+            prefix = f"  round {k + 1}/{repeats}:" if repeats > 1 else " "
+            log(f"{prefix} {cfg['model']} / {cfg['config']}: {time.perf_counter() - t0:.1f} s")
+            if "error" in row:
+                log(f"    failed: {row['error']}")
+            row["load"] = load
+            round_rows.append(row)
+        _add_ratios(round_rows, flops)
+        rounds.append(round_rows)
+    rows = [_median_row([r[i] for r in rounds]) for i in range(len(todo))]
     meta = dict(
         torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count(),
@@ -343,7 +357,7 @@ def bench_pretrain(
             "torch.cuda.max_memory_allocated - allocated before the first step" if device.startswith("cuda")
             else "max RSS (getrusage) - RSS before the first step, one forked process per row"
         ) if isolate else "not measured (isolate=False)",
-        **base,
+        repeats=repeats, **base,
     )  # fmt: skip
     if not isolate and not device.startswith("cuda"):
         for r in rows:
@@ -375,6 +389,25 @@ def _add_ratios(rows: List[Dict], flops: Dict[str, Dict]) -> None:
             r["of_bound"] = r["speed_vs_masked"] / r["flop_bound"]
 
 
+def _median_row(runs: List[Dict]) -> Dict:
+    """One row from its rounds: the round of median pairs/s, with the median of the per-round ratios."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    if len(runs) == 1:
+        return runs[0]
+    mid = statistics.median_low(r["pairs_per_s"] for r in runs)
+    row = dict(next(r for r in runs if r["pairs_per_s"] == mid))
+    row["pairs_per_s_runs"] = [r["pairs_per_s"] for r in runs]
+    row["load_runs"] = [r["load"] for r in runs]
+    if all("speed_vs_masked" in r for r in runs):
+        row["speed_vs_masked_runs"] = [r["speed_vs_masked"] for r in runs]
+        row["speed_vs_masked"] = statistics.median(row["speed_vs_masked_runs"])
+        if "flop_bound" in row:
+            row["of_bound"] = row["speed_vs_masked"] / row["flop_bound"]
+    return row
+
+
 def format_table(result: Dict) -> str:
     """The rows as a fixed-width text table (ratios are to the same model's ``masked`` row)."""
     head = f"{'model':22s} {'config':16s} {'pairs/s':>8s} {'x masked':>8s} {'peak MB':>8s} {'x mem':>6s} " \
@@ -396,6 +429,17 @@ def format_table(result: Dict) -> str:
             f"{f(r.get('compile_s'), '.1f', 9)}"
         )
     lines.append("")
+    loads = [x for r in result["rows"] for x in r.get("load_runs", [r.get("load")]) if x is not None]
+    if result["meta"].get("repeats", 1) > 1:
+        lines.append(f"medians of {result['meta']['repeats']} interleaved rounds; x masked per round:")
+        for r in result["rows"]:
+            if "speed_vs_masked_runs" in r and r["config"] != "masked":
+                runs = ", ".join(f"{x:.2f}" for x in r["speed_vs_masked_runs"])
+                lines.append(f"  {r['model']} / {r['config']}: {runs}")
+    if loads:
+        lines.append(f"load average (1 min) at the start of each row: {min(loads):.1f}-{max(loads):.1f} "
+                     f"on {result['meta']['cpus']} CPUs")  # fmt: skip
+        lines.append("")
     lines.append(f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "
                  f"{'visible GMACs':>13s} {'bound @ r':>9s} {'pointwise-only bound':>20s}")  # fmt: skip
     for m, fl in result["flops"].items():

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     pp.add_argument("--profile", metavar="DIR",
                     help="also profile 2 steps per row (torch.profiler): tables to DIR, kernel launches and device "
                     "busy time per step (CUDA) in the rows")  # fmt: skip
+    pp.add_argument("--repeats", type=int, default=1,
+                    help="interleaved rounds of all rows; report medians (on a loaded machine; default 1)")  # fmt: skip
     pp.add_argument("--out", help="write the results as JSON")
     pp.set_defaults(func=pretrain)
 
@@ -87,7 +89,7 @@ def pretrain(args: argparse.Namespace) -> int:
         input_size=args.input_size, steps=args.steps, warmup=args.warmup, device=args.device, amp=args.amp,
         compile=args.compile, compile_mode=args.compile_mode, mask_ratio=args.mask_ratio, vit=not args.no_vit,
         isolate=not args.no_isolate,
-        profile=args.profile,
+        profile=args.profile, repeats=args.repeats,
     )  # fmt: skip
     print(f"videomac bench pretrain: {json.dumps({k: v for k, v in kw.items() if k != 'models'})}")
     result = bench_pretrain(**kw)
