@@ -12,6 +12,8 @@ Each ``videomac_cnxv2_*`` / ``videomac_cnxv1_*`` has the arguments of timm's ``c
 loads strictly into that timm model built with the same ``ls_init_value``.
 """
 
+# No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
+# generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
