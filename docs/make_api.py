@@ -8,7 +8,7 @@ import os
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "api.md")
 
-# (module, one-line role), layer by layer from the bottom (DESIGN.md §3).
+# (module, one-line role), layer by layer from the bottom (docs/design.md §3).
 MODULES = [
     ("videomac.masking", "symmetric frame-pair masks, patchify/unpatchify"),
     ("videomac.registry", "the published-weights registry"),

@@ -1,4 +1,4 @@
-"""The import layering of DESIGN.md §3: the import-linter contract holds, and no import cycle exists."""
+"""The import layering of docs/design.md §3: the import-linter contract holds, and no import cycle exists."""
 
 import os
 import subprocess

@@ -1,4 +1,4 @@
-"""The VideoMAC pretrainer's rules (DESIGN.md §1), each proved on real tensors."""
+"""The VideoMAC pretrainer's rules (docs/design.md §1), each proved on real tensors."""
 
 import math
 

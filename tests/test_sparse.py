@@ -1,4 +1,4 @@
-"""Sparse execution proofs (DESIGN.md §2): (a) unmasked == dense, (b) no leak from masked pixels,
+"""Sparse execution proofs (docs/design.md §2): (a) unmasked == dense, (b) no leak from masked pixels,
 (c) masked cells exactly zero after every layer, (d) strict load of to_dense(), (e) gradients."""
 
 import pytest

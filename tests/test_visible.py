@@ -254,7 +254,7 @@ def test_videomac_visible_equals_masked():
 
 
 def test_unknown_backend_is_refused():
-    # MinkowskiEngine is the reference the masked backend was checked against (DESIGN.md §2), not a backend.
+    # MinkowskiEngine is the reference the masked backend was checked against (docs/design.md §2), not a backend.
     with pytest.raises(ValueError, match="available: auto, masked, visible"):
         videomac.SparseEncoder(make("videomac_rn18"), backend="minkowski")
 

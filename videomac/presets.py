@@ -1,4 +1,4 @@
-"""The paper's pretraining recipes (DESIGN.md §1), one per backbone: ``videomac pretrain --preset NAME``.
+"""The paper's pretraining recipes (docs/design.md §1), one per backbone: ``videomac pretrain --preset NAME``.
 
 Plain data, so the weights layer (its "train your own" message), the pretraining loop and the
 publishing code can all read them without importing one another.

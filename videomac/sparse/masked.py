@@ -7,7 +7,7 @@ Every converted layer multiplies its output by the active (visible) mask at its 
 masked positions hold exact zeros after every layer and never leak into visible ones; layers that
 pool over positions (BatchNorm, max/avg pooling) only see visible positions. Masks must be
 block-aligned on the grid of the model's total stride, which makes these the exact semantics of
-submanifold sparse convolution (DESIGN.md §2). Which containers may be converted is declared by
+submanifold sparse convolution (docs/design.md §2). Which containers may be converted is declared by
 each model family (:mod:`.blocks`).
 """
 
