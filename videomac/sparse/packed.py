@@ -274,7 +274,15 @@ def _gemm_weight(weight: torch.Tensor, ck: bool) -> torch.Tensor:
     return weight.reshape(c_out, -1) if ck else weight.permute(0, 2, 3, 1).reshape(c_out, -1)
 
 
-def _gemm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], nbr: Tensor) -> Tensor:
+@torch.library.custom_op("videomac::gemm_conv", mutates_args=())
+def gemm_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], nbr: Tensor) -> Tensor:
+    """im2col over packed neighbourhoods: ``y = cols(x) @ W^T``; groups == 1.
+
+    The columns of a row are ordered (offset, channel) as gathered, and the weight is reordered to
+    match, when the columns are the larger tensor; else the columns are reordered to (channel,
+    offset), the weight's own order (deep layers: few tokens, big weights). The input gradient folds
+    the column gradient back with an index-add (inputs read by several outputs); only ``x`` is saved.
+    """
     n_out, k = nbr.shape
     c_out, c_in = weight.shape[:2]
     ck = n_out <= c_out
@@ -290,27 +298,14 @@ def _gemm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], nbr: Tensor
     return y
 
 
-@torch.library.custom_op("videomac::gemm_conv", mutates_args=())
-def gemm_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor], nbr: Tensor, symmetric: bool = False) -> Tensor:
-    """im2col over packed neighbourhoods: ``y = cols(x) @ W^T``; groups == 1.
-
-    The columns of a row are ordered (offset, channel) as gathered, and the weight is reordered to
-    match, when the columns are the larger tensor; else the columns are reordered to (channel,
-    offset), the weight's own order (deep layers: few tokens, big weights). ``symmetric``: ``nbr``
-    is its own transpose (stride 1, centred kernel, the input's layout), which the backward uses.
-    Only ``x`` is saved.
-    """
-    return _gemm_forward(x, weight, bias, nbr)
-
-
 @gemm_conv.register_fake
-def _(x, weight, bias, nbr, symmetric=False):
+def _(x, weight, bias, nbr):
     return x.new_empty(nbr.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("videomac::gemm_conv_backward", mutates_args=())
 def gemm_conv_backward(
-    g: Tensor, x: Tensor, weight: Tensor, nbr: Tensor, need_input: bool, need_weight: bool, symmetric: bool = False
+    g: Tensor, x: Tensor, weight: Tensor, nbr: Tensor, need_input: bool, need_weight: bool
 ) -> Tuple[Tensor, Tensor]:
     """The input and weight gradients of :func:`gemm_conv` (each empty where not needed)."""
     g = g.contiguous()
@@ -318,12 +313,7 @@ def gemm_conv_backward(
     c_out, c_in = weight.shape[:2]
     ck = n_out <= c_out
     gx, gw = x.new_empty(0, c_in), weight.new_empty(0)
-    if need_input and symmetric:
-        # Input i is read at offset j by the output at offset k-1-j of its own row of nbr, so the input
-        # gradient is the same conv of g with the kernel flipped and transposed: a gather and a GEMM
-        # instead of an index-add (on the CPU 40x faster at 56x56, 64 channels, 25% visible).
-        gx = _gemm_forward(g, weight.transpose(0, 1).flip(2, 3), None, nbr)
-    elif need_input:
+    if need_input:
         # the reordered weight is made again rather than saved (it is weight-sized)
         w2 = _gemm_weight(weight, ck)
         gxz = x.new_zeros(x.shape[0] + 1, c_in)
@@ -346,23 +336,23 @@ def gemm_conv_backward(
 
 
 @gemm_conv_backward.register_fake
-def _(g, x, weight, nbr, need_input, need_weight, symmetric=False):
+def _(g, x, weight, nbr, need_input, need_weight):
     gx = x.new_empty(x.shape[0] if need_input else 0, weight.shape[1])
     return gx, weight.new_empty(weight.shape if need_weight else (0,))
 
 
 def _gemm_setup(ctx, inputs, output):
-    x, weight, bias, nbr, symmetric = inputs
+    x, weight, bias, nbr = inputs
     ctx.save_for_backward(x, weight, nbr)
-    ctx.has_bias, ctx.symmetric = bias is not None, symmetric
+    ctx.has_bias = bias is not None
 
 
 def _gemm_backward(ctx, g):
     x, weight, nbr = ctx.saved_tensors
     need = ctx.needs_input_grad
-    gx, gw = gemm_conv_backward(g, x, weight, nbr, need[0], need[1], ctx.symmetric)
+    gx, gw = gemm_conv_backward(g, x, weight, nbr, need[0], need[1])
     gb = g.sum(0) if ctx.has_bias and need[2] else None
-    return gx if need[0] else None, gw if need[1] else None, gb, None, None
+    return gx if need[0] else None, gw if need[1] else None, gb, None
 
 
 gemm_conv.register_autograd(_gemm_backward, setup_context=_gemm_setup)
@@ -594,11 +584,7 @@ def conv2d(
                 t = torch.where(lay.valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
             y = tile_conv(t, w, b, tidx, list(lay.block), list(_tile_hw(lay.block, g)), m.groups)
             return y, out_hw
-        # Padding blocks (lay.valid) read real rows that real rows do not read back: no transpose.
-        symmetric = lay.valid is None and g.stride == (1, 1) and out_hw == tuple(hw) and all(
-            2 * g.padding[i] == g.dilation[i] * (g.kernel[i] - 1) for i in range(2)
-        )
-        return gemm_conv(t, w, b, _neighbours(ctx, hw, g, t.device), symmetric), out_hw
+        return gemm_conv(t, w, b, _neighbours(ctx, hw, g, t.device)), out_hw
 
 
 def max_pool2d(ctx: MaskContext, m: nn.MaxPool2d, t: torch.Tensor, hw: HW) -> Optional[Tuple[torch.Tensor, HW]]:
