@@ -45,7 +45,7 @@ from videomac.pretrain.model import VideoMAC
 __all__ = [
     "atomic_save", "save_encoder", "load_checkpoint", "load_latest", "write_checkpoint", "state_digest",
     "check_schema", "build_model", "load_pretrainer", "encoder_from_checkpoint", "is_run_folder", "run_lock",
-    "earlier_run",
+    "earlier_run", "close_inherited_locks",
     "CheckpointError", "UntrustedCheckpointError", "RunFolderBusy", "FORMAT_VERSION", "RESUME_SCHEMA", "LOCK",
 ]  # fmt: skip
 
@@ -141,15 +141,12 @@ def state_digest(state: Dict) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Optional[int] = None,
-                     drop_older: bool = False) -> str:  # fmt: skip
+def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Optional[int] = None) -> str:
     """Write ``state`` (with its digest) as ``run_dir/checkpoint.pt``, keeping the ``keep - 1`` before it.
 
     The new file is written and fsynced first; only then does the current ``checkpoint.pt`` (of step
     ``previous_step``, when known) become ``checkpoint-<step>.pt`` and the new one take its name, so a
-    crash or a full disk at any point leaves every earlier checkpoint intact. ``drop_older``: the
-    folder's other checkpoints belong to an earlier run this one replaces; they are removed once the
-    new file is in place. Returns the path.
+    crash or a full disk at any point leaves every earlier checkpoint intact. Returns the path.
     """
     state = {k: v for k, v in state.items() if k != _DIGEST}
     state[_DIGEST] = state_digest(state)
@@ -161,7 +158,7 @@ def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Op
 
     with atomic_file(path, before_replace=rotate) as tmp:
         _torch_save(state, tmp, path)
-    older = checkpoint_candidates(run_dir)[1 if drop_older else max(1, int(keep)) :]
+    older = checkpoint_candidates(run_dir)[max(1, int(keep)) :]
     for old in older:
         if os.path.basename(old) != CHECKPOINT:
             os.remove(old)
@@ -338,6 +335,18 @@ def earlier_run(path: str) -> List[str]:
     return found
 
 
+_HELD: set = set()  # lock file descriptors this process holds (a forked child inherits them)
+
+
+def close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the parent's run-folder locks, so a lock ends with
+    the process that took it, not with its last child."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
 def _holder(fd: int) -> str:
     try:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -365,6 +374,8 @@ def run_lock(folder: str) -> Iterator[str]:
         me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+        _HELD.add(fd)
         yield path
     finally:
+        _HELD.discard(fd)
         os.close(fd)  # releases the lock
