@@ -2,7 +2,6 @@
 and a run is the folder it is resumed from (item 6). Every test first reproduces the failure as a user
 or an attacker would meet it: real runs, real pickles, real files."""
 
-import errno
 import json
 import os
 import pickle
@@ -209,7 +208,7 @@ def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
             "--output-dir", str(out), "--max-steps", "1", *ARGS]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"{out} holds an earlier run (checkpoint.pt, checkpoint-00000002.pt, metrics.jsonl)" in err
+    assert f"{out} holds an earlier run (checkpoint.pt, checkpoint-00000002.pt, summary.json, metrics.jsonl)" in err
     assert "--resume" in err and len(err.strip().splitlines()) == 1
     assert sorted(os.listdir(out)) == names and (out / "metrics.jsonl").read_bytes() == metrics
     assert load_checkpoint(str(out))["step"] == 3

@@ -228,8 +228,8 @@ def check_schema(ck: Dict, path: str, schema: Optional[Dict[str, type]] = None) 
             raise CheckpointError(f"{path} is not a usable videomac checkpoint: it has no {key!r} entry")
         value = ck[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CheckpointError(f"{path} is not a usable videomac checkpoint: its {key!r} entry is a "
-                                  f"{type(value).__name__}, not a {kind.__name__}")  # fmt: skip
+            raise CheckpointError(f"{path} is not a usable videomac checkpoint: its {key!r} entry is "
+                                  f"{type(value).__name__}, expected {kind.__name__}")  # fmt: skip
 
 
 def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tuple[Dict, str, List[str]]:

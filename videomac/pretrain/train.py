@@ -231,6 +231,12 @@ def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
     main = int(os.environ.get("RANK", "0")) == 0
     # rank 0 owns the folder for the whole run, before anything is built (a second run is refused at once)
     with run_lock(cfg.output_dir) if main else contextlib.nullcontext(), _deterministic(cfg.deterministic):
+        earlier = earlier_run(cfg.output_dir) if main and not cfg.resume else []
+        if earlier:  # a fresh run must not mix its checkpoints and metrics with another run's
+            raise ValueError(
+                f"{cfg.output_dir} holds an earlier run ({', '.join(os.path.basename(p) for p in earlier)}); "
+                f"continue it with --resume {cfg.output_dir}, or start this run in another --output-dir"
+            )
         env = _Dist(cfg.device)
         try:
             return _Trainer(cfg, env, trust_pickle).run()
@@ -449,15 +455,8 @@ class _Trainer:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(p)
                     print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
-            if not cfg.resume:
-                earlier = earlier_run(self.out)
-                if earlier:
-                    raise ValueError(
-                        f"{self.out} holds an earlier run ({', '.join(os.path.basename(p) for p in earlier)}); "
-                        f"continue it with --resume {self.out}, or start this run in another --output-dir"
-                    )
-                if os.path.exists(self.skipped_log):
-                    os.remove(self.skipped_log)  # a fresh run: skips are counted anew
+            if not cfg.resume and os.path.exists(self.skipped_log):
+                os.remove(self.skipped_log)  # a fresh run: skips are counted anew
             with atomic_file(os.path.join(self.out, CONFIG)) as tmp, open(tmp, "w") as f:
                 json.dump(cfg.to_dict(), f, indent=2)
         env.barrier()
