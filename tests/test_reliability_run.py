@@ -116,8 +116,8 @@ def test_a_data_folder_removed_mid_run_ends_the_run(tmp_path):
     for v in range(2):
         write_frames(render_video(v, 30, (64, 64))[0], str(data / f"v{v}"))
     out = tmp_path / "run"
-    args = ["--data", str(data), "--num-workers", "1", "--max-steps", "100000", "--log-every", "1",
-            "--save-every", "1"]  # fmt: skip
+    args = ["--data", str(data), "--pairs-per-video", "20", "--num-workers", "1", "--max-steps", "100000",
+            "--log-every", "1", "--save-every", "1"]  # fmt: skip
     proc = _start(args, out)
     try:
         _wait_for_steps(proc, out, 2)
@@ -278,5 +278,5 @@ def test_every_setting_is_checked_before_anything_loads(tmp_path, capsys, flag, 
 def test_the_library_checks_settings_too(tmp_path):
     with pytest.raises(ValueError, match="--ema-final must be at most 1.0"):
         pretrain(PretrainConfig(**SMALL, ema_final=1.5, output_dir=str(tmp_path / "run")))
-    with pytest.raises(ValueError, match=r"--min-lr 1 is above the lr 1\.5e-05 \(--blr 0\.001 x effective batch 4"):
+    with pytest.raises(ValueError, match=r"--min-lr 1 is above the lr 1\.5625e-05 \(--blr 0\.001 x effective batch 4"):
         pretrain(PretrainConfig(**dict(SMALL, lr=None), min_lr=1, output_dir=str(tmp_path / "run2")))
