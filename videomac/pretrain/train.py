@@ -228,6 +228,7 @@ def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
     weights-only load refuses (one written by an earlier videomac; only for files you trust).
     """
     check_config(cfg)
+    check_model_name(cfg.model)
     main = int(os.environ.get("RANK", "0")) == 0
     # rank 0 owns the folder for the whole run, before anything is built (a second run is refused at once)
     with run_lock(cfg.output_dir) if main else contextlib.nullcontext(), _deterministic(cfg.deterministic):
@@ -266,7 +267,6 @@ def _deterministic(on: bool):
 class _Trainer:
     def __init__(self, cfg: PretrainConfig, env: _Dist, trust_pickle: bool = False):
         self.cfg, self.env, self.trust_pickle = cfg, env, trust_pickle
-        check_model_name(cfg.model)
         if cfg.mask_ratio == 0:
             warnings.warn(
                 "mask_ratio=0 masks nothing: VideoMAC's losses are computed on masked patches only, so the loss "
