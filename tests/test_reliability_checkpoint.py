@@ -2,7 +2,6 @@
 and a run is the folder it is resumed from (item 6). Every test first reproduces the failure as a user
 or an attacker would meet it: real runs, real pickles, real files."""
 
-import errno
 import json
 import os
 import pickle
@@ -163,26 +162,20 @@ def test_damaged_checkpoints_are_caught_and_resume_falls_back(tmp_path, capsys):
     assert "no intact checkpoint" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_a_full_disk_is_reported_as_such_and_keeps_the_old_checkpoint(tmp_path, capsys):
+def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tmp_path):
     out = run(tmp_path)
     before = (out / "checkpoint.pt").read_bytes()
-    tmp = out / f"checkpoint.pt.tmp-{os.getpid()}"
-    os.symlink("/dev/full", tmp)  # every write to the temporary fails with ENOSPC, as on a full disk
-    with pytest.raises(OSError, match=r"no space left on .* while writing .*checkpoint\.pt") as e:
-        write_checkpoint(load_checkpoint(str(out)), str(out), keep=2, previous_step=2)
-    assert e.value.errno == errno.ENOSPC
-    assert (out / "checkpoint.pt").read_bytes() == before and not os.path.lexists(tmp)
-    assert not list(out.glob("checkpoint-*"))  # no rotation before the new file was safely written
-    os.symlink("/dev/full", tmp)
-    with pytest.raises(OSError, match="no space left on"):
-        atomic_save({"x": torch.zeros(10)}, str(out / "checkpoint.pt"))
-    # the command line: one line, not "basic_ios::clear: iostream error"
-    os.symlink("/dev/full", tmp)
-    assert main(["pretrain", "--resume", str(out), "--max-steps", "3", *ARGS]) == 1
-    err = capsys.readouterr().err
-    assert "no space left on" in err and "while writing" in err and "Traceback" not in err
-    assert (out / "checkpoint.pt").read_bytes() == before
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    # the old fixed temporary names (checkpoint.pt.tmp-<pid>, any pid): a link there once made the run write
+    # its checkpoint wherever it pointed
+    for pid in (os.getpid(), os.getpid() + 1):
+        os.symlink(victim, out / f"checkpoint.pt.tmp-{pid}")
+    write_checkpoint(load_checkpoint(str(out)), str(out), keep=2, previous_step=2)
+    atomic_save({"x": torch.zeros(10)}, str(tmp_path / "other.pt"))
+    assert victim.read_bytes() == b"precious"
+    assert load_checkpoint(str(out))["step"] == 2 and (out / "checkpoint-00000002.pt").read_bytes() == before
+    assert not [p for p in os.listdir(out) if ".tmp-" in p and not p.startswith("checkpoint.pt.tmp-")]
 
 
 def test_temporaries_of_killed_writers_are_removed(tmp_path, capsys):
@@ -190,30 +183,35 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path, capsys):
     # a process SIGKILLed while writing a checkpoint leaves its temporary behind
     code = (
         "import os, signal, sys\n"
-        "from videomac.pretrain.checkpoint import atomic_file\n"
+        "from videomac.files import atomic_file\n"
         "cm = atomic_file(sys.argv[1]); tmp = cm.__enter__()\n"
         "open(tmp, 'wb').write(b'x' * 1000)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code, str(out / "checkpoint.pt")])
     assert p.wait(timeout=120) == -signal.SIGKILL
-    stale = list(out.glob("checkpoint.pt.tmp-*"))
-    assert [s.name for s in stale] == [f"checkpoint.pt.tmp-{p.pid}"]
-    live = out / f"encoder.safetensors.tmp-{os.getppid()}"  # a live process's temporary is left alone
+    stale = list(out.glob(".checkpoint.pt.tmp-*"))
+    assert len(stale) == 1 and stale[0].name.startswith(f".checkpoint.pt.tmp-{p.pid}-")
+    live = out / f".encoder.safetensors.tmp-{os.getppid()}-abc"  # a live process's temporary is left alone
     live.write_bytes(b"x")
     assert main(["pretrain", "--resume", str(out), "--max-steps", "3", *ARGS]) == 0
     assert f"removed {stale[0]}" in capsys.readouterr().err
     assert not stale[0].exists() and live.exists()
 
 
-def test_a_new_run_in_an_old_folder_replaces_its_checkpoints(tmp_path, capsys):
-    out = run(tmp_path, max_steps=3, save_every=1)
-    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint-00000002.pt", "checkpoint.pt"]
-    capsys.readouterr()
-    run(tmp_path, max_steps=1)  # a fresh run: the old run's older checkpoints must not outlive it
-    assert "holds checkpoints of an earlier run" in capsys.readouterr().err
-    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint.pt"]
-    assert load_checkpoint(str(out))["step"] == 1
+def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
+    out = run(tmp_path, max_steps=3, save_every=1, log_every=1)
+    names = sorted(os.listdir(out))
+    metrics = (out / "metrics.jsonl").read_bytes()
+    # it used to start over, drop the old run's checkpoints and append to its metrics.jsonl
+    argv = ["pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64", "--batch-size", "4",
+            "--output-dir", str(out), "--max-steps", "1", *ARGS]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds an earlier run (checkpoint.pt, checkpoint-00000002.pt, summary.json, metrics.jsonl)" in err
+    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(out)) == names and (out / "metrics.jsonl").read_bytes() == metrics
+    assert load_checkpoint(str(out))["step"] == 3
 
 
 def test_the_resumed_folder_is_the_run(tmp_path, capsys):
@@ -238,10 +236,10 @@ def test_the_resumed_folder_is_the_run(tmp_path, capsys):
     # a failed resume (another model) used to rewrite config.json first: the run could never resume again
     config = (c / "config.json").read_bytes()
     assert main(["pretrain", "--resume", str(c), "--model", "videomac_rn18", "--max-steps", "5", *ARGS]) == 2
-    assert "is for videomac_cnxv2_atto, not --model videomac_rn18" in capsys.readouterr().err
+    assert "model: 'videomac_cnxv2_atto' in the checkpoint, 'videomac_rn18' given" in capsys.readouterr().err
     assert (c / "config.json").read_bytes() == config
     assert main(["pretrain", "--resume", str(c), "--decoder-dim", "64", "--max-steps", "5", *ARGS]) == 2
-    assert "decoder_dim: 32 there, 64 here" in capsys.readouterr().err
+    assert "decoder_dim: 32 in the checkpoint, 64 given" in capsys.readouterr().err
     assert (c / "config.json").read_bytes() == config
     assert main(["pretrain", "--resume", str(c), "--max-steps", "5", *ARGS]) == 0
     assert load_checkpoint(str(c))["step"] == 5

@@ -1,5 +1,9 @@
 """The ``videomac`` command. Each subcommand is one thin module of this package (parse the arguments,
-call one library function, print); the library functions live in their subsystems."""
+call one library function, print); the library functions live in their subsystems.
+
+Errors become one line and an exit code: 2 for bad input or usage (``ValueError``, ``FileNotFoundError``),
+1 for other I/O errors (a full disk) and for library errors whose class sets ``exit_code``, 130 for Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as e:  # unreadable or truncated files (PIL's UnidentifiedImageError is one), a full disk
         print(f"videomac {args.command}: error: {e or type(e).__name__}", file=sys.stderr)
         return 1
+    except Exception as e:
+        # library errors that are the user's to act on declare their exit code (e.g. a training run that
+        # failed: videomac.pretrain.train.TrainingError); anything else is a bug and keeps its traceback
+        code = getattr(type(e), "exit_code", None)
+        if not isinstance(code, int):
+            raise
+        print(f"videomac {args.command}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ from videomac.pretrain.config import PretrainConfig
 
 _DEFAULT = PretrainConfig()
 
+EXIT_CODES = """exit codes:
+  0        the run finished, or stopped with a checkpoint by --stop-after
+  1        training failed: a non-finite loss, a DataLoader worker that died, inputs that vanished, a full
+           disk; the last good checkpoint is intact (resume with --resume)
+  2        bad input or usage: a setting out of its range, a missing or unusable checkpoint or data, a
+           resume whose settings differ from its checkpoint's, a folder that holds another run or is locked
+  130/143  stopped by SIGINT / SIGTERM (128 + the signal) with a checkpoint at the current step"""
+
 
 def _shown(v) -> str:
     return "none" if v is None else str(v)
@@ -49,7 +57,9 @@ def register(sub) -> None:
         description="VideoMAC pretraining. Defaults are the paper recipe; launch with torchrun for multi-GPU "
         "or multi-node (DDP). Writes checkpoint.pt (atomically, with a checksum; the one before it is kept), "
         "metrics.jsonl, reconstruction PNGs and, at the end, encoder.safetensors. SIGINT / SIGTERM stop at the "
-        "end of the current step with a checkpoint (exit 130 / 143).",
+        "end of the current step with a checkpoint.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", default=None, help="frame folders root, video folder, list file, or one video")
     p.add_argument("--model", default=None, help="encoder name (any videomac_* or timm ConvNet)")
@@ -148,8 +158,8 @@ def main(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = resolve_config(values, preset=args.preset, resume=args.resume_from)
-    check_config(cfg)  # before torch is even imported
+    cfg = resolve_config(values, preset=args.preset, resume=args.resume_from, trust_pickle=args.trust_pickle)
+    check_config(cfg)  # before any model or data is built (torch only if resuming)
 
     from videomac.pretrain.train import pretrain
 

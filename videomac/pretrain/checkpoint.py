@@ -13,8 +13,11 @@ Safety and integrity (docs/pretraining.md, "Outputs and resuming"):
   a flipped byte is caught (:class:`CheckpointError`) rather than loaded.
 * :func:`write_checkpoint` keeps the newest ``keep`` checkpoints (``checkpoint.pt``, older ones as
   ``checkpoint-<step>.pt``); :func:`load_latest` takes the newest intact one and says which it skipped.
-* Writes go to ``<file>.tmp-<pid>``, are fsynced and renamed; a full disk is reported as such, and
-  :func:`clean_stale_temporaries` removes the temporaries of processes that died (SIGKILL) mid-write.
+* Writes go through :func:`videomac.files.atomic_file` (an exclusively created temporary, fsynced and
+  renamed); a full disk is reported as such, even from inside ``torch.save``, whose zip writer hides it.
+* Every key a resume needs is checked for presence and type (:data:`RESUME_SCHEMA`) before it is used.
+* A run folder is owned by one run at a time: :func:`run_lock` (``videomac.lock``); :func:`is_run_folder`
+  tells other commands not to write into one.
 """
 
 from __future__ import annotations
@@ -22,28 +25,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
+import json
 import os
 import pickle
 import re
+import socket
+import time
 import zipfile
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from videomac.files import no_space_error
-from videomac.pretrain.config import CHECKPOINT, PretrainConfig, checkpoint_candidates
+from videomac.files import atomic_file
+from videomac.pretrain.config import CHECKPOINT, CONFIG, METRICS, SUMMARY, PretrainConfig, checkpoint_candidates
 from videomac.pretrain.model import VideoMAC
 
 __all__ = [
-    "atomic_file", "atomic_save", "save_encoder", "load_checkpoint", "load_latest", "write_checkpoint",
-    "state_digest", "clean_stale_temporaries", "build_model", "load_pretrainer", "encoder_from_checkpoint",
-    "CheckpointError", "UntrustedCheckpointError", "FORMAT_VERSION",
+    "atomic_save", "save_encoder", "load_checkpoint", "load_latest", "write_checkpoint", "state_digest",
+    "check_schema", "build_model", "load_pretrainer", "encoder_from_checkpoint", "is_run_folder", "run_lock",
+    "earlier_run", "close_inherited_locks",
+    "CheckpointError", "UntrustedCheckpointError", "RunFolderBusy", "FORMAT_VERSION", "RESUME_SCHEMA", "LOCK",
 ]  # fmt: skip
 
 FORMAT_VERSION = 2  # 2: weights-only (no pickled Python objects), per-rank RNG states, sha256 digest
 _DIGEST = "sha256"
-_TMP = re.compile(r"\.tmp-(\d+)$")
+LOCK = "videomac.lock"  # the run folder's lock file (holder's pid, host, start time)
+
+# Keys of a checkpoint and their types: every checkpoint has the first two; a resume needs them all.
+SCHEMA = dict(model=dict, config=dict)
+RESUME_SCHEMA = dict(SCHEMA, optimizer=dict, scaler=dict, step=int, epoch=int, micro_done=int)
 
 
 class CheckpointError(ValueError):
@@ -55,34 +67,34 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_file(path: str, before_replace: Optional[Callable[[], None]] = None) -> Iterator[str]:
-    """Yields a temporary path beside ``path``; once written it is fsynced and renamed over ``path``,
-    so a crash leaves either the old file or the new one, never a partial one. ``before_replace`` runs
-    after the fsync, just before the rename. A full disk (or quota) raises
-    ``OSError(ENOSPC, "no space left on <mount> ... while writing <path>")``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+def _write_error(e: BaseException) -> Optional[OSError]:
+    """The OSError behind a write failure: torch's zip writer reports a failed write as a RuntimeError
+    ("unexpected pos ...") with the real OSError (ENOSPC, EDQUOT, EFBIG) only in its context."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno is not None:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _torch_save(obj, tmp: str, path: str) -> None:
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise no_space_error(path, e) from e
-        raise
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause = _write_error(e)
+        if cause is None:
+            raise
+        if cause.errno == errno.EFBIG:
+            raise OSError(errno.EFBIG, f"file size limit reached (ulimit -f) while writing {path}; "
+                          "the previous file is intact") from e  # fmt: skip
+        raise cause from e  # atomic_file turns ENOSPC / EDQUOT into its one-line message
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save, atomically (through a Python file object, so a write error is a real ``OSError``)."""
+    """torch.save, atomically; a full disk is an ``OSError(ENOSPC)`` naming the file."""
     with atomic_file(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        _torch_save(obj, tmp, path)
 
 
 def save_encoder(model: VideoMAC, path: str) -> None:
@@ -129,15 +141,12 @@ def state_digest(state: Dict) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Optional[int] = None,
-                     drop_older: bool = False) -> str:  # fmt: skip
+def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Optional[int] = None) -> str:
     """Write ``state`` (with its digest) as ``run_dir/checkpoint.pt``, keeping the ``keep - 1`` before it.
 
     The new file is written and fsynced first; only then does the current ``checkpoint.pt`` (of step
     ``previous_step``, when known) become ``checkpoint-<step>.pt`` and the new one take its name, so a
-    crash or a full disk at any point leaves every earlier checkpoint intact. ``drop_older``: the
-    folder's other checkpoints belong to an earlier run this one replaces; they are removed once the
-    new file is in place. Returns the path.
+    crash or a full disk at any point leaves every earlier checkpoint intact. Returns the path.
     """
     state = {k: v for k, v in state.items() if k != _DIGEST}
     state[_DIGEST] = state_digest(state)
@@ -148,45 +157,12 @@ def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Op
             os.replace(path, os.path.join(run_dir, f"checkpoint-{int(previous_step):08d}.pt"))
 
     with atomic_file(path, before_replace=rotate) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-    older = checkpoint_candidates(run_dir)[1 if drop_older else max(1, int(keep)) :]
+        _torch_save(state, tmp, path)
+    older = checkpoint_candidates(run_dir)[max(1, int(keep)) :]
     for old in older:
         if os.path.basename(old) != CHECKPOINT:
             os.remove(old)
     return path
-
-
-def clean_stale_temporaries(folder: str) -> List[str]:
-    """Remove ``*.tmp-<pid>`` files left in ``folder`` by processes that no longer run (killed while
-    writing); returns their paths. Temporaries of live processes are left alone."""
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        m = _TMP.search(name)
-        if not m:
-            continue
-        pid = int(m.group(1))
-        if pid == os.getpid() or _alive(pid):
-            continue
-        p = os.path.join(folder, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(p)
-            removed.append(p)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -230,6 +206,7 @@ def load_checkpoint(path: str, map_location="cpu", trust_pickle: bool = False, v
         raise CheckpointError(f"{path} is truncated or damaged ({type(e).__name__}: {first})") from e
     if not isinstance(ck, dict) or "model" not in ck:
         raise CheckpointError(f"{path} is not a videomac pretraining checkpoint (no 'model' entry)")
+    check_schema(ck, path)
     if verify and _DIGEST in ck:
         try:
             digest = state_digest(ck)
@@ -243,8 +220,21 @@ def load_checkpoint(path: str, map_location="cpu", trust_pickle: bool = False, v
     return ck
 
 
+def check_schema(ck: Dict, path: str, schema: Optional[Dict[str, type]] = None) -> None:
+    """Each key of ``schema`` (default :data:`SCHEMA`; a resume: :data:`RESUME_SCHEMA`) is in ``ck``, of
+    its type; otherwise :class:`CheckpointError` naming the key."""
+    for key, kind in (schema or SCHEMA).items():
+        if key not in ck:
+            raise CheckpointError(f"{path} is not a usable videomac checkpoint: it has no {key!r} entry")
+        value = ck[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointError(f"{path} is not a usable videomac checkpoint: its {key!r} entry is "
+                                  f"{type(value).__name__}, expected {kind.__name__}")  # fmt: skip
+
+
 def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tuple[Dict, str, List[str]]:
-    """The newest intact checkpoint of a run: ``(checkpoint, its path, problems with newer ones)``.
+    """The newest intact checkpoint of a run that a resume can use (:data:`RESUME_SCHEMA`):
+    ``(checkpoint, its path, problems with newer ones)``.
 
     ``path``: a run folder (its checkpoints newest first) or a checkpoint file (that file first, then
     the run folder's others). Raises the first file's error when none is intact.
@@ -260,7 +250,9 @@ def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tu
     errors: List[Exception] = []
     for c in candidates:
         try:
-            return load_checkpoint(c, map_location, trust_pickle), c, problems
+            ck = load_checkpoint(c, map_location, trust_pickle)
+            check_schema(ck, c, RESUME_SCHEMA)
+            return ck, c, problems
         except (CheckpointError, FileNotFoundError) as e:
             problems.append(str(e))
             errors.append(e)
@@ -314,3 +306,76 @@ def encoder_from_checkpoint(path: str, trust_pickle: bool = False) -> torch.nn.M
     model.videomac_config = ck["config"]
     model.videomac_step = ck.get("step")
     return model
+
+
+# ------------------------------------------------------------------------------------------- run folders
+class RunFolderBusy(ValueError):
+    """The run folder is locked by another live run."""
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether ``path`` is a pretraining run folder (a run's lock, checkpoints, or config + metrics), which
+    other commands (export, push) must not write into."""
+    if not os.path.isdir(path):
+        return False
+    names = set(os.listdir(path))
+    if LOCK in names or checkpoint_candidates(path):
+        return True
+    return {CONFIG, METRICS} <= names
+
+
+def earlier_run(path: str) -> List[str]:
+    """The files of ``path`` that hold an earlier run's results (a checkpoint, a summary, logged
+    metrics); a fresh run must not mix its own with them."""
+    found = checkpoint_candidates(path)
+    for name in (SUMMARY, METRICS):
+        p = os.path.join(path, name)
+        if os.path.isfile(p) and os.path.getsize(p):
+            found.append(p)
+    return found
+
+
+_HELD: set = set()  # lock file descriptors this process holds (a forked child inherits them)
+
+
+def close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the parent's run-folder locks, so a lock ends with
+    the process that took it, not with its last child."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+@contextlib.contextmanager
+def run_lock(folder: str) -> Iterator[str]:
+    """Own the run folder ``folder`` (created if missing) for the duration: an exclusive ``flock`` on
+    ``folder/videomac.lock``, which records this process's pid, host and start time. Another run holding
+    it raises :class:`RunFolderBusy` naming that run; the kernel releases a lock whose process died, so
+    a stale lock is simply taken over. The lock file stays (it marks the folder as a run)."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderBusy(
+                f"{folder} is in use by another run ({_holder(fd)}); wait for it to end or use another --output-dir"
+            ) from None
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+        _HELD.add(fd)
+        yield path
+    finally:
+        _HELD.discard(fd)
+        os.close(fd)  # releases the lock

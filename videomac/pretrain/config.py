@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from videomac.presets import PRESETS
@@ -25,58 +25,70 @@ SKIPPED = "skipped.jsonl"  # inputs the data loader skipped (one JSON object per
 _OLDER = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
+def _f(default, ge=None, gt=None, le=None, lt=None, choices=None):
+    """A setting with its valid range (checked by :func:`check_config` for every field alike)."""
+    rule = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    return field(default=default, metadata=rule)
+
+
 @dataclass
 class PretrainConfig:
-    """Every setting of a run; the defaults are the paper recipe (DESIGN.md §1)."""
+    """Every setting of a run; the defaults are the paper recipe (DESIGN.md §1). Each numeric setting
+    declares its valid range here; :func:`check_config` enforces them all."""
 
     model: str = "videomac_cnxv2_s"
     data: Optional[str] = None  # None: the built-in procedural videos
     output_dir: str = "runs/videomac"
-    input_size: int = 224
+    input_size: int = _f(224, gt=0)
     preset: Optional[str] = None  # the --preset the run started from (recorded for model cards)
-    gap: int = 1
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int = 1
-    gamma: float = 1.0
+    gap: int = _f(1, ge=1)
+    mask_ratio: float = _f(0.75, ge=0.0, lt=1.0)
+    decoder_dim: int = _f(512, ge=1)
+    decoder_depth: int = _f(1, ge=1)
+    gamma: float = _f(1.0, ge=0.0)
     norm_pix_loss: bool = True
-    motion_weight: float = 0.0
-    drop_path: float = 0.0
-    backend: str = "auto"  # sparse execution: auto (fastest measured on the device) | visible | masked (reference)
-    batch_size: int = 64  # per process
-    accum_iter: int = 1
-    total_batch: Optional[int] = None  # if set, accum_iter = total_batch / (batch_size * world)
-    epochs: int = 100
-    max_steps: Optional[int] = None  # optimizer steps; overrides epochs
-    stop_after: Optional[int] = None  # stop (with a checkpoint) after this many steps of this invocation
-    warmup_epochs: float = 10.0
-    warmup_steps: Optional[int] = None
-    blr: float = 1.0e-3
-    lr: Optional[float] = None  # absolute lr; default blr * effective batch / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    ema_base: float = 0.996
-    ema_final: float = 1.0
-    ema_schedule: str = "cosine"  # cosine over the run | authors (their index: step within the epoch, so ~ema_base)
-    init: str = "timm"  # timm (timm's encoder init, 0.02 decoder; trains faster in short runs) | authors (presets)
-    clip_grad: Optional[float] = None
-    amp: str = "none"  # none | bf16 | fp16 (fp16 on CUDA only)
-    device: str = "auto"
-    num_workers: Optional[int] = None  # None: one per CPU core of this process (per local rank) less one
+    motion_weight: float = _f(0.0, ge=0.0)
+    drop_path: float = _f(0.0, ge=0.0, lt=1.0)
+    # sparse execution: auto (fastest measured on the device) | visible | masked (reference)
+    backend: str = _f("auto", choices=("auto", "visible", "masked"))
+    batch_size: int = _f(64, ge=1)  # per process
+    accum_iter: int = _f(1, ge=1)
+    total_batch: Optional[int] = _f(None, ge=1)  # if set, accum_iter = total_batch / (batch_size * world)
+    epochs: int = _f(100, ge=1)
+    max_steps: Optional[int] = _f(None, ge=1)  # optimizer steps; overrides epochs
+    stop_after: Optional[int] = _f(None, ge=1)  # stop (with a checkpoint) after this many steps of this invocation
+    warmup_epochs: float = _f(10.0, ge=0.0)
+    warmup_steps: Optional[int] = _f(None, ge=0)
+    blr: float = _f(1.0e-3, gt=0.0)
+    lr: Optional[float] = _f(None, gt=0.0)  # absolute lr; default blr * effective batch / 256
+    min_lr: float = _f(0.0, ge=0.0)  # at most the lr (checked once the lr is known)
+    weight_decay: float = _f(0.05, ge=0.0)
+    ema_base: float = _f(0.996, ge=0.0, le=1.0)
+    ema_final: float = _f(1.0, ge=0.0, le=1.0)
+    # cosine over the run | authors (their index: step within the epoch, so ~ema_base)
+    ema_schedule: str = _f("cosine", choices=("cosine", "authors"))
+    # timm (timm's encoder init, 0.02 decoder; trains faster in short runs) | authors (presets)
+    init: str = _f("timm", choices=("timm", "authors"))
+    clip_grad: Optional[float] = _f(None, gt=0.0)
+    amp: str = _f("none", choices=("none", "bf16", "fp16"))  # fp16 on CUDA only
+    device: str = _f("auto", choices=("auto", "cuda", "cpu"))
+    num_workers: Optional[int] = _f(None, ge=0)  # None: one per CPU core of this process (per local rank) less one
     gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
     frame_units: bool = False  # frame folders served by unit like videos (each JPEG decoded ~once; ~1.3x faster)
     compile: bool = False  # torch.compile the model's forward (the train step's graph; backward follows)
-    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    # default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_mode: str = _f("default", choices=("default", "reduce-overhead", "max-autotune"))
     deterministic: bool = False  # deterministic kernels (bit-exact reruns and resumes on CUDA; slower)
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500  # optimizer steps between checkpoints (and one at the end)
-    keep_checkpoints: int = 2  # checkpoint.pt and the K-1 before it (checkpoint-<step>.pt); resume falls back
-    vis_every: int = 10  # epochs between reconstruction figures (and one at the end)
-    pairs_per_video: Optional[int] = None  # None: every (t, t+gap) pair of every video per epoch (the authors')
-    synthetic_videos: int = 32
-    synthetic_frames: int = 32
-    video_short_side: Optional[int] = None
+    seed: int = _f(0, ge=0)
+    log_every: int = _f(10, ge=1)
+    save_every: int = _f(500, ge=1)  # optimizer steps between checkpoints (and one at the end)
+    keep_checkpoints: int = _f(2, ge=1)  # checkpoint.pt and the K-1 before it (checkpoint-<step>.pt)
+    vis_every: int = _f(10, ge=0)  # epochs between reconstruction figures (and one at the end); 0: at the end only
+    # None: every (t, t+gap) pair of every video per epoch (the authors')
+    pairs_per_video: Optional[int] = _f(None, ge=1)
+    synthetic_videos: int = _f(32, ge=1)
+    synthetic_frames: int = _f(32, ge=2)
+    video_short_side: Optional[int] = _f(None, ge=1)
     progress: bool = True
     export: bool = True
     resume: Optional[str] = None  # checkpoint to continue from
@@ -97,13 +109,25 @@ def checkpoint_candidates(run_dir: str) -> List[str]:
     return out + [os.path.join(run_dir, n) for _, n in older if os.path.isfile(os.path.join(run_dir, n))]
 
 
-def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[str] = None) -> PretrainConfig:
+# Settings a resumed run may change: how long it runs, how it is fed, logged and saved, and how its kernels
+# run. Every other setting (the method, the schedule's shape, the data) is the checkpoint's.
+MAY_CHANGE_ON_RESUME = frozenset({
+    "max_steps", "epochs", "stop_after", "num_workers", "log_every", "save_every", "keep_checkpoints", "vis_every",
+    "progress", "export", "device", "compile", "compile_mode", "gpu_decode", "deterministic", "output_dir", "resume",
+})  # fmt: skip
+
+
+def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[str] = None,
+                   trust_pickle: bool = False) -> PretrainConfig:  # fmt: skip
     """A run's config from explicit ``values`` (None = unset), over ``preset``'s recipe, over the defaults.
 
-    ``resume``: a checkpoint, a run folder, or ``"auto"`` (the output folder's checkpoint). A resumed
-    run keeps its recorded settings unless ``values`` override them. The folder holding the checkpoint
-    is the run: it is where the resumed run writes, whatever ``output_dir`` its ``config.json`` records
-    (a copied or moved run stays where it is); an explicit, different ``output_dir`` is refused.
+    ``resume``: a checkpoint, a run folder, or ``"auto"`` (the output folder's checkpoint). The config
+    saved in the newest intact checkpoint is the truth (not ``config.json``): ``values`` may change only
+    :data:`MAY_CHANGE_ON_RESUME`; any other differing setting is refused, naming each. An older
+    ``checkpoint-<step>.pt`` while a newer checkpoint exists is refused (resuming it would overwrite the
+    newer one). The folder holding the checkpoint is the run: it is where the resumed run writes,
+    whatever ``output_dir`` was recorded (a copied or moved run stays where it is); an explicit,
+    different ``output_dir`` is refused.
     """
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = sorted(set(values) - fields)
@@ -113,47 +137,90 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
     merged = dict(PRESETS[preset], preset=preset) if preset else {}
     merged.update({k: v for k, v in values.items() if v is not None})
-    if resume:
-        if resume == "auto":
-            run_dir = path = merged.get("output_dir", PretrainConfig.output_dir)
-        elif os.path.isdir(resume):
-            run_dir = path = resume
-        else:
-            path, run_dir = resume, os.path.dirname(resume) or "."
-            if not os.path.isfile(path) and not checkpoint_candidates(run_dir):
-                raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        if not checkpoint_candidates(run_dir) and not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (expected {CHECKPOINT})")
-        out = values.get("output_dir")
-        if resume != "auto" and out is not None and os.path.realpath(out) != os.path.realpath(run_dir):
-            raise ValueError(
-                f"--resume {resume} continues the run in its own folder {run_dir}, not --output-dir {out}; "
-                f"to continue in {out}, copy the run folder there and resume {out}"
-            )
-        config = os.path.join(run_dir, CONFIG)
-        if not os.path.isfile(config):
-            raise FileNotFoundError(f"--resume: {run_dir} has a checkpoint but no {CONFIG}; is it a pretraining run?")
-        with open(config) as f:
-            saved = json.load(f)
-        skip = {"resume", "output_dir"}  # the run is where its checkpoint is, not where it was written
-        saved = {k: v for k, v in saved.items() if k in fields and k not in merged and k not in skip}
-        merged = {**saved, **merged, "resume": path, "output_dir": run_dir}
-    return PretrainConfig(**merged)
+    if not resume:
+        return PretrainConfig(**merged)
+    if resume == "auto":
+        run_dir = path = merged.get("output_dir", PretrainConfig.output_dir)
+    elif os.path.isdir(resume):
+        run_dir = path = resume
+    else:
+        path, run_dir = resume, os.path.dirname(resume) or "."
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    candidates = checkpoint_candidates(run_dir)
+    if not candidates:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run_dir} (expected {CHECKPOINT})")
+    if path != run_dir and os.path.realpath(path) != os.path.realpath(candidates[0]):
+        raise ValueError(
+            f"--resume {path}: {candidates[0]} is newer, and the resumed run would overwrite it; to continue from "
+            f"the older one, copy {run_dir} to a new folder, delete the newer checkpoints there and resume the copy"
+        )
+    out = values.get("output_dir")
+    if resume != "auto" and out is not None and os.path.realpath(out) != os.path.realpath(run_dir):
+        raise ValueError(
+            f"--resume {resume} continues the run in its own folder {run_dir}, not --output-dir {out}; "
+            f"to continue in {out}, copy the run folder there and resume {out}"
+        )
+    from videomac.pretrain.checkpoint import load_latest  # torch: only to resume
+
+    ck, used, _ = load_latest(path, trust_pickle=trust_pickle)
+    saved = {k: v for k, v in ck["config"].items() if k in fields}
+    differ = [f"{k}: {saved[k]!r} in the checkpoint, {v!r} given" for k, v in merged.items()
+              if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != v]  # fmt: skip
+    if differ:
+        raise ValueError(
+            f"--resume {resume}: a resumed run keeps the settings of its checkpoint {used}, and these differ: "
+            f"{'; '.join(differ)} (drop them, or start a new run in another --output-dir)"
+        )
+    return PretrainConfig(**{**saved, **merged, "resume": path, "output_dir": run_dir})
+
+
+_BOUNDS = dict(ge=("at least", lambda v, b: v >= b), gt=("above", lambda v, b: v > b),
+               le=("at most", lambda v, b: v <= b), lt=("below", lambda v, b: v < b))  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """One setting against its declared type and range: a ValueError naming the flag otherwise."""
+    kind = str(f.type).replace("Optional[", "").rstrip("]")
+    if value is None:
+        if "Optional" in str(f.type):
+            return
+        raise ValueError(f"{_flag(f.name)} must be set (got none)")
+    if kind in ("int", "float"):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (kind == "int" and not isinstance(value, int)):
+            raise ValueError(f"{_flag(f.name)} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{_flag(f.name)} must be a finite number, got {value}")
+    elif kind in ("str", "bool") and not isinstance(value, str if kind == "str" else bool):
+        raise ValueError(f"{_flag(f.name)} must be a {kind}, got {value!r}")
+    for key, (words, ok) in _BOUNDS.items():
+        if key in f.metadata and not ok(value, f.metadata[key]):
+            raise ValueError(f"{_flag(f.name)} must be {words} {f.metadata[key]}, got {value}")
+    if "choices" in f.metadata and value not in f.metadata["choices"]:
+        raise ValueError(f"{_flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
 
 
 def check_config(cfg: PretrainConfig) -> None:
-    """Checks of a run's settings before the model and data are built, so a mistake is a one-line error
-    at once (the trainer checks the rest)."""
+    """Every setting's type and declared range, then the checks between settings, before any model, data
+    or torch is loaded, so a mistake is a one-line ``ValueError`` naming the flag."""
+    for f in dataclasses.fields(PretrainConfig):
+        _check_field(f, getattr(cfg, f.name))
+    if cfg.lr is not None and cfg.min_lr > cfg.lr:
+        raise ValueError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the lr to the min-lr")
+    if cfg.data is None and cfg.synthetic_frames <= cfg.gap:
+        raise ValueError(f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
+                         f"use at least {cfg.gap + 1}")  # fmt: skip
     if cfg.model.startswith("videomac_"):
         patch = 16 if "_iso_" in cfg.model else 32
-        if cfg.input_size <= 0 or cfg.input_size % patch:
+        if cfg.input_size % patch:
             ok = max(patch, round(cfg.input_size / patch) * patch)
             raise ValueError(f"--input-size {cfg.input_size} must be a positive multiple of {cfg.model}'s patch size "
                              f"{patch} (e.g. {ok})")  # fmt: skip
         from videomac.masking import check_visible
 
         check_visible((cfg.input_size // patch,) * 2, cfg.mask_ratio, patch)
-    for name in ("batch_size", "accum_iter", "gap", "decoder_dim", "decoder_depth", "save_every", "log_every"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-

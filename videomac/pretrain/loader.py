@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
-from typing import Iterator, List, Optional, Sequence, Tuple
+import time
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,7 +33,9 @@ __all__ = [
     "collate_pairs",
     "default_num_workers",
     "epoch_indices",
+    "item_seed",
     "make_loader",
+    "shutdown_workers",
 ]
 
 DEFAULT_INTERLEAVE = 8
@@ -131,18 +135,49 @@ def _interleaved(items: Sequence[int], width: int, g: torch.Generator) -> Iterat
         yield x
 
 
+def item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of one item's random crop and flip: a hash of where it is in the run."""
+    key = f"{seed}/{epoch}/{rank}/{position}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields the indices set for the current epoch, so one DataLoader (and its persistent workers) serves
-    every epoch, including a resumed partial one."""
+    """This rank's items from position ``start`` of epoch ``epoch`` to the end of epoch ``last - 1``, each
+    epoch's indices from ``plan(epoch)`` (:meth:`set_span`), or a fixed list (``indices``). One iterator
+    spans the epochs, so the DataLoader's persistent workers (with their decoded-video caches) prefetch
+    across epoch ends instead of starting every epoch empty; a resumed run starts mid-epoch.
 
-    def __init__(self, indices: Optional[List[int]] = None) -> None:
-        self.indices: List[int] = list(indices or [])
+    ``seeded``: yields ``(index, item seed)`` (:func:`item_seed`), for a dataset that sets each item's
+    seed around ``dataset[index]``, so the sample stream depends neither on the worker count nor on
+    where a run stopped; otherwise plain indices.
+    """
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.indices))
+    def __init__(self, indices: Optional[List[int]] = None, seed: int = 0, rank: int = 0, seeded: bool = False):
+        self.seed, self.rank, self.seeded = seed, rank, seeded
+        self.indices = list(indices or [])
+
+    @property
+    def indices(self) -> List[int]:
+        return self.plan(self.epoch)
+
+    @indices.setter
+    def indices(self, indices: List[int]) -> None:
+        fixed = list(indices)
+        self.set_span(lambda epoch: fixed, 0, 0, 1)
+
+    def set_span(self, plan: Callable[[int], List[int]], epoch: int, start: int, last: int) -> None:
+        self.plan, self.epoch, self.start, self.last = plan, epoch, start, last
+
+    def __iter__(self) -> Iterator:
+        seed, rank, seeded = self.seed, self.rank, self.seeded
+        for epoch in range(self.epoch, self.last):
+            start = self.start if epoch == self.epoch else 0
+            indices = self.plan(epoch)
+            for k in range(start, len(indices)):
+                yield (indices[k], item_seed(seed, epoch, rank, k)) if seeded else indices[k]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.plan(self.epoch)) * (self.last - self.epoch) - self.start  # every epoch is as long
 
 
 class PairBatch:
@@ -246,3 +281,25 @@ def make_loader(
         worker_init_fn=worker_init_fn,
         **kw,
     )
+
+
+def shutdown_workers(loader: torch.utils.data.DataLoader, timeout: float = 10.0) -> None:
+    """Stop ``loader``'s worker processes (persistent or not) and forget its iterator, whatever state the
+    run ended in (an error, a signal, a dead worker): each worker is asked to exit, then killed after
+    ``timeout`` seconds. Needed because the training workers ignore SIGTERM (the main process owns the
+    stop), so the ``terminate()`` of the DataLoader's and multiprocessing's own exit paths cannot end them
+    and the process would never exit."""
+    it = getattr(loader, "_iterator", None)
+    loader._iterator = None
+    workers = list(getattr(it, "_workers", []))
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        try:
+            it._shutdown_workers()
+        except Exception:  # a worker that died mid-queue: kill whatever is left below
+            pass
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(0.0, deadline - time.monotonic()))
+        if w.is_alive():
+            w.kill()
+            w.join(5.0)

@@ -13,7 +13,6 @@ stop the run at the end of the current step with a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -29,13 +28,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from videomac.files import atomic_file, stale_temporaries
 from videomac.masking import check_visible, grid_size
 from videomac.models.names import check_model_name
 from videomac.pretrain.checkpoint import (
     FORMAT_VERSION,
     build_model,
-    clean_stale_temporaries,
+    close_inherited_locks,
+    earlier_run,
     load_latest,
+    run_lock,
     save_encoder,
     write_checkpoint,
 )
@@ -47,16 +49,38 @@ from videomac.pretrain.config import (
     SKIPPED,
     SUMMARY,
     PretrainConfig,
-    checkpoint_candidates,
+    check_config,
 )
 from videomac.pretrain.curves import save_loss_curve
 from videomac.pretrain.data import FramePairDataset
-from videomac.pretrain.loader import batch_to_device, epoch_indices, make_loader
+from videomac.pretrain.loader import EpochSampler, batch_to_device, epoch_indices, make_loader, shutdown_workers
 from videomac.pretrain.progress import ProgressLog
-from videomac.pretrain.schedule import EMA_SCHEDULES, build_optimizer, ema_momentum, learning_rate
+from videomac.pretrain.schedule import build_optimizer, ema_momentum, learning_rate
 from videomac.pretrain.visualize import save_reconstruction_figure
 
-__all__ = ["pretrain"]
+__all__ = ["pretrain", "TrainingError", "NonFiniteLossError", "DataLoadingError"]
+
+
+class TrainingError(RuntimeError):
+    """A run that failed while training (the command exits 1; the last good checkpoint is intact)."""
+
+    exit_code = 1
+
+
+class NonFiniteLossError(TrainingError, FloatingPointError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+class DataLoadingError(TrainingError):
+    """Loading a batch failed: a DataLoader worker died (out of memory, killed) or raised, inputs vanished."""
+
+
+class _Window:
+    """What one logging interval accumulates: summed losses (on the device), micro-batches, pairs, wait."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.micro, self.pairs, self.waited, self.t0 = 0, 0, 0.0, time.perf_counter()
 
 
 class _Dist:
@@ -97,42 +121,11 @@ class _Dist:
             dist.destroy_process_group()
 
 
-def _item_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """The seed of one item's random crop and flip: a hash of where it is in the run."""
-    key = f"{seed}/{epoch}/{rank}/{position}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """Yields ``(index, item seed)`` from position ``start`` of epoch ``epoch`` to the end of epoch
-    ``last - 1``, each epoch's indices from ``plan(epoch)``. One iterator spans the epochs, so the
-    DataLoader's workers (persistent, with their decoded-video caches) prefetch across epoch ends
-    instead of starting every epoch empty; a resumed run starts mid-epoch."""
-
-    def __init__(self, seed: int = 0, rank: int = 0) -> None:
-        self.plan: Callable[[int], List[int]] = lambda epoch: []
-        self.seed, self.rank, self.epoch, self.start, self.last = seed, rank, 0, 0, 0
-
-    def set_span(self, plan: Callable[[int], List[int]], epoch: int, start: int, last: int) -> None:
-        self.plan, self.epoch, self.start, self.last = plan, epoch, start, last
-
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        seed, rank = self.seed, self.rank
-        for epoch in range(self.epoch, self.last):
-            start = self.start if epoch == self.epoch else 0
-            indices = self.plan(epoch)
-            for k in range(start, len(indices)):
-                yield indices[k], _item_seed(seed, epoch, rank, k)
-
-    def __len__(self) -> int:
-        return len(self.plan(self.epoch)) * (self.last - self.epoch) - self.start  # every epoch is as long
-
-
 class _SeededItems(torch.utils.data.Dataset):
     """``dataset[index]`` under the item's own seed (the caller's RNG is left as it was), for keys
-    ``(index, seed)`` from :class:`_EpochSampler`. Inputs the dataset skips while loading (recorded in
-    its ``skipped`` by this process, a DataLoader worker or the main one) are appended to ``log``, so
-    the run can count them whichever process met them."""
+    ``(index, seed)`` from a seeded :class:`~videomac.pretrain.loader.EpochSampler`. Inputs the dataset
+    skips while loading (recorded in its ``skipped`` by this process, a DataLoader worker or the main
+    one) are appended to ``log``, so the run can count them whichever process met them."""
 
     def __init__(self, dataset, log: Optional[str] = None) -> None:
         self.dataset, self.log = dataset, log
@@ -161,14 +154,28 @@ def _uses_units(dataset) -> bool:
     return units is not None and any(hi - lo > 1 for lo, hi in units)
 
 
+def _epoch_plan(dataset, seed: int, world: int, rank: int, batch_size: int, workers: int,
+                usable: int) -> Callable[[int], List[int]]:  # fmt: skip
+    """This rank's full batches of each epoch, with the epoch order dealt to ``workers`` (the resumed run's).
+    A closure without a reference to the trainer: the loader holds it through its sampler, and a cycle back
+    to the loader would keep its workers alive after the run."""
+
+    def plan(epoch: int) -> List[int]:
+        # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader)
+        return epoch_indices(dataset, epoch, seed, world, rank, batch_size, workers)[: usable * batch_size]
+
+    return plan
+
+
 def _ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT / SIGTERM sent to the whole process group: the main process
     stops the run (with a checkpoint) and shuts them down itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    close_inherited_locks()  # the run folder's lock is the main process's: it must end with it
 
 
-def _make_loader(dataset, sampler: _EpochSampler, batch_size: int, num_workers: Optional[int], seed: int, device=None):
+def _make_loader(dataset, sampler: EpochSampler, batch_size: int, num_workers: Optional[int], seed: int, device=None):
     # workers (None: from the CPU count), persistent + prefetching, pinned memory on CUDA, uint8 batches;
     # its own generator: creating an iterator must not draw from the global RNG, or a resumed epoch
     # (new iterator mid-epoch) would diverge from an uninterrupted one.
@@ -220,7 +227,17 @@ def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
     signal's name) after writing its checkpoint. ``trust_pickle``: resume from a checkpoint that a
     weights-only load refuses (one written by an earlier videomac; only for files you trust).
     """
-    with _deterministic(cfg.deterministic):
+    check_config(cfg)
+    check_model_name(cfg.model)
+    main = int(os.environ.get("RANK", "0")) == 0
+    # rank 0 owns the folder for the whole run, before anything is built (a second run is refused at once)
+    with run_lock(cfg.output_dir) if main else contextlib.nullcontext(), _deterministic(cfg.deterministic):
+        earlier = earlier_run(cfg.output_dir) if main and not cfg.resume else []
+        if earlier:  # a fresh run must not mix its checkpoints and metrics with another run's
+            raise ValueError(
+                f"{cfg.output_dir} holds an earlier run ({', '.join(os.path.basename(p) for p in earlier)}); "
+                f"continue it with --resume {cfg.output_dir}, or start this run in another --output-dir"
+            )
         env = _Dist(cfg.device)
         try:
             return _Trainer(cfg, env, trust_pickle).run()
@@ -250,19 +267,12 @@ def _deterministic(on: bool):
 class _Trainer:
     def __init__(self, cfg: PretrainConfig, env: _Dist, trust_pickle: bool = False):
         self.cfg, self.env, self.trust_pickle = cfg, env, trust_pickle
-        check_model_name(cfg.model)
-        if int(cfg.keep_checkpoints) < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
         if cfg.mask_ratio == 0:
             warnings.warn(
                 "mask_ratio=0 masks nothing: VideoMAC's losses are computed on masked patches only, so the loss "
                 "is 0 and the encoder learns nothing (use the paper's 0.75)",
                 stacklevel=3,
             )
-        if cfg.ema_schedule not in EMA_SCHEDULES:
-            raise ValueError(f"ema_schedule must be one of {', '.join(EMA_SCHEDULES)}, got {cfg.ema_schedule!r}")
-        if cfg.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"amp must be none, bf16 or fp16, got {cfg.amp!r}")
         if cfg.amp == "fp16" and env.device.type != "cuda":
             raise ValueError("fp16 AMP needs CUDA; use --amp bf16 on CPU")
         torch.manual_seed(cfg.seed + env.rank)
@@ -299,6 +309,11 @@ class _Trainer:
         )
         self.warmup_steps = min(self.warmup_steps, self.total_steps // 2)
         self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
+        if cfg.min_lr > self.base_lr:
+            raise ValueError(f"--min-lr {cfg.min_lr} is above the lr {self.base_lr:g} (--blr {cfg.blr} x "
+                             f"effective batch {self.eff_batch} / 256): the schedule decays from the lr to the min-lr")
+        half = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+        self._autocast = dict(device_type=env.device.type, dtype=half, enabled=cfg.amp != "none")
 
         self.model = build_model(cfg).to(env.device)
         # no visible patch: the encoder would see nothing and get no gradient
@@ -318,7 +333,7 @@ class _Trainer:
         self.out = cfg.output_dir
         self.ckpt_path = os.path.join(self.out, CHECKPOINT)
         self.skipped_log = os.path.join(self.out, SKIPPED)
-        self.sampler = _EpochSampler(cfg.seed, env.rank)
+        self.sampler = EpochSampler(seed=cfg.seed, rank=env.rank, seeded=True)
         items = _SeededItems(self.dataset, self.skipped_log)
         self.loader = _make_loader(items, self.sampler, cfg.batch_size, cfg.num_workers, cfg.seed, env.device)
         self.step = 0
@@ -359,8 +374,7 @@ class _Trainer:
         state = self.state()
         if self.env.main:
             previous = self.saved_step if self.saved_step != self.step else None
-            write_checkpoint(state, self.out, self.cfg.keep_checkpoints, previous_step=previous,
-                             drop_older=self.saved_step is None and not self.cfg.resume)  # fmt: skip
+            write_checkpoint(state, self.out, self.cfg.keep_checkpoints, previous_step=previous)
         self.saved_step = self.step
         self.env.barrier()
 
@@ -401,146 +415,198 @@ class _Trainer:
             print(f"note: {used} was written by {ck.get('world_size', 1)} process(es), this run has "
                   f"{self.env.world}: the RNG streams restart (the run is not bit-exact)", file=sys.stderr)  # fmt: skip
 
-    # -- the loop ----------------------------------------------------------------------------------
+    # -- the loop: named steps -----------------------------------------------------------------------
     def run(self) -> Dict:
-        cfg, env = self.cfg, self.env
-        if cfg.resume:
-            self.resume(cfg.resume)  # validated before anything in the run folder changes
-        if env.main:
-            os.makedirs(self.out, exist_ok=True)
-            for p in clean_stale_temporaries(self.out):
-                print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
-            if not cfg.resume and os.path.exists(self.skipped_log):
-                os.remove(self.skipped_log)  # a fresh run: skips are counted anew
-            if not cfg.resume and checkpoint_candidates(self.out):
-                print(f"warning: {self.out} holds checkpoints of an earlier run; this new run replaces them at its "
-                      f"first save (to continue that run instead: --resume {self.out})", file=sys.stderr)  # fmt: skip
-            with open(os.path.join(self.out, CONFIG), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
-        env.barrier()
-        log = open(os.path.join(self.out, METRICS), "a") if env.main else None
-        self.tb = _tensorboard(self.out) if env.main else None
-        # a bar on a terminal; one plain line per logging interval in batch jobs (stderr a file or pipe)
-        bar = ProgressLog(self.total_steps, self.step, f"pretrain {cfg.model}",
-                          mode="auto" if (env.main and cfg.progress) else "off")  # fmt: skip
-        autocast = dict(
-            device_type=env.device.type,
-            dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
-            enabled=cfg.amp != "none",
-        )
-        self.model.train()
-        start_step = self.step
-        previous = {}
-        if _main_thread():
-            previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        last_batch, t0, pairs, waited = None, time.perf_counter(), 0, 0.0
-        self._run_t0, self._run_pairs = time.perf_counter(), 0
-        sums: Dict[str, float] = {}
+        """Open the run folder, train until the last step or a stop, save, and summarise. Whatever ends the
+        loop (an error, a signal, a dead worker), the DataLoader's workers are shut down first, so the
+        process can always exit."""
+        self._open_folder()
+        handlers = _catch(self._on_signal)
         try:
-            usable = self.steps_per_epoch * cfg.accum_iter  # micro-batches of an epoch (its full batches)
-            last_epoch = math.ceil(self.total_steps * cfg.accum_iter / usable)
-            if self.micro_done >= usable:  # a checkpoint written at the end of an epoch by an earlier version
-                self.epoch, self.micro_done = self.epoch + 1, 0
-
-            # the worker count the epoch order is dealt to: this run's, or the one the resumed run started with
-            workers = self.order_workers
-            dataset, world, rank, seed, B = self.dataset, env.world, env.rank, cfg.seed, cfg.batch_size
-
-            def plan(epoch: int) -> List[int]:
-                # video files / frame folders: units decoded forward once per worker (videomac.pretrain.loader).
-                # No reference to the trainer: the loader holds this through its sampler, and a cycle back
-                # to the loader would keep its workers alive after the run (the process would not exit).
-                return epoch_indices(dataset, epoch, seed, world, rank, B, workers)[: usable * B]
-
-            while self.step < self.total_steps:
-                # one iterator for all the epochs left (less the batches a resumed run already did): the
-                # workers load the next epoch's first batches while this one ends, so no epoch starts empty
-                start = self.micro_done * cfg.batch_size
-                self.sampler.set_span(plan, self.epoch, start, max(last_epoch, self.epoch + 1))
-                batches, t_wait = iter(self.loader), time.perf_counter()
-                for batch in batches:
-                    # uint8 to the device, normalised there (JPEGs decoded there with gpu_decode)
-                    frame1, frame2 = batch_to_device(batch, env.device)
-                    waited += time.perf_counter() - t_wait
-                    lr = learning_rate(self.step, self.total_steps, self.warmup_steps, self.base_lr, cfg.min_lr)
-                    for g in self.optimizer.param_groups:
-                        g["lr"] = lr
-                    boundary = (self.micro_done + 1) % cfg.accum_iter == 0
-                    # DDP all-reduces gradients only on the micro-batch that ends an accumulation
-                    no_sync = self.ddp.no_sync() if (env.world > 1 and not boundary) else contextlib.nullcontext()
-                    with no_sync:
-                        if cfg.compile and cfg.compile_mode == "reduce-overhead":
-                            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step begins
-                        with torch.autocast(**autocast):
-                            out = self.forward(frame1, frame2)
-                        loss = out["loss"]
-                        finite = torch.isfinite(loss.detach())
-                        self.scaler.scale(loss / cfg.accum_iter).backward()
-                    # checked once the backward is queued, so the device is not left idle while we wait;
-                    # still before the optimizer step: a non-finite loss never reaches the weights
-                    if not self._all_finite(finite):
-                        raise FloatingPointError(self._nan_message(loss))
-                    for k, v in out.items():
-                        if k.startswith("loss"):  # summed on the device: read once per log interval
-                            sums[k] = sums.get(k, 0.0) + v.detach().double()
-                    sums["n"] = sums.get("n", 0) + 1
-                    self.micro_done += 1
-                    pairs += frame1.shape[0] * env.world
-                    self._run_pairs += frame1.shape[0] * env.world
-                    last_batch = (frame1, frame2, out)
-                    if not boundary:
-                        t_wait = time.perf_counter()
-                        continue
-                    if cfg.clip_grad:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.model.online.parameters(), cfg.clip_grad)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    momentum = ema_momentum(self.step, self.total_steps, cfg.ema_base, cfg.ema_final,
-                                            cfg.ema_schedule, self.steps_per_epoch)  # fmt: skip
-                    self.model.update_target(momentum)
-                    self.step += 1
-                    bar.update(1)
-                    if self.micro_done >= usable:  # the epoch is complete (usable is a multiple of accum_iter)
-                        self.epoch, self.micro_done = self.epoch + 1, 0
-                        if env.main and cfg.vis_every and self.epoch % cfg.vis_every == 0:
-                            self._figure(last_batch, f"recon_epoch{self.epoch:04d}.png")
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        elapsed = max(time.perf_counter() - t0, 1e-9)
-                        self._log(log, bar, sums, lr, momentum, pairs / elapsed, min(1.0, waited / elapsed))
-                        sums, t0, pairs, waited = {}, time.perf_counter(), 0, 0.0
-                    if self.step % cfg.save_every == 0 and self.step < self.total_steps:
-                        self.save()
-                    if self.step >= self.total_steps or self._should_stop(start_step):
-                        break
-                    t_wait = time.perf_counter()
-                if self.step >= self.total_steps or self._should_stop(start_step):
-                    break
-        finally:
-            bar.close()
-            if log:
-                log.close()
-            if self.tb is not None:
-                self.tb.close()
-            if sys.exc_info()[0] is not None:  # failing: give the caller its handlers back now
-                _restore_handlers(previous)
+            try:
+                self._train()
+            except RuntimeError as e:
+                # torch reports a dead worker from its SIGCHLD handler, wherever the main process then is
+                if "DataLoader worker" in str(e) and not isinstance(e, TrainingError):
+                    raise DataLoadingError(self._load_failure(e)) from e
+                raise
+            finally:
+                shutdown_workers(self.loader)
+                self._close_outputs()
+        except BaseException:
+            _restore_handlers(handlers)  # failing: give the caller its handlers back now
+            raise
         try:
             self.save()  # a signal during this save is noted, not fatal: the handlers stay until it is done
         finally:
-            _restore_handlers(previous)
+            _restore_handlers(handlers)
         if self.step < self.total_steps:
-            name = signal.Signals(self.stop_signal).name if self.stop_signal else None
-            msg = f"{name} received" if name else f"--stop-after {self.cfg.stop_after} reached"
-            if self.stop_requested and not name:
-                msg = "stop requested by another process"
-            if env.main:
-                print(f"{msg}: stopped at step {self.step}/{self.total_steps} with a checkpoint; "
-                      f"resume with --resume {self.out}", file=sys.stderr)  # fmt: skip
-            out = dict(step=self.step, stopped=True, checkpoint=self.ckpt_path, signal=name)
-            out.update(self._skipped_summary())
-            return out
-        return self._finish(last_batch)
+            return self._stopped()
+        return self._finish(self._last_batch)
+
+    def _open_folder(self) -> None:
+        """Resume (checked before anything in the folder changes), then ready the run folder (rank 0)."""
+        cfg, env = self.cfg, self.env
+        if cfg.resume:
+            self.resume(cfg.resume)
+        if env.main:
+            os.makedirs(self.out, exist_ok=True)
+            for p in stale_temporaries(self.out):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(p)
+                    print(f"removed {p}, left by a process killed while writing", file=sys.stderr)
+            if not cfg.resume and os.path.exists(self.skipped_log):
+                os.remove(self.skipped_log)  # a fresh run: skips are counted anew
+            with atomic_file(os.path.join(self.out, CONFIG)) as tmp, open(tmp, "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        env.barrier()
+        self._metrics = open(os.path.join(self.out, METRICS), "a") if env.main else None
+        self.tb = _tensorboard(self.out) if env.main else None
+        # a bar on a terminal; one plain line per logging interval in batch jobs (stderr a file or pipe)
+        self._bar = ProgressLog(self.total_steps, self.step, f"pretrain {cfg.model}",
+                                mode="auto" if (env.main and cfg.progress) else "off")  # fmt: skip
+
+    def _close_outputs(self) -> None:
+        self._bar.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+
+    def _train(self) -> None:
+        """Steps until the last one or a stop: one loader iterator spans every epoch left."""
+        cfg, env = self.cfg, self.env
+        self.model.train()
+        self._start_step = self.step
+        self._window = _Window()
+        self._last_batch = None
+        self._run_t0, self._run_pairs = time.perf_counter(), 0
+        usable = self.steps_per_epoch * cfg.accum_iter  # micro-batches of an epoch (its full batches)
+        last_epoch = math.ceil(self.total_steps * cfg.accum_iter / usable)
+        if self.micro_done >= usable:  # a checkpoint written at the end of an epoch by an earlier version
+            self.epoch, self.micro_done = self.epoch + 1, 0
+        plan = _epoch_plan(self.dataset, cfg.seed, env.world, env.rank, cfg.batch_size, self.order_workers, usable)
+        while self.step < self.total_steps:
+            # the workers load the next epoch's first batches while this one ends, so no epoch starts empty
+            self.sampler.set_span(plan, self.epoch, self.micro_done * cfg.batch_size, max(last_epoch, self.epoch + 1))
+            for frame1, frame2 in self._batches():
+                if not self._micro_step(frame1, frame2):
+                    continue  # gradients accumulate until the micro-batch that ends the step
+                momentum = self._optimizer_step()
+                self._epoch_rollover(usable)
+                self._log_interval(momentum)
+                if self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                    self.save()
+                if self._done():
+                    return
+            if self._done():
+                return
+
+    def _batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """The loader's batches on the device, timing the wait for each; a failure to load (a worker that
+        died or raised, inputs that vanished) becomes a one-line :class:`DataLoadingError`."""
+        batches, t_wait = iter(self.loader), time.perf_counter()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (RuntimeError, OSError) as e:
+                raise DataLoadingError(self._load_failure(e)) from e
+            # uint8 to the device, normalised there (JPEGs decoded there with gpu_decode)
+            frames = batch_to_device(batch, self.env.device)
+            self._window.waited += time.perf_counter() - t_wait
+            yield frames
+            t_wait = time.perf_counter()
+
+    def _micro_step(self, frame1: torch.Tensor, frame2: torch.Tensor) -> bool:
+        """Forward and backward of one micro-batch, its losses summed for the log; a non-finite loss raises
+        before any weight changes. Returns whether this micro-batch ends an optimizer step."""
+        cfg, env = self.cfg, self.env
+        self._lr = learning_rate(self.step, self.total_steps, self.warmup_steps, self.base_lr, cfg.min_lr)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr
+        boundary = (self.micro_done + 1) % cfg.accum_iter == 0
+        # DDP all-reduces gradients only on the micro-batch that ends an accumulation
+        no_sync = self.ddp.no_sync() if (env.world > 1 and not boundary) else contextlib.nullcontext()
+        with no_sync:
+            if cfg.compile and cfg.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step begins
+            with torch.autocast(**self._autocast):
+                out = self.forward(frame1, frame2)
+            loss = out["loss"]
+            finite = torch.isfinite(loss.detach())
+            self.scaler.scale(loss / cfg.accum_iter).backward()
+        # checked once the backward is queued, so the device is not left idle while we wait;
+        # still before the optimizer step: a non-finite loss never reaches the weights
+        if not self._all_finite(finite):
+            raise NonFiniteLossError(self._nan_message(loss))
+        w = self._window
+        for k, v in out.items():
+            if k.startswith("loss"):  # summed on the device: read once per log interval
+                w.sums[k] = w.sums.get(k, 0.0) + v.detach().double()
+        w.micro += 1
+        self.micro_done += 1
+        w.pairs += frame1.shape[0] * env.world
+        self._run_pairs += frame1.shape[0] * env.world
+        self._last_batch = (frame1, frame2, out)
+        return boundary
+
+    def _optimizer_step(self) -> float:
+        """Clip, step the optimizer (through the AMP scaler), then move the target by EMA; returns the momentum."""
+        cfg = self.cfg
+        if cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.online.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        momentum = ema_momentum(self.step, self.total_steps, cfg.ema_base, cfg.ema_final, cfg.ema_schedule,
+                                self.steps_per_epoch)  # fmt: skip
+        self.model.update_target(momentum)
+        self.step += 1
+        self._bar.update(1)
+        return momentum
+
+    def _epoch_rollover(self, usable: int) -> None:
+        if self.micro_done >= usable:  # the epoch is complete (usable is a multiple of accum_iter)
+            self.epoch, self.micro_done = self.epoch + 1, 0
+            if self.env.main and self.cfg.vis_every and self.epoch % self.cfg.vis_every == 0:
+                self._figure(self._last_batch, f"recon_epoch{self.epoch:04d}.png")
+
+    def _log_interval(self, momentum: float) -> None:
+        if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+            w = self._window
+            elapsed = max(time.perf_counter() - w.t0, 1e-9)
+            self._log(self._metrics, self._bar, dict(w.sums, n=w.micro), self._lr, momentum, w.pairs / elapsed,
+                      min(1.0, w.waited / elapsed))  # fmt: skip
+            self._window = _Window()
+
+    def _done(self) -> bool:
+        return self.step >= self.total_steps or self._should_stop(self._start_step)
+
+    def _stopped(self) -> Dict:
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else None
+        msg = f"{name} received" if name else f"--stop-after {self.cfg.stop_after} reached"
+        if self.stop_requested and not name:
+            msg = "stop requested by another process"
+        if self.env.main:
+            print(f"{msg}: stopped at step {self.step}/{self.total_steps} with a checkpoint; "
+                  f"resume with --resume {self.out}", file=sys.stderr)  # fmt: skip
+        out = dict(step=self.step, stopped=True, checkpoint=self.ckpt_path, signal=name)
+        out.update(self._skipped_summary())
+        return out
+
+    def _where(self) -> str:
+        if os.path.exists(self.ckpt_path):
+            return f"The last good checkpoint is {self.ckpt_path}; resume with --resume {self.out}."
+        return "No checkpoint was written yet."
+
+    def _load_failure(self, e: BaseException) -> str:
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        what = lines[-1][:300] if lines else type(e).__name__  # a worker's error: its last line is the cause
+        return f"loading training data failed at step {self.step} (epoch {self.epoch}): {what}. {self._where()}"
+
 
     def _skipped(self) -> Dict[str, str]:
         """Inputs skipped so far: at dataset construction, and while loading (any process's log)."""
@@ -567,13 +633,8 @@ class _Trainer:
         return bool(ok.item())
 
     def _nan_message(self, loss: torch.Tensor) -> str:
-        where = (
-            f"The last good checkpoint is {self.ckpt_path}."
-            if os.path.exists(self.ckpt_path)
-            else "No checkpoint was written yet."
-        )
         return (
-            f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); stopping. {where} "
+            f"loss is {loss.item()} at step {self.step} (epoch {self.epoch}); stopping. {self._where()} "
             "Try a lower --blr, --clip-grad 1.0, or --amp none."
         )
 
@@ -680,6 +741,13 @@ def _tensorboard(out_dir: str):
     except ImportError:
         return None
     return SummaryWriter(os.path.join(out_dir, "tb"))
+
+
+def _catch(handler) -> Dict:
+    """SIGINT and SIGTERM to ``handler`` (main thread only); returns the handlers they had."""
+    if not _main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def _restore_handlers(previous: Dict) -> None:
