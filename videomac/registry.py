@@ -1,4 +1,4 @@
-"""Reads the published-weights registry (``weights/registry.json``, shipped as ``videomac.weights``).
+"""Reads the published-weights registry (``videomac/weights/registry.json``, package data).
 
 It is the single source of truth for timm's pretrained_cfgs, the torch.hub entry points, model
 cards and the model-zoo page. ``VIDEOMAC_WEIGHTS_REGISTRY=/path/registry.json`` replaces it (an
