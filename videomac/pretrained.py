@@ -236,15 +236,19 @@ def check_weights(sd: Dict[str, torch.Tensor], expected: Optional[Dict[str, torc
     unexpected = [k for k in sd if k not in expected]
     missing = [k for k in expected if k not in sd and not optional(k)]
     shapes = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    def show(ks: List[str]) -> str:
+        return ", ".join(ks[:4]) + (f", ... ({len(ks)} in all)" if len(ks) > 4 else "")
+
     parts = []
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches, first {k}: file {tuple(sd[k].shape)}, model "
-                     f"{tuple(expected[k].shape)}")  # fmt: skip
-    if missing:
-        parts.append(f"{len(missing)} missing keys, first {missing[0]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys, first {unexpected[0]}")
+        more = f" ({len(shapes)} in all)" if len(shapes) > 1 else ""
+        parts.append(f"shape mismatch: {k} is {tuple(sd[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+                     + more)
     if parts:
         raise WeightsError(f"{source} does not match the model: " + "; ".join(parts))
 
