@@ -29,7 +29,8 @@ from videomac.pretrained import WeightsDownloadError
 from videomac.registry import find_entry, registry_path
 
 REPO = Path(__file__).resolve().parents[1]
-CNX = {"videomac_cnxv2_t": ((3, 3, 9, 3), (96, 192, 384, 768)), "videomac_cnxv2_s": ((3, 3, 27, 3), (96, 192, 384, 768))}
+CNX = {"videomac_cnxv2_t": ((3, 3, 9, 3), (96, 192, 384, 768)),
+       "videomac_cnxv2_s": ((3, 3, 27, 3), (96, 192, 384, 768))}
 RN = {"videomac_rn18": 18, "videomac_rn50": 50}
 
 
@@ -104,7 +105,8 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_rn50", "videomac_cnxv2_t",
+@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_rn50",
+                                  pytest.param("videomac_cnxv2_t", marks=pytest.mark.slow),
                                   pytest.param("videomac_cnxv2_s", marks=pytest.mark.slow)])  # fmt: skip
 def test_pretrained_true_downloads_converts_and_equals_the_authors_forward(name, server, tmp_path, capsys):
     entry = find_entry(name, tag="yt18_authors")
