@@ -25,6 +25,7 @@ from safetensors import safe_open
 
 import videomac  # noqa: F401
 from videomac.cli import main
+from videomac.hub import model_card
 from videomac.pretrained import WeightsDownloadError
 from videomac.registry import find_entry, registry_path
 
@@ -134,6 +135,10 @@ def test_pretrained_true_downloads_converts_and_equals_the_authors_forward(name,
     with safe_open(str(converted), "pt") as f:
         meta = f.metadata()
     assert meta["source_sha256"] == sidecar and meta["architecture"] == name
+    # and in a model card made from the loaded model
+    card = model_card(raw, None)
+    digests = [(tmp_path / "torch" / f).read_text().split()[0] for f in shas]
+    assert f"Converted from `{server.url}/{entry.filename}`, sha256 `" in card and any(d in card for d in digests)
     # the second load is the cache's: the server is gone
     server.stop()
     hits = len(server.hits)
