@@ -1,7 +1,7 @@
 """torch.hub entry points: ``torch.hub.load('OWNER/videomac', 'videomac_cnxv2_s', pretrained=True)``.
 
 One entry point per registered videomac model; pretrained weights come from the same registry as
-``timm.create_model(name, pretrained=True)`` (weights/registry.json), verified by sha256.
+``timm.create_model(name, pretrained=True)`` (videomac/weights/registry.json), verified by sha256.
 """
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
 

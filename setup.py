@@ -14,10 +14,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    # weights/ (the registry, one source of truth) ships inside the package as videomac.weights.
-    packages=find_packages(include=["videomac", "videomac.*"]) + ["videomac.weights"],
-    package_dir={"videomac.weights": "weights"},
-    package_data={"videomac.weights": ["*.json"]},
+    packages=find_packages(include=["videomac", "videomac.*"]),
+    package_data={"videomac.weights": ["*.json"]},  # the weights registry, one source of truth
     install_requires=[
         "torch>=2.1",
         "timm>=1.0.9",

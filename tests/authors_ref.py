@@ -633,3 +633,151 @@ def authors_init_rule(key: str, mode: str = "convnext") -> Tuple:
     if k.startswith("decoder.") and ".pwconv" in k:
         return ("torch_default",)  # nn.Linear: kaiming_uniform(a=sqrt 5), bias U(+-1/sqrt(fan_in))
     return ("torch_default",)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparse ResNets (models/resnetv2_sparse.py) and their tools/convert_pth.py
+# --------------------------------------------------------------------------------------------
+
+RESNETS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+
+
+def _me_conv(key: str, k: int, cin: int, cout: int) -> Entry:
+    # MinkowskiConvolution(bias=False): kernel (k^D, C_in, C_out), but (C_in, C_out) when the kernel
+    # volume is 1 (1x1, whatever the stride)
+    return (key, (k * k, cin, cout) if k > 1 else (cin, cout), "me_kernel" if k > 1 else "me_kernel_1x1")
+
+
+def authors_resnet_entries(depth: int) -> List[Entry]:
+    """(key, shape, kind) of their ``SparseResNet`` encoder: a dense ``stem`` (Conv2d 4x4/4 with bias +
+    channels-first LayerNorm), then ``layer1..4`` of sparse blocks (MinkowskiLayerNorm under ``.ln``);
+    ``downsample`` = 1x1 conv (stride s) + MinkowskiLayerNorm where the shape changes."""
+    block, layers = RESNETS[depth]
+    exp = 4 if block == "bottleneck" else 1
+    e: List[Entry] = [("stem.0.weight", (64, 3, 4, 4), "conv_weight"), ("stem.0.bias", (64,), "bias"),
+                      ("stem.1.weight", (64,), "ln_weight"), ("stem.1.bias", (64,), "ln_bias")]
+    cin = 64
+    for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for j in range(n):
+            p, stride = f"layer{i + 1}.{j}", (2 if i > 0 and j == 0 else 1)
+            if block == "basic":
+                convs = [(3, cin, planes), (3, planes, planes)]
+            else:
+                convs = [(1, cin, planes), (3, planes, planes), (1, planes, planes * exp)]
+            for c, (k, a, b) in enumerate(convs, 1):
+                e.append(_me_conv(f"{p}.conv{c}.kernel", k, a, b))
+                e += [(f"{p}.norm{c}.ln.weight", (b,), "ln_weight"), (f"{p}.norm{c}.ln.bias", (b,), "ln_bias")]
+            if j == 0 and (stride != 1 or cin != planes * exp):
+                e.append(_me_conv(f"{p}.downsample.0.kernel", 1, cin, planes * exp))
+                e += [(f"{p}.downsample.1.ln.weight", (planes * exp,), "ln_weight"),
+                      (f"{p}.downsample.1.ln.bias", (planes * exp,), "ln_bias")]
+            cin = planes * exp
+    return e
+
+
+def make_authors_resnet_state(depth: int, seed: int = 0, decoder_dim: int = 64) -> Dict:
+    """A random raw pretraining checkpoint of their ResNet VideoMAC, laid out as ``save_model_distill``
+    writes it (see :func:`make_authors_convnext_state`; the optimizer state is left empty). The decoder
+    side (``mask_token``, ``proj``, ``decoder``, ``pred``) is small (``decoder_dim``): it is dropped anyway."""
+    c_last = 512 * (4 if RESNETS[depth][0] == "bottleneck" else 1)
+    d = decoder_dim
+    entries = [("mask_token", (1, d, 1, 1), "mask_token")]
+    entries += [("encoder." + k, s, kind) for k, s, kind in authors_resnet_entries(depth)]
+    entries += [("proj.weight", (d, c_last, 1, 1), "conv_weight"), ("proj.bias", (d,), "bias"),
+                ("decoder.0.dwconv.weight", (d, 1, 7, 7), "conv_weight"), ("decoder.0.dwconv.bias", (d,), "bias"),
+                ("pred.weight", (32 * 32 * 3, d, 1, 1), "conv_weight"), ("pred.bias", (32 * 32 * 3,), "bias")]
+    g = torch.Generator().manual_seed(seed)
+    online = OrderedDict((k, _random_value(s, "me_kernel" if kind == "me_kernel_1x1" else kind, g))
+                         for k, s, kind in entries)
+    target = OrderedDict((k, v + 0.01 * v.abs().mean()) for k, v in online.items())
+    return {"model_online": online, "model_target": target, "online_without_ddp": online,
+            "target_without_ddp": target, "optimizer": {"state": {}, "param_groups": []}, "epoch": 99,
+            "scaler": {"scale": 65536.0}, "args": argparse.Namespace(model=f"mac_r{depth}", mask_ratio=0.75)}
+
+
+def authors_resnet_forward(state: Dict, x: torch.Tensor, depth: int) -> torch.Tensor:
+    """Their ``SparseResNet.forward`` with nothing masked, densely, on their raw layout: stem conv + LN,
+    then every sparse block (stride on conv1 for basic blocks, conv2 for bottlenecks; MinkowskiGELU
+    = exact GELU after each norm but the last, and after the residual sum). An unmasked sparse conv is
+    a dense conv with zero padding (odd k: offsets centred), a strided one keeps every s-th position."""
+    sd = _encoder_state(state)
+    block, layers = RESNETS[depth]
+
+    def conv(t, key, stride=1):
+        k = sd[key]
+        w = k.t()[:, :, None, None] if k.ndim == 2 else me_kernel_to_dense(k)  # (C_in, C_out): a 1x1 kernel
+        return F.conv2d(t, w, stride=stride, padding=w.shape[-1] // 2)
+
+    def ln(t, p):
+        return _ln_channels_first(t, sd[f"{p}.ln.weight"], sd[f"{p}.ln.bias"])
+
+    x = F.conv2d(x, sd["stem.0.weight"], sd["stem.0.bias"], stride=4)
+    x = _ln_channels_first(x, sd["stem.1.weight"], sd["stem.1.bias"])
+    for i, n in enumerate(layers):
+        for j in range(n):
+            p, stride = f"layer{i + 1}.{j}", (2 if i > 0 and j == 0 else 1)
+            res = x
+            if f"{p}.downsample.0.kernel" in sd:
+                res = ln(conv(x, f"{p}.downsample.0.kernel", stride), f"{p}.downsample.1")
+            if block == "basic":
+                y = F.gelu(ln(conv(x, f"{p}.conv1.kernel", stride), f"{p}.norm1"))
+                y = ln(conv(y, f"{p}.conv2.kernel"), f"{p}.norm2")
+            else:
+                y = F.gelu(ln(conv(x, f"{p}.conv1.kernel"), f"{p}.norm1"))
+                y = F.gelu(ln(conv(y, f"{p}.conv2.kernel", stride), f"{p}.norm2"))
+                y = ln(conv(y, f"{p}.conv3.kernel"), f"{p}.norm3")
+            x = F.gelu(y + res)
+    return x
+
+
+def _authors_remap(ckpt: Dict, r50: bool) -> Dict[str, torch.Tensor]:
+    """tools/utils.py ``remap_checkpoint_keys`` (``r50=False``) / ``remap_checkpoint_keys_r50``, line by line."""
+    new_ckpt = OrderedDict()
+    for k, v in ckpt.items():
+        if k.startswith("encoder"):
+            k = ".".join(k.split(".")[1:])
+        if k.endswith("kernel"):
+            k = ".".join(k.split(".")[:-1])
+            new_k = k + ".weight"
+            if len(v.shape) == 3:
+                kv, in_dim, out_dim = v.shape
+                ks = int(math.sqrt(kv))
+                new_ckpt[new_k] = v.permute(2, 1, 0).reshape(out_dim, in_dim, ks, ks).transpose(3, 2)
+            elif len(v.shape) == 2:
+                if r50:
+                    v = v.unsqueeze(0)
+                    kv, in_dim, out_dim = v.shape
+                    ks = int(math.sqrt(kv))
+                    new_ckpt[new_k] = v.permute(2, 1, 0).reshape(out_dim, in_dim, ks, ks).transpose(3, 2)
+                else:
+                    kv, dim = v.shape
+                    ks = int(math.sqrt(kv))
+                    new_ckpt[new_k] = v.permute(1, 0).reshape(dim, 1, ks, ks).transpose(3, 2)
+            continue
+        elif "ln" in k or "linear" in k:
+            k = k.split(".")
+            k.pop(-2)
+            new_k = ".".join(k)
+        else:
+            new_k = k
+        new_ckpt[new_k] = v
+    for k, v in new_ckpt.items():
+        if k.endswith("bias") and len(v.shape) != 1:
+            new_ckpt[k] = v.reshape(-1)
+        elif "grn" in k:
+            new_ckpt[k] = v.unsqueeze(0).unsqueeze(1)
+    return new_ckpt
+
+
+def authors_convert_pth(ckpt: Dict) -> Dict[str, torch.Tensor]:
+    """Their tools/convert_pth.py: ``online_without_ddp``, decoder-side keys removed (any key containing
+    'decoder', 'mask_token', 'proj' or 'pred'), keys remapped, the ResNet remap when the first raises.
+    This is the layout of the released ``mac-*.pth`` files (their default output name is ``mac-small.pth``)."""
+    model = dict(ckpt["online_without_ddp"])
+    for k in list(model):
+        if "decoder" in k or "mask_token" in k or "proj" in k or "pred" in k:
+            del model[k]
+    try:
+        return _authors_remap(model, r50=False)
+    except RuntimeError:
+        return _authors_remap(model, r50=True)

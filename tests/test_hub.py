@@ -151,7 +151,7 @@ def test_hf_hub_and_local_dir_loading(published, tmp_path):
 
 def test_no_published_weights_is_an_error_that_says_how():
     with pytest.raises(WeightsNotPublishedError, match=r"no published weights yet[\s\S]*videomac pretrain --preset"):
-        timm.create_model("videomac_rn50", pretrained=True)
+        timm.create_model("videomac_rn50.yt18_e100", pretrained=True)
     with pytest.raises(WeightsNotPublishedError, match="pretrained_cfg_overlay"):
         timm.create_model("videomac_cnxv2_femto", pretrained=True)
     with pytest.raises(RuntimeError, match="Unknown model"):

@@ -54,6 +54,7 @@ def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[
         if k in cfg and cfg[k] is not None
     )  # fmt: skip
     recipe = f"\n## Pretraining recipe\n\n| setting | value |\n| --- | --- |\n{recipe}\n" if recipe else ""
+    recipe += _converted_from(model)
     return f"""---
 library_name: timm
 license: {license_}
@@ -96,6 +97,21 @@ Preprocessing: {prep}
 
 {license_}
 """
+
+
+def _converted_from(model: torch.nn.Module) -> str:
+    """The download a converted authors' release came from, with its sha256 (safetensors metadata)."""
+    path = (getattr(model, "pretrained_cfg", None) or {}).get("file") or ""
+    if not (path.endswith(".safetensors") and os.path.isfile(path)):
+        return ""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+    if not meta.get("source_sha256"):
+        return ""
+    origin = f"`{meta['source_url']}`" if meta.get("source_url") else "the authors' checkpoint"
+    return f"\nConverted from {origin}, sha256 `{meta['source_sha256']}`.\n"
 
 
 def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_checkpoint: bool = False,

@@ -1,20 +1,119 @@
-"""Weights for ``pretrained=True``: find a registry entry's file through huggingface_hub (its cache,
-``HF_HUB_OFFLINE=1`` and revisions apply) and verify its sha256. Loading itself is timm's."""
+"""Weights for ``pretrained=True`` and every weights file a user loads.
+
+* Registry entries on the Hugging Face Hub (``format: timm``) are found through huggingface_hub (its
+  cache, ``HF_HUB_OFFLINE=1`` and revisions apply) and their sha256 is verified.
+* The authors' released checkpoints (``format: authors``) are downloaded into torch.hub's cache
+  (``torch.hub.get_dir()/checkpoints/videomac``, i.e. ``$TORCH_HOME``), read with
+  ``torch.load(weights_only=True)``, converted in memory and kept there as safetensors keyed by the
+  download's sha256. ``VIDEOMAC_WEIGHTS_BASE_URL`` or ``pretrained_cfg_overlay=dict(url=...)`` point
+  elsewhere.
+* Every file (``pretrained_cfg_overlay=dict(file=...)``, ``--weights``, ``convert-official`` input) is
+  checked before any work: floating point, finite, keys and shapes matching the model.
+
+Conversion of the authors' MinkowskiEngine checkpoints into videomac's dense timm encoders, without
+MinkowskiEngine. Their pretraining checkpoint (``checkpoint-{epoch}.pth`` of their
+``save_model_distill``) is a dict with ``model_online`` / ``model_target`` / ``online_without_ddp`` /
+``target_without_ddp`` / ``optimizer`` / ``epoch`` / ``scaler`` / ``args``. The encoder is taken from
+``online_without_ddp`` (what their own converter exports), else from ``model_online`` (``module.``
+prefixes stripped), else the file is taken as a bare state_dict (what their ``tools/convert_pth.py``
+writes, and what the released ``mac-*.pth`` are). Keys under ``encoder.`` are the encoder;
+``mask_token``, ``proj.*``, ``decoder.*`` and ``pred.*`` are the pretraining decoder and are dropped.
+Every other key must map onto the model and every parameter of the model must be filled, else the
+conversion fails listing them. The one exception is ConvNeXt's pooled ``head.norm`` (used only by
+``forward_head``), which the authors' encoder does not have: it keeps its initial value (ones, zeros)
+and is recorded as ``filled_from_init`` in the output's metadata. A ConvNeXt file's version is decided
+from its keys (GRN parameters: V2): a V1 file for a V2 model (or the reverse) is refused naming the
+model to use.
+
+Layouts (DESIGN.md §2): MinkowskiEngine conv kernels ``(k*k, C_in, C_out)`` (``(C_in, C_out)`` for a
+1x1 conv), depthwise kernels ``(k*k, C)``, biases and GRN ``gamma``/``beta`` ``(1, C)``,
+``MinkowskiLayerNorm`` affine under ``.ln.``, ``MinkowskiLinear`` under ``.linear.``. The dense weight of
+a kernel is ``kernel.permute(2, 1, 0).reshape(C_out, C_in, k, k).transpose(-1, -2)``.
+
+ConvNeXt names (``VideoMACConvNeXt``: timm's ConvNeXt + ``norm0..3``)::
+
+    downsample_layers.0.{0,1}.*              -> stem.{0,1}.*            dense conv, channels-first LN
+    downsample_layers.{i}.0.ln.*             -> stages.{i}.downsample.0.*
+    downsample_layers.{i}.1.kernel / .bias   -> stages.{i}.downsample.1.weight / .bias
+    stages.{i}.{j}.dwconv.kernel / .bias     -> stages.{i}.blocks.{j}.conv_dw.weight / .bias
+    stages.{i}.{j}.norm.ln.*                 -> stages.{i}.blocks.{j}.norm.*
+    stages.{i}.{j}.pwconv{1,2}.linear.*      -> stages.{i}.blocks.{j}.mlp.fc{1,2}.*
+    stages.{i}.{j}.grn.gamma / .beta         -> stages.{i}.blocks.{j}.mlp.grn.weight / .bias
+    norm{i}.ln.*                             -> norm{i}.*
+
+Isotropic ConvNeXt-V2 (``VideoMACConvNeXtIsotropic``): ``stem.*`` -> ``stem.*``, ``blocks.{j}.*`` as the
+block keys above, ``norm.ln.*`` -> ``norm.*``. The dense export (``.weight`` instead of ``.kernel``, no
+``.ln``/``.linear``) is accepted too. Plain timm ``convnextv2_*``/``convnext_*`` targets take ConvNeXt-V2
+FCMAE encoders (no stage norms).
+
+ResNets (their ``models/resnetv2_sparse.py``) use videomac's names already (``stem.{0,1}``,
+``layer{i}.{j}.conv{k}`` / ``norm{k}`` / ``downsample.{0,1}``); torchvision's (``conv1``/``bn1`` for the
+stem, ``bn*``/``ln*`` for norms) are accepted too. Any key that fits neither is reported, never guessed.
+
+Files are read with ``torch.load(weights_only=True)``, allowing exactly one non-tensor type,
+``argparse.Namespace`` (the ``args`` their checkpoints hold). Anything else is refused naming the type;
+``convert-official --trust-pickle`` loads such a file you trust (unpickling can run arbitrary code).
+"""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
-from typing import Dict, Optional
+import pickle
+import re
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
+
+from videomac.files import atomic_file
 from videomac.presets import preset_for_model
 from videomac.registry import WeightEntry, find_entry, registry_path
 
-__all__ = ["WeightsNotPublishedError", "sha256_file", "fetch_weights", "resolve_pretrained"]
+__all__ = [
+    "WeightsError",
+    "WeightsNotPublishedError",
+    "WeightsDownloadError",
+    "UntrustedCheckpointError",
+    "sha256_file",
+    "fetch_weights",
+    "resolve_pretrained",
+    "read_state_dict",
+    "check_weights",
+    "expected_state",
+    "load_checkpoint",
+    "official_state_dict",
+    "convert_official",
+    "kernel_to_dense",
+    "cache_dir",
+    "download_cached",
+    "authors_weights",
+    "save_converted",
+]
+
+BASE_URL_ENV = "VIDEOMAC_WEIGHTS_BASE_URL"  # replaces everything before the file name of the authors' URLs
+_DROP = ("mask_token", "proj", "decoder", "pred")  # the pretraining decoder side of their VideoMAC
+SAFE_GLOBALS = [argparse.Namespace]  # their checkpoints' ``args``
 
 
-class WeightsNotPublishedError(RuntimeError):
+class WeightsError(ValueError):
+    """A weights file that cannot be used: unreadable, not floating point, not finite, or not this model's."""
+
+
+class WeightsNotPublishedError(ValueError):
     """``pretrained=True`` for a model or tag that has no published weights."""
+
+
+class WeightsDownloadError(ValueError):
+    """The authors' release could not be downloaded or converted; nothing was cached."""
+
+
+class UntrustedCheckpointError(WeightsError):
+    """A checkpoint that ``torch.load(weights_only=True)`` refuses because it holds other Python objects."""
 
 
 def sha256_file(path: str) -> str:
@@ -25,14 +124,467 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------
+# Reading and checking weights files
+
+_TRUST_HINT = (
+    " If you trust this file, pass --trust-pickle (trust_pickle=True) to load it with weights_only=False: "
+    "unpickling can run arbitrary code."
+)
+
+
+def load_checkpoint(path: str, trust_pickle: bool = False, trust_hint: bool = True):
+    """``torch.load`` a checkpoint safely: ``weights_only=True`` with ``argparse.Namespace`` allowed.
+
+    A file holding any other Python object is refused with :class:`UntrustedCheckpointError` naming it
+    (``trust_hint``: mention ``--trust-pickle``); ``trust_pickle=True`` loads it with ``weights_only=False``
+    (only for files you trust). A file that is not a torch checkpoint at all (empty, truncated, a plain
+    zip, text) is a :class:`WeightsError`: no Python object in it to trust.
+    """
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a directory, expected a weights file (.pth/.pt/.safetensors)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch the file again")
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if not found:
+            raise _unreadable(path, e) from None
+        raise UntrustedCheckpointError(
+            f"{path} holds the Python object {found[0]!r}, which torch.load(weights_only=True) refuses (only "
+            f"tensors and argparse.Namespace are allowed), so it was not loaded."
+            + (_TRUST_HINT if trust_hint else " Save its state_dict as .safetensors where you trust it.")
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, e: BaseException) -> WeightsError:
+    reason = " ".join(str(e).split())[:200] or type(e).__name__
+    return WeightsError(
+        f"{path} is not a readable PyTorch checkpoint (torch.save .pth/.pt) or .safetensors file "
+        f"(corrupt or truncated?): {reason}"
+    )
+
+
+def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if os.path.isdir(path):
+        raise WeightsError(f"{path} is a directory, expected a weights file (.safetensors)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise WeightsError(f"{path} is not a valid .safetensors file (corrupt or truncated?): {reason}") from None
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """A dense state_dict from ``path`` (.safetensors, or a weights-only torch file; ``state_dict`` /
+    ``model`` / ``encoder`` containers and ``module.`` prefixes unwrapped). Unreadable files and pickles
+    are one-line :class:`WeightsError`; values are not checked here (see :func:`check_weights`)."""
+    if path.endswith(".safetensors"):
+        sd = _read_safetensors(path)
+    else:
+        sd = load_checkpoint(path, trust_hint=False)
+    for key in ("state_dict", "model", "encoder", "module"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        what = f"a dict with keys {sorted(sd)[:8]}" if isinstance(sd, dict) else type(sd).__name__
+        raise WeightsError(f"{path} does not hold a state dict of tensors (found {what})")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def check_values(sd: Dict[str, torch.Tensor], source: str, expected: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """Every tensor floating point (unless the model's own is not) and finite; names the first bad key."""
+    for k, v in sd.items():
+        if not torch.is_tensor(v):
+            raise WeightsError(f"{source}: {k} is a {type(v).__name__}, not a tensor")
+        want = expected.get(k) if expected is not None else None
+        if not v.is_floating_point():
+            if want is not None and not want.is_floating_point():
+                continue
+            raise WeightsError(
+                f"{source}: {k} is {str(v.dtype).replace('torch.', '')}, expected floating point weights "
+                f"(a quantized, integer or corrupted file; pass the float weights)"
+            )
+        if not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise WeightsError(f"{source}: {k} holds {bad} NaN/inf values of {v.numel()}: the weights are broken")
+
+
+def check_weights(sd: Dict[str, torch.Tensor], expected: Optional[Dict[str, torch.Tensor]], source: str,
+                  optional: Callable[[str], bool] = lambda k: False) -> None:  # fmt: skip
+    """Refuse weights that are not floating point, not finite, or whose keys/shapes differ from
+    ``expected`` (a model's state_dict, meta tensors will do); ``optional`` keys may be missing."""
+    check_values(sd, source, expected)
+    if expected is None:
+        return
+    unexpected = [k for k in sd if k not in expected]
+    missing = [k for k in expected if k not in sd and not optional(k)]
+    shapes = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    def show(ks: List[str]) -> str:
+        return ", ".join(ks[:4]) + (f", ... ({len(ks)} in all)" if len(ks) > 4 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
+    if shapes:
+        k = shapes[0]
+        more = f" ({len(shapes)} in all)" if len(shapes) > 1 else ""
+        parts.append(f"shape mismatch: {k} is {tuple(sd[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+                     + more)
+    if parts:
+        raise WeightsError(f"{source} does not match the model: " + "; ".join(parts))
+
+
+def expected_state(model_name: str) -> Dict[str, torch.Tensor]:
+    """The state_dict of the headless ``model_name`` as meta tensors: keys, shapes, dtypes, no memory."""
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(model_name, num_classes=0).state_dict()
+
+
+def _is_head(k: str) -> bool:
+    return k.split(".")[0] in ("fc", "head") and not k.startswith("head.norm.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The authors' checkpoints
+
+def kernel_to_dense(kernel: torch.Tensor, target_shape: torch.Size) -> torch.Tensor:
+    """A MinkowskiEngine kernel as the dense conv weight of ``target_shape`` (C_out, C_in/groups, k, k)."""
+    c_out, c_in, kh, kw = target_shape
+    if kh != kw:
+        raise WeightsError(f"only square kernels are supported, target {tuple(target_shape)}")
+    k = kh
+    if kernel.ndim == 3:  # (k*k, C_in, C_out)
+        if kernel.shape != (k * k, c_in, c_out):
+            raise WeightsError(f"kernel {tuple(kernel.shape)} does not fit a conv of weight {tuple(target_shape)}")
+        return kernel.permute(2, 1, 0).reshape(c_out, c_in, k, k).transpose(-1, -2).contiguous()
+    if kernel.ndim == 2 and c_in == 1 and kernel.shape == (k * k, c_out):  # depthwise (k*k, C)
+        return kernel.permute(1, 0).reshape(c_out, 1, k, k).transpose(-1, -2).contiguous()
+    if kernel.ndim == 2 and k == 1 and kernel.shape == (c_in, c_out):  # 1x1 conv stored without the volume
+        return kernel.t().reshape(c_out, c_in, 1, 1).contiguous()
+    raise WeightsError(f"kernel {tuple(kernel.shape)} does not fit a conv of weight {tuple(target_shape)}")
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
+
+
+def _select(obj) -> Tuple[Dict[str, torch.Tensor], str]:
+    """The online model's state_dict inside a checkpoint, and where it was found."""
+    if isinstance(obj, dict):
+        for key in ("online_without_ddp", "model_online", "model", "state_dict"):
+            if key in obj and _is_state_dict(obj[key]):
+                return obj[key], key
+    if _is_state_dict(obj):
+        return obj, "state_dict"
+    keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+    raise WeightsError(
+        f"no state_dict found (expected 'online_without_ddp', 'model_online' or a dict of tensors; got {keys})"
+    )
+
+
+def official_state_dict(obj) -> Dict[str, torch.Tensor]:
+    """The encoder state_dict inside a checkpoint of the authors' code, with ``module.``/``encoder.``
+    prefixes removed and the decoder side (``mask_token``, ``proj``, ``decoder``, ``pred``) dropped."""
+    sd, _ = _select(obj)
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^(module\.)+", "", k)
+        if k.split(".")[0] in _DROP:
+            continue
+        out[re.sub(r"^encoder\.", "", k)] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvNeXt: explicit name map (their sparse names, or the dense ones of their own converter)
+
+_BLOCK = [  # one ConvNeXt block, after its prefix
+    (r"dwconv\.(?:kernel|weight)", "conv_dw.weight"),
+    (r"dwconv\.bias", "conv_dw.bias"),
+    (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1"),
+    (r"pwconv([12])\.(?:linear\.)?(weight|bias)", r"mlp.fc\1.\2"),
+    (r"grn\.gamma", "mlp.grn.weight"),
+    (r"grn\.beta", "mlp.grn.bias"),
+]
+_HIERARCHICAL = [
+    (r"downsample_layers\.0\.0\.(weight|bias)", r"stem.0.\1"),
+    (r"downsample_layers\.0\.1\.(?:ln\.)?(weight|bias)", r"stem.1.\1"),
+    (r"downsample_layers\.(\d+)\.0\.(?:ln\.)?(weight|bias)", r"stages.\1.downsample.0.\2"),
+    (r"downsample_layers\.(\d+)\.1\.(?:kernel|weight)", r"stages.\1.downsample.1.weight"),
+    (r"downsample_layers\.(\d+)\.1\.bias", r"stages.\1.downsample.1.bias"),
+    (r"norm(\d+)\.(?:ln\.)?(weight|bias)", r"norm\1.\2"),
+]
+_ISOTROPIC = [
+    (r"stem\.(weight|bias)", r"stem.\1"),
+    (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1"),
+]
+_BLOCK_PREFIX = {"hierarchical": r"stages\.(\d+)\.(\d+)\.", "isotropic": r"blocks\.(\d+)\."}
+
+
+def _sub(key: str, table) -> Optional[str]:
+    for pattern, repl in table:
+        if re.fullmatch(pattern, key):
+            return re.sub(f"^{pattern}$", repl, key)
+    return None
+
+
+def _convnext_name(key: str, layout: str) -> Optional[str]:
+    """Our name for an authors' ConvNeXt key (``layout``: hierarchical or isotropic), None if unknown."""
+    m = re.match(_BLOCK_PREFIX[layout], key)
+    if m:
+        prefix = f"stages.{m.group(1)}.blocks.{m.group(2)}." if layout == "hierarchical" else f"blocks.{m.group(1)}."
+        rest = _sub(key[m.end() :], _BLOCK)
+        return None if rest is None else prefix + rest
+    return _sub(key, _HIERARCHICAL if layout == "hierarchical" else _ISOTROPIC)
+
+
+def _fit(key: str, v: torch.Tensor, shape: torch.Size, from_kernel: bool) -> torch.Tensor:
+    """The checkpoint tensor ``v`` in the target ``shape``: kernels permuted, singleton dims reshaped."""
+    if from_kernel:
+        return kernel_to_dense(v, shape)
+    if v.shape == shape:
+        return v
+    squeeze = [d for d in v.shape if d != 1]
+    if squeeze == [d for d in shape if d != 1]:
+        return v.reshape(shape)  # (1, C) biases and GRN parameters, Linear (out, in) -> 1x1 conv (out, in, 1, 1)
+    raise WeightsError(f"{key}: checkpoint shape {tuple(v.shape)} does not fit {tuple(shape)}")
+
+
+def _resnet_names(k: str) -> str:
+    k = re.sub(r"^conv1\.", "stem.0.", k)
+    k = re.sub(r"^(bn1|ln1|norm1|norm)\.", "stem.1.", k)
+    return re.sub(r"\.(bn|ln)(\d)\.", r".norm\2.", k)
+
+
+def _hint(stage_norms: bool, unknown: List[str], missing: List[str]) -> str:
+    if stage_norms and missing and all(re.match(r"norm\d+\.", k) for k in missing):
+        return (
+            " (the checkpoint has no stage norms norm0..3: a ConvNeXt-V2 FCMAE encoder, not VideoMAC's; "
+            "convert it into timm's convnextv2_* instead)"
+        )
+    if not stage_norms and unknown and all(re.match(r"norm\d+\.", k) for k in unknown):
+        return " (a VideoMAC encoder has stage norms norm0..3: convert it into a videomac_cnx* model)"
+    return ""
+
+
+def _convnext_version(model_name: str, target, sd) -> None:
+    """ConvNeXt V1 or V2 from the file's own keys (GRN parameters = V2); refuse a mismatch naming the model."""
+    import timm
+
+    has_grn, wants_grn = any(".grn." in k for k in sd), any(".grn." in k for k in target)
+    if has_grn == wants_grn:
+        return
+    found, want = ("V2", "V1") if has_grn else ("V1", "V2")
+    other = model_name.replace("cnxv2", "cnxv1") if wants_grn else model_name.replace("cnxv1", "cnxv2")
+    use = f"use --model {other}" if other != model_name and timm.is_model(other) else "use the matching model"
+    raise WeightsError(
+        f"the checkpoint holds a ConvNeXt-{found} encoder ({'GRN parameters found' if has_grn else 'no GRN parameters'}"
+        f"), but {model_name} is ConvNeXt-{want}: {use}"
+    )
+
+
+def convert_official(obj, model_name: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Convert to the dense state_dict of ``timm.create_model(model_name, num_classes=0)``; returns it and the keys
+    filled from the model's initialisation (only a ConvNeXt's pooled ``head.norm``, which the authors'
+    encoders do not have). Non-float or non-finite values, a ConvNeXt version mismatch and any other
+    unknown or missing key are errors naming them."""
+    target = expected_state(model_name)
+    sd = official_state_dict(obj)
+    check_values(sd, "checkpoint")
+    if "blocks.0.conv_dw.weight" in target:
+        layout = "isotropic"
+    elif "stages.0.blocks.0.conv_dw.weight" in target:
+        layout = "hierarchical"
+    else:
+        layout = None
+    if layout is not None:
+        _convnext_version(model_name, target, sd)
+    out, unknown = {}, []
+    for k, v in sd.items():
+        if layout is not None:
+            name = _convnext_name(k, layout)
+        else:
+            name = _resnet_names(re.sub(r"\.kernel$", ".weight", k).replace(".ln.", ".").replace(".linear.", "."))
+        if name is None or name not in target:
+            unknown.append(k)
+            continue
+        shape = target[name].shape
+        out[name] = _fit(k, v, shape, from_kernel=k.endswith(".kernel")).to(target[name].dtype).contiguous()
+    missing = [k for k in target if k not in out]
+    filled = [k for k in missing if k.startswith("head.norm.")]
+    missing = [k for k in missing if k not in filled]
+    if unknown or missing:
+        raise WeightsError(
+            f"checkpoint does not match {model_name}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}"
+            + _hint("norm0.weight" in target, unknown, missing)
+        )
+    for k in filled:  # a LayerNorm's initial affine
+        out[k] = (torch.ones if k.endswith(".weight") else torch.zeros)(target[k].shape, dtype=target[k].dtype)
+    return {k: out[k] for k in target}, filled
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads: the authors' release, into torch.hub's cache
+
+
+def cache_dir() -> str:
+    """``torch.hub.get_dir()/checkpoints/videomac`` (``$TORCH_HOME``, default ``~/.cache/torch``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", "videomac")
+
+
+def _manual(url: str, model: str) -> str:
+    return (
+        f"Manual route: download {url} on a connected machine, then `videomac convert-official FILE --model {model} "
+        f"--out {model}.safetensors` and load it with timm.create_model('{model}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='{model}.safetensors'))"
+    )
+
+
+def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, progress: bool = True) -> str:
+    """Stream ``url`` into ``dest`` through an atomic temporary; returns the sha256. A short body, an HTTP
+    error or a pinned sha256 that differs leaves nothing at ``dest``."""
+    import http.client
+
+    from tqdm import tqdm
+
+    h = hashlib.sha256()
+    try:
+        req = urllib.request.Request(url, headers={"User-Agent": "videomac"})
+        with urllib.request.urlopen(req, timeout=60) as r, atomic_file(dest) as tmp, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            done = 0
+            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest), disable=not progress,
+                      file=sys.stderr) as bar:  # fmt: skip
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    done += len(chunk)
+                    bar.update(len(chunk))
+            if total is not None and done != total:
+                raise WeightsDownloadError(
+                    f"{what}: the download of {url} was cut short ({done} of {total} bytes); nothing was cached. "
+                    + _manual(url, model)
+                )
+            if pinned and h.hexdigest() != pinned:
+                raise WeightsDownloadError(
+                    f"{what}: sha256 mismatch for {url}: the registry pins {pinned}, the download has {h.hexdigest()}; "
+                    "refused, nothing was cached"
+                )
+    except urllib.error.HTTPError as e:
+        raise WeightsDownloadError(f"{what}: {url} answered HTTP {e.code} {e.reason}. " + _manual(url, model)) from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise WeightsDownloadError(
+            f"{what}: could not download {url} ({' '.join(str(reason).split()) or type(e).__name__}; offline?). "
+            + _manual(url, model)
+        ) from None
+    return h.hexdigest()
+
+
+def download_cached(url: str, filename: Optional[str] = None, pinned: Optional[str] = None, what: str = "weights",
+                    model: str = "MODEL") -> Tuple[str, str]:  # fmt: skip
+    """The file at ``url`` in the cache (downloaded once, with a progress bar) and its sha256, which is
+    printed on download and written beside it as ``<file>.sha256``; ``pinned`` refuses any other file."""
+    filename = filename or os.path.basename(urllib.parse.urlparse(url).path) or "download"
+    folder = os.path.join(cache_dir(), "downloads", hashlib.sha256(url.encode()).hexdigest()[:16])
+    path = os.path.join(folder, filename)
+    side = path + ".sha256"
+    if os.path.isfile(path) and os.path.isfile(side):
+        with open(side) as f:
+            digest = f.read().split()[0]
+        if pinned and digest != pinned:
+            raise WeightsDownloadError(
+                f"{what}: sha256 mismatch for the cached {path} (from {url}): the registry pins {pinned}, the file has "
+                f"{digest}; delete it to download again"
+            )
+        return path, digest
+    os.makedirs(folder, exist_ok=True)
+    digest = _fetch(url, path, pinned, what, model)
+    with atomic_file(side) as tmp, open(tmp, "w") as f:
+        f.write(f"{digest}  {filename}\n")
+    print(f"{what}: downloaded {url} into {path}, sha256 {digest}", file=sys.stderr)
+    return path, digest
+
+
+def _forget(path: str) -> None:
+    for p in (path, path + ".sha256"):
+        if os.path.exists(p):
+            os.remove(p)
+
+
+def save_converted(sd: Dict[str, torch.Tensor], out_path: str, model_name: str, meta: Dict[str, str]) -> str:
+    """Write converted weights as safetensors, atomically, with their provenance in the metadata."""
+    from safetensors.torch import save_file
+
+    if os.path.isdir(out_path):
+        raise WeightsError(f"--out {out_path} is a directory; pass a file name such as {model_name}.safetensors")
+    if os.path.dirname(os.path.abspath(out_path)):
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    meta = dict(meta, architecture=model_name, format="pt")
+    with atomic_file(out_path) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=meta)
+    return out_path
+
+
+def authors_weights(entry: WeightEntry, model_name: str, url: str) -> str:
+    """Download (once), check, convert (once) an authors' release; returns the cached safetensors path."""
+    raw, digest = download_cached(url, entry.filename, entry.sha256, entry.name, model_name)
+    out = os.path.join(cache_dir(), "converted", digest, f"{model_name}.safetensors")
+    if os.path.isfile(out):
+        return out
+    try:
+        obj = load_checkpoint(raw, trust_hint=False)
+        source = _select(obj)[1]
+        sd, filled = convert_official(obj, model_name)
+    except ValueError as e:
+        _forget(raw)  # a file that is not the model's weights must not be taken by the next load
+        raise WeightsDownloadError(
+            f"{entry.name}: {url} is not usable weights for {model_name}: {' '.join(str(e).split())}. Nothing was "
+            "cached. " + _manual(url, model_name)
+        ) from None
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    meta = dict(source=source, filled_from_init=",".join(filled), source_url=url, source_sha256=digest)
+    return save_converted(sd, out, model_name, meta)
+
+
+def authors_url(entry: WeightEntry) -> str:
+    base = os.environ.get(BASE_URL_ENV)
+    return f"{base.rstrip('/')}/{entry.filename}" if base else str(entry.url)
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrained=True
+
+
 def fetch_weights(entry: WeightEntry) -> str:
-    """Download (or find in the Hugging Face cache) a registry entry's file and check its sha256."""
+    """Download (or find in the Hugging Face cache) a Hub registry entry's file and check its sha256."""
     from huggingface_hub import hf_hub_download
 
     path = hf_hub_download(entry.hf_hub_id, entry.filename, revision=entry.revision)
     digest = sha256_file(path)
     if digest != entry.sha256:
-        raise ValueError(
+        raise WeightsError(
             f"sha256 mismatch for {entry.name} ({entry.hf_hub_id}/{entry.filename}, file {path}): "
             f"the registry expects {entry.sha256}, the file has {digest}"
         )
@@ -52,23 +604,33 @@ def _not_published(variant: str, tag: Optional[str]) -> WeightsNotPublishedError
 
 
 def resolve_pretrained(variant: str, pretrained: bool, kwargs: Dict) -> Dict:
-    """Called by the model entry points: for registry weights, fetch and verify the file and point
-    timm at it; the user's own file, state_dict or ``hf-hub:`` repo is left to timm; no weights at
-    all is an error, never a silent random init."""
+    """Called by the model entry points: a user's file is checked (dtype, finite, keys, shapes) before
+    timm loads it; the authors' release is downloaded and converted, Hub entries fetched and verified,
+    then timm loads the file; ``hf-hub:``/``local-dir:`` and foreign URLs are left to timm; no weights
+    at all is an error, never a silent random init."""
     if not pretrained:
         return kwargs
     from timm.models import resolve_pretrained_cfg
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), overlay)
-    if cfg.file and cfg.source != "local-dir" and not os.path.isfile(cfg.file):
-        raise FileNotFoundError(
-            f"pretrained_cfg_overlay file {cfg.file!r} does not exist; pass the encoder.safetensors a run wrote "
-            f"(videomac pretrain --model {variant} --output-dir runs/X writes runs/X/encoder.safetensors)"
-        )
-    if cfg.file or cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir") or cfg.url:
+    if cfg.file and cfg.source != "local-dir":
+        if not os.path.isfile(cfg.file):
+            raise FileNotFoundError(
+                f"pretrained_cfg_overlay file {cfg.file!r} does not exist; pass the encoder.safetensors a run wrote "
+                f"(videomac pretrain --model {variant} --output-dir runs/X writes runs/X/encoder.safetensors)"
+            )
+        check_weights(read_state_dict(cfg.file), expected_state(variant), f"weights file {cfg.file}", _is_head)
+        return kwargs
+    if cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"):
         return kwargs
     entry = find_entry(variant, tag=cfg.tag)
+    if entry is not None and entry.authors:
+        url = overlay.pop("url", None) or authors_url(entry)
+        overlay["file"] = authors_weights(entry, variant, url)
+        return dict(kwargs, pretrained_cfg_overlay=overlay)
+    if cfg.url:
+        return kwargs
     if entry is None or not entry.published:
         raise _not_published(variant, cfg.tag)
     overlay["file"] = fetch_weights(entry)

@@ -16,7 +16,6 @@ forward pass stops at the chosen stage (later stages are never run).
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from videomac.pretrained import check_weights, read_state_dict
 
 __all__ = [
     "DEFAULT_STAGE",
@@ -82,56 +83,21 @@ def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = 
     from videomac.models.names import check_model_name
 
     check_model_name(name)
-    model = timm.create_model(name, pretrained=pretrained)
+    # a tagged name (videomac_rn50.yt18_authors) means those weights unless a file is given
+    model = timm.create_model(name, pretrained=pretrained or ("." in name and not weights))
     if weights:
         load_weights(model, weights)
     return model.eval()
 
 
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    # Unwrap common checkpoint containers and DataParallel prefixes.
-    for key in ("state_dict", "model", "encoder", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
 def load_weights(model: nn.Module, path: str) -> nn.Module:
     """Load a dense state dict strictly; only the classifier head may be missing (it is never used)."""
-    sd = _read_state_dict(path)
+    sd = read_state_dict(path)
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
     head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "fc"
     heads = (head,) if isinstance(head, str) else tuple(head)
-    missing_body = [k for k in missing if not any(k == h or k.startswith(h + ".") for h in heads)]
-    bad_shape = [k for k in sd if k in own and own[k].shape != sd[k].shape]
-    if missing_body or unexpected or bad_shape:
-
-        def show(ks: List[str]) -> str:
-            return ", ".join(ks[:8]) + (f", ... ({len(ks)} in all)" if len(ks) > 8 else "")
-
-        parts = []
-        if missing_body:
-            parts.append(f"missing keys: {show(missing_body)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if bad_shape:
-            parts.append(f"shape mismatch: {show(bad_shape)}")
-        raise ValueError(f"weights {path} do not match {type(model).__name__}: " + "; ".join(parts))
+    check_weights(sd, own, f"weights {path}", lambda k: any(k == h or k.startswith(h + ".") for h in heads))
+    missing = [k for k in own if k not in sd]
     model.load_state_dict({**{k: own[k] for k in missing}, **sd}, strict=True)
     return model
 

@@ -2,8 +2,9 @@
 
 The encoders are self-supervised backbones, so their cfgs are headless (``num_classes=0``): a plain
 ``timm.create_model('videomac_rn50')`` has no classifier; pass ``num_classes=N`` to add one. Each
-registry entry becomes a tag (``videomac_rn50.yt18_e100``); the first is the default. Only
-published entries (with a sha256) carry a hub id, so timm lists only them as having weights.
+registry entry becomes a tag (``videomac_rn50.yt18_authors``); the first is the default. Published Hub
+entries (with a sha256) carry a hub id and the authors' releases their URL, so timm lists only those as
+having weights.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ def make_default_cfgs(names: Iterable[str], first_conv: str, classifier: str, re
             cfgs[e.name] = base_cfg(
                 first_conv=first_conv,
                 classifier=classifier,
+                url=e.url if e.authors else "",
                 hf_hub_id=e.hub_ref if e.published else None,
-                hf_hub_filename=e.filename,
+                hf_hub_filename=None if e.authors else e.filename,
                 input_size=(3, size, size),
                 pool_size=(size // reduction, size // reduction),
                 license=e.license,
-                notes=(f"recipe {e.recipe}; data {e.data}",),
+                notes=(e.source or f"recipe {e.recipe}; data {e.data}",),
             )
         if not entries:
             cfgs[name] = base_cfg(first_conv=first_conv, classifier=classifier, pool_size=(224 // reduction,) * 2)
