@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-__all__ = ["check_model_name", "model_stride"]
+__all__ = ["check_model_name"]
 
 
 def check_model_name(name: str) -> None:
@@ -17,14 +17,3 @@ def check_model_name(name: str) -> None:
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown model {name!r}{hint} (VideoMAC encoders: {', '.join(timm.list_models('videomac_*'))})")
 
-
-def model_stride(name: str) -> int:
-    """The total stride (the patch size of masking) of timm model ``name``, from its ``feature_info``,
-    without allocating its weights."""
-    import timm
-    import torch
-
-    check_model_name(name)
-    with torch.device("meta"):
-        model = timm.create_model(name, pretrained=False)
-    return int(model.feature_info[-1]["reduction"])

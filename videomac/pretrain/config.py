@@ -12,8 +12,8 @@ from typing import Dict, List, Optional
 from videomac.presets import PRESETS
 
 __all__ = [
-    "PretrainConfig", "resolve_config", "check_config", "checkpoint_candidates", "CHECKPOINT", "ENCODER",
-    "METRICS", "CONFIG", "SUMMARY", "SKIPPED",
+    "PretrainConfig", "resolve_config", "check_config", "videomac_stride", "checkpoint_candidates", "CHECKPOINT",
+    "ENCODER", "METRICS", "CONFIG", "SUMMARY", "SKIPPED",
 ]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"  # the newest checkpoint; older ones kept are checkpoint-<step>.pt
@@ -205,6 +205,12 @@ def _check_field(f: dataclasses.Field, value) -> None:
         raise ValueError(f"{_flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
 
 
+def videomac_stride(model: str) -> int:
+    """The total stride of a ``videomac_*`` encoder, from its name: settings are checked before torch is
+    imported (a bad flag answers at once); tests/test_model_names.py holds it to every model's own stride."""
+    return 16 if "_iso_" in model else 32
+
+
 def check_config(cfg: PretrainConfig) -> None:
     """Every setting's type and declared range, then the checks between settings, before any model, data
     or torch is loaded, so a mistake is a one-line ``ValueError`` naming the flag."""
@@ -216,7 +222,7 @@ def check_config(cfg: PretrainConfig) -> None:
         raise ValueError(f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
                          f"use at least {cfg.gap + 1}")  # fmt: skip
     if cfg.model.startswith("videomac_"):
-        patch = 16 if "_iso_" in cfg.model else 32
+        patch = videomac_stride(cfg.model)
         if cfg.input_size % patch:
             ok = max(patch, round(cfg.input_size / patch) * patch)
             raise ValueError(f"--input-size {cfg.input_size} must be a positive multiple of {cfg.model}'s patch size "
