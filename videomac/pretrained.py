@@ -25,7 +25,7 @@ and is recorded as ``filled_from_init`` in the output's metadata. A ConvNeXt fil
 from its keys (GRN parameters: V2): a V1 file for a V2 model (or the reverse) is refused naming the
 model to use.
 
-Layouts (DESIGN.md §2): MinkowskiEngine conv kernels ``(k*k, C_in, C_out)`` (``(C_in, C_out)`` for a
+Layouts (docs/design.md §2): MinkowskiEngine conv kernels ``(k*k, C_in, C_out)`` (``(C_in, C_out)`` for a
 1x1 conv), depthwise kernels ``(k*k, C)``, biases and GRN ``gamma``/``beta`` ``(1, C)``,
 ``MinkowskiLayerNorm`` affine under ``.ln.``, ``MinkowskiLinear`` under ``.linear.``. The dense weight of
 a kernel is ``kernel.permute(2, 1, 0).reshape(C_out, C_in, k, k).transpose(-1, -2)``.

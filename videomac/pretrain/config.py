@@ -33,7 +33,7 @@ def _f(default, ge=None, gt=None, le=None, lt=None, choices=None):
 
 @dataclass
 class PretrainConfig:
-    """Every setting of a run; the defaults are the paper recipe (DESIGN.md §1). Each numeric setting
+    """Every setting of a run; the defaults are the paper recipe (docs/design.md §1). Each numeric setting
     declares its valid range here; :func:`check_config` enforces them all."""
 
     model: str = "videomac_cnxv2_s"
