@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
+from videomac.files import atomic_file
 from videomac.pretrain.checkpoint import encoder_from_checkpoint, load_checkpoint
 from videomac.pretrain.config import CHECKPOINT
 from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import WeightEntry, find_entry
 
-__all__ = ["export_folder", "push", "model_card", "hub_entrypoints", "WeightsNotPublishedError", "sha256_file"]
+__all__ = [
+    "export_folder", "push", "upload_list", "PUBLISHED_FILES", "model_card", "hub_entrypoints",
+    "WeightsNotPublishedError", "sha256_file",
+]
 
 
 def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None,
@@ -98,6 +102,33 @@ Preprocessing: {prep}
 """
 
 
+# What export writes and push uploads, and nothing else: safetensors weights, timm's config, the card.
+PUBLISHED_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+def _check_destination(out_dir: str, source) -> None:
+    """Refuse an export folder that a pretraining run owns, the source run itself, or one in a dataset."""
+    from videomac.eval.outputs import OutputFolderError, dataset_marker, is_run_folder
+
+    run = None if isinstance(source, torch.nn.Module) else (source if os.path.isdir(source) else os.path.dirname(
+        os.path.abspath(source)))  # fmt: skip
+    if is_run_folder(out_dir) or (run and os.path.realpath(out_dir) == os.path.realpath(run)):
+        raise OutputFolderError(
+            f"--out {out_dir} is a pretraining run folder (it holds a checkpoint, videomac.lock or "
+            "config.json + metrics.jsonl); writing there would replace the run's config.json and break resuming: "
+            "export into a new folder"
+        )
+    data = dataset_marker(out_dir)
+    if data:
+        raise OutputFolderError(f"--out {out_dir} is inside the dataset {data}; export into a folder outside it")
+
+
+def _publish(src: str, dst: str) -> None:
+    # a rename into atomic_file's exclusive temporary: the target is replaced whole or not at all
+    with atomic_file(dst) as tmp:
+        os.replace(src, tmp)
+
+
 def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_checkpoint: bool = False,
                   tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
     """Write a Hub-ready folder: ``model.safetensors`` (timm keys), timm's ``config.json``, a
@@ -105,9 +136,12 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
 
     ``source`` is a checkpoint path, a run folder, or a dense timm model. The checkpoint is read with
     ``torch.load(weights_only=True)`` (``trust_pickle``: without, for an earlier videomac's files you
-    wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum, so no
-    pickle that could run code is ever published.
+    wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum. ``out_dir``
+    may not be a run folder or lie in a dataset (:class:`~videomac.eval.outputs.OutputFolderError`);
+    every file is written atomically. The summary's ``files`` are the files written, nothing else.
     """
+    import tempfile
+
     from timm.models import save_for_hf
 
     config = None
@@ -116,6 +150,9 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
             "--include-checkpoint publishes the checkpoint: it must load with weights_only=True, so it cannot "
             "be combined with --trust-pickle (resume the run once with --trust-pickle to rewrite it safely)"
         )
+    if include_checkpoint and isinstance(source, torch.nn.Module):
+        raise ValueError("include_checkpoint needs a checkpoint or run folder as source")
+    _check_destination(out_dir, source)
     if isinstance(source, torch.nn.Module):
         model = source
     else:
@@ -125,49 +162,81 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
     entry = find_entry(name, tag=tag) if tag else None
     os.makedirs(out_dir, exist_ok=True)
     model_config = dict(pretrained_cfg=dict(tag=tag)) if tag else None
-    save_for_hf(model, out_dir, model_config=model_config, safe_serialization=True)
-    for extra in ("pytorch_model.bin",):  # safetensors only: no pickle files in published repos
-        if os.path.exists(os.path.join(out_dir, extra)):
-            os.remove(os.path.join(out_dir, extra))
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(model_card(model, repo_id, config, entry))
-    files = sorted(os.listdir(out_dir))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(model_card(model, repo_id, config, entry))
+        with open(os.path.join(tmp, "config.json")) as f:
+            hf_config = json.load(f)
+        for fname in PUBLISHED_FILES:  # timm's pytorch_model.bin, if any, stays behind: no pickles
+            _publish(os.path.join(tmp, fname), os.path.join(out_dir, fname))
+    files = list(PUBLISHED_FILES)
     if include_checkpoint:
-        if isinstance(source, torch.nn.Module):
-            raise ValueError("include_checkpoint needs a checkpoint or run folder as source")
         ck = source if os.path.isfile(source) else os.path.join(source, CHECKPOINT)
-        load_checkpoint(ck)  # weights-only and checksum: what was loaded above is what gets published
-        shutil.copyfile(ck, os.path.join(out_dir, CHECKPOINT))
-        files = sorted(os.listdir(out_dir))
+        load_checkpoint(ck)  # weights-only and checksum: what was loaded above is what gets copied
+        with atomic_file(os.path.join(out_dir, CHECKPOINT)) as tmp:
+            shutil.copyfile(ck, tmp)
+        files.append(CHECKPOINT)
     weights = os.path.join(out_dir, "model.safetensors")
-    summary = dict(folder=out_dir, architecture=name, files=files, sha256=sha256_file(weights))
-    with open(os.path.join(out_dir, "config.json")) as f:
-        summary["config"] = json.load(f)
-    return summary
+    return dict(folder=out_dir, architecture=name, files=sorted(files), sha256=sha256_file(weights), config=hf_config)
 
 
-def push(source, repo_id: str, dry_run: bool = False, include_checkpoint: bool = False, folder: Optional[str] = None,
-         private: bool = False, revision: Optional[str] = None, token: Optional[str] = None,
-         tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
-    """Build the repo folder (see :func:`export_folder`) and upload it with huggingface_hub."""
+def upload_list(folder: str, names=PUBLISHED_FILES) -> List[str]:
+    """The files of ``folder`` that :func:`push` uploads: exactly ``names`` (the export's allow-list),
+    each a regular file directly inside ``folder`` (no symlink, nothing resolving outside it), none a
+    pickle. Raises ``ValueError`` naming the first file that is not."""
+    real = os.path.realpath(folder)
+    out = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not name.endswith((".safetensors", ".json", ".md")):
+            raise ValueError(f"{path}: push uploads only safetensors weights, config.json and README.md, "
+                             "never a pickle (.pt/.pth/.bin)")  # fmt: skip
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise ValueError(f"{path}: not a regular file (symlinks are never uploaded); re-run push to rebuild it")
+        if os.path.dirname(os.path.realpath(path)) != real:
+            raise ValueError(f"{path} resolves outside {folder}; re-run push to rebuild the folder")
+        out.append(name)
+    return out
+
+
+def push(source, repo_id: str, dry_run: bool = False, folder: Optional[str] = None, private: bool = False,
+         revision: Optional[str] = None, token: Optional[str] = None, tag: Optional[str] = None,
+         trust_pickle: bool = False, api=None) -> Dict:  # fmt: skip
+    """Build the repo folder (see :func:`export_folder`) and upload exactly :func:`upload_list`'s files
+    with one explicit ``create_commit`` (``summary['upload']``; ``dry_run`` lists them, uploads nothing).
+    Other files in ``folder`` (stale exports, ``.env``, links) are never sent. ``api``: an ``HfApi``."""
     if "/" not in repo_id:
         raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
     if folder is None:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         folder = os.path.join(base, "hub", repo_id.replace("/", "--"))
-    summary = export_folder(source, folder, repo_id, include_checkpoint, tag, trust_pickle=trust_pickle)
+    summary = export_folder(source, folder, repo_id, False, tag, trust_pickle=trust_pickle)
     summary["repo_id"] = repo_id
+    summary["upload"] = upload_list(folder, summary["files"])
     if dry_run:
         summary["uploaded"] = False
         return summary
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision,
-                               commit_message=f"Add {summary['architecture']} VideoMAC weights")  # fmt: skip
+    api = api or HfApi(token=token)
+    ops = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(folder, n)) for n in summary["upload"]]
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, ops, revision=revision,
+                                   commit_message=f"Add {summary['architecture']} VideoMAC weights")  # fmt: skip
+    except Exception as e:  # the HTTP client's errors (httpx, requests, huggingface_hub's) share no base class
+        raise ConnectionError(
+            f"cannot push to {api.endpoint} ({_first_line(e)}); check the network, HF_ENDPOINT and your token "
+            f"(huggingface-cli login); the folder {folder} is ready to upload again"
+        ) from e
     summary.update(uploaded=True, commit=getattr(commit, "oid", None))
     return summary
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def hub_entrypoints() -> Dict[str, Callable]:

@@ -443,6 +443,7 @@ class VipDataset:
                     )
         _fail("VIP", root, problems)
         self.videos = entries
+        self.list_file = lf
 
     def frame_paths(self, v: VideoEntry) -> List[str]:
         return [os.path.join(v.image_dir, f) for f in _list_files(v.image_dir, IMAGE_EXTS)]
@@ -494,6 +495,7 @@ class JhmdbDataset:
                 problems.append(f"missing joints file {e.label_path}")
         _fail("JHMDB", root, problems)
         self.videos = entries
+        self.list_file = lf
 
     def frame_paths(self, v: VideoEntry) -> List[str]:
         return [os.path.join(v.image_dir, f) for f in _list_files(v.image_dir, IMAGE_EXTS)]

@@ -33,6 +33,7 @@ from videomac.eval.datasets import (
 from videomac.eval.davis import evaluate, write_csvs
 from videomac.eval.features import FeatureExtractor
 from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
+from videomac.eval.outputs import check_output_folder
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
 
 __all__ = [
@@ -171,6 +172,8 @@ def run_davis(
     masks = one object) or DAVIS-2017 (``ImageSets/2017/<split>.txt``); the detected layout is printed
     on stderr and saved in ``results.json`` (``layout``)."""
     ds = DavisDataset(root, split=split, sequences=sequences, layout=layout)
+    folders = {os.path.dirname(ds.annotation_path(s, n)) for s in ds.sequences for n in ds.annotation_names(s)[:1]}
+    check_output_folder(out_dir, [root, ds.ann_dir, ds.img_dir, *sorted(folders)])
     print(f"DAVIS layout: {ds.describe_layout()}", file=sys.stderr)
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
@@ -237,6 +240,7 @@ def run_vip(
     ``out_dir/<video>/<frame>.png``, ``per-video_results.csv``, ``results.json`` and overlays; returns
     ``mIoU``, ``per_class_IoU``, ``confusion_matrix`` (rows = ground truth) and ``per_video``."""
     ds = VipDataset(root, list_file=list_file, videos=videos)
+    check_output_folder(out_dir, [root, ds.list_file] + [p for v in ds.videos for p in (v.image_dir, v.label_path)])
     n = VipDataset.NUM_CLASSES
     conf = np.zeros((n, n), np.int64)
     pal = default_palette()
@@ -358,6 +362,7 @@ def run_jhmdb(
     """JHMDB pose propagation at ``size x size`` (CRW): 15 Gaussian joint maps at feature resolution,
     joints read back as the weighted mean of each map's top-3 cells; PCK@0.1/0.2 pooled over videos."""
     ds = JhmdbDataset(root, list_file=list_file, videos=videos)
+    check_output_folder(out_dir, [root, ds.list_file] + [p for v in ds.videos for p in (v.image_dir, v.label_path)])
     J = JhmdbDataset.NUM_JOINTS
     pooled: List[List[float]] = [[] for _ in range(J)]
     rows = []

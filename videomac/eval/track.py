@@ -89,11 +89,13 @@ def propagate_video(
 
     from videomac.eval.datasets import default_palette, write_label_png
     from videomac.eval.features import FeatureExtractor
+    from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import LabelPropagator, labels_to_onehot, resize_labels
     from videomac.eval.runner import argmax_labels, blend_labels
     from videomac.eval.video import FrameReader, VideoWriter, read_mask, resize_frame
 
     reader = FrameReader(video)
+    check_output_folder(out_dir, [video, mask if isinstance(mask, str) else None])
     lab0 = read_mask(mask) if isinstance(mask, str) else np.asarray(mask, dtype=np.uint8)
     what = mask if isinstance(mask, str) else "the mask"
     if lab0.ndim != 2:
@@ -190,6 +192,7 @@ def track_video(
     import torch
 
     from videomac.eval.features import FeatureExtractor, create_encoder
+    from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import PropagationConfig
     from videomac.eval.video import FrameReader, read_mask
     from videomac.pretrained import WeightsNotPublishedError
@@ -198,6 +201,7 @@ def track_video(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     reader = FrameReader(video)
+    check_output_folder(out_dir, [video, mask])
     read_mask(mask)
     processing_size(reader.size, kwargs.get("size", 480))  # a size the encoder cannot take fails here
     try:
