@@ -204,3 +204,26 @@ def test_export_writes_only_its_files_atomically(tmp_path):
     s = export_folder(model, str(out))
     assert s["files"] == ["README.md", "config.json", "model.safetensors"]
     assert sorted(os.listdir(out)) == s["files"]  # no temporaries, no pytorch_model.bin left behind
+
+
+def test_model_card_escapes_every_user_value():
+    import yaml
+
+    from videomac.hub import model_card
+
+    model = timm.create_model("videomac_cnxv2_atto")
+    evil = "/home/alice/secret-project/clips\n---\nlicense: evil\n<script>alert(1)</script>"
+    config = dict(data=evil, preset="x | <b>bold\n# Heading", model="videomac_cnxv2_atto", input_size=64,
+                  max_steps=1, lr="[click](javascript:alert(1))")  # fmt: skip
+    card = model_card(model, "me/atto", config)
+    _, front, body = card.split("---\n", 2)  # the front matter is still exactly one block
+    assert yaml.safe_load(front) == dict(library_name="timm", license="apache-2.0", tags=[
+        "image-feature-extraction", "timm", "videomac", "self-supervised"])  # fmt: skip
+    assert "/home/alice" not in card and "secret-project" not in card  # local paths: the last component only
+    assert "<script>" not in card and "<b>" not in card and "&lt;b&gt;" in card
+    assert "\\[click\\](javascript:alert(1))" in card and "x \\| &lt;b&gt;" in card
+    headings = [ln for ln in body.splitlines() if ln.startswith("#")]
+    assert headings == ["# me/atto", "## Pretraining recipe", "## Usage", "## Citation", "## License"]
+    assert "on script&gt; for 1 optimizer step (preset x \\| &lt;b&gt;bold # Heading)" in card
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        model_card(model, "me/x')\nimport os", config)

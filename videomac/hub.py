@@ -4,8 +4,10 @@ Hugging Face Hub push, and the torch.hub entry points. Downloads for ``pretraine
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 from typing import Callable, Dict, List, Optional
 
@@ -18,56 +20,98 @@ from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import WeightEntry, find_entry
 
 __all__ = [
-    "export_folder", "push", "upload_list", "PUBLISHED_FILES", "model_card", "hub_entrypoints",
+    "export_folder", "push", "upload_list", "check_repo_id", "PUBLISHED_FILES", "model_card", "hub_entrypoints",
     "WeightsNotPublishedError", "sha256_file",
 ]
 
 
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+# inline markup only: values sit mid-line (newlines are folded), so line-start markers (# - 1.) cannot act
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def _yaml(value) -> str:
+    """A YAML scalar that cannot open a new key or document: a JSON string is a YAML double-quoted string."""
+    return json.dumps(str(value))
+
+
+def _md(value) -> str:
+    """``value`` as inert markdown text: one line, HTML escaped, markdown punctuation backslash-escaped."""
+    text = " ".join(str(value).split())  # newlines could start headings, lists or a new front matter
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
+
+
+def _public(value) -> str:
+    """A user's setting as it may appear in a public card: paths reduced to their last component, so no
+    local directory layout (home folders, user names) is published."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_public(v) for v in value)
+    text = str(value)
+    if os.sep in text or (os.altsep and os.altsep in text) or text.startswith("~"):
+        text = os.path.basename(os.path.normpath(os.path.expanduser(text))) or "a local folder"
+    return text
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a Hub ``ORG/NAME`` (letters, digits, ``_ . -``), else ``ValueError``."""
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ValueError(f"--repo-id must look like ORG/NAME (letters, digits, '_', '.', '-'), got {repo_id!r}")
+    return repo_id
+
+
 def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None,
                entry: Optional[WeightEntry] = None) -> str:  # fmt: skip
-    """A README.md model card: what it is, recipe, data, metrics, usage, citation, license."""
+    """A README.md model card: what it is, recipe, data, metrics, usage, citation, license. Every value
+    that comes from a user (run config, registry entry) is escaped: front matter values are YAML strings,
+    text is inert markdown (HTML escaped), and local paths are reduced to their last component."""
     name = model.pretrained_cfg["architecture"]
     cfg = config or {}
+    if repo_id is not None:
+        check_repo_id(repo_id)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     load = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
     license_ = entry.license if entry else "apache-2.0"
-    data = entry.data if entry else (cfg.get("data") or "the built-in procedural videos")
+    data = entry.data if entry else cfg.get("data")
+    data = _md(_public(data)) if data else "the built-in procedural videos"
     size = entry.input_size if entry else cfg.get("input_size")
+    size = _md(size) if size else None
     stride = int(model.feature_info[-1]["reduction"]) if getattr(model, "feature_info", None) else None
     if entry and entry.epochs:
-        length = f"{entry.epochs} epochs"
+        length = f"{_md(entry.epochs)} epochs"
     elif cfg.get("max_steps"):
-        length = f"{cfg['max_steps']} optimizer step{'s' * (cfg['max_steps'] != 1)}"
+        length = f"{_md(cfg['max_steps'])} optimizer step{'s' * (cfg['max_steps'] != 1)}"
     elif cfg.get("epochs"):
-        length = f"{cfg['epochs']} epochs"
+        length = f"{_md(cfg['epochs'])} epochs"
     else:
         length = "an unrecorded length"
-    preset = f" (preset `{cfg['preset']}`)" if cfg.get("preset") else ""
+    preset = f" (preset {_md(_public(cfg['preset']))})" if cfg.get("preset") else ""
     prep = "ImageNet mean/std, bicubic resize"
     prep += f", {size}×{size} crops during pretraining." if size else "; the pretraining input size was not recorded."
     rows = ""
     if entry and entry.metrics:
-        rows = "\n".join(f"| {k} | {v} |" for k, v in entry.metrics.items())
+        rows = "\n".join(f"| {_md(k)} | {_md(v)} |" for k, v in entry.metrics.items())
         rows = f"\n## Results\n\n| benchmark | score |\n| --- | ---: |\n{rows}\n"
         if entry.metrics_source == "paper":
             rows += "\nThese are the paper's Table 1 figures for this backbone and recipe.\n"
     recipe = "\n".join(
-        f"| {k} | {cfg[k]} |"
+        f"| {k} | {_md(_public(cfg[k]))} |"
         for k in ("model", "input_size", "mask_ratio", "gap", "gamma", "norm_pix_loss", "epochs", "max_steps",
                   "blr", "lr", "weight_decay", "ema_base", "total_batch", "batch_size", "motion_weight")
         if k in cfg and cfg[k] is not None
     )  # fmt: skip
     recipe = f"\n## Pretraining recipe\n\n| setting | value |\n| --- | --- |\n{recipe}\n" if recipe else ""
+    title = _md(repo_id or name)
+    license_md = _md(license_)
     return f"""---
 library_name: timm
-license: {license_}
+license: {_yaml(license_)}
 tags:
 - image-feature-extraction
 - timm
 - videomac
 - self-supervised
 ---
-# {repo_id or name}
+# {title}
 
 A {name} encoder ({params:.1f}M parameters, {model.num_features} output channels, stride {stride}) pretrained
 with VideoMAC (masked video modeling with sparse ConvNets, CVPR 2024) on {data} for {length}{preset}. It is a plain timm
@@ -98,7 +142,7 @@ Preprocessing: {prep}
 
 ## License
 
-{license_}
+{license_md}
 """
 
 
@@ -206,8 +250,7 @@ def push(source, repo_id: str, dry_run: bool = False, folder: Optional[str] = No
     """Build the repo folder (see :func:`export_folder`) and upload exactly :func:`upload_list`'s files
     with one explicit ``create_commit`` (``summary['upload']``; ``dry_run`` lists them, uploads nothing).
     Other files in ``folder`` (stale exports, ``.env``, links) are never sent. ``api``: an ``HfApi``."""
-    if "/" not in repo_id:
-        raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    check_repo_id(repo_id)
     if folder is None:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         folder = os.path.join(base, "hub", repo_id.replace("/", "--"))
