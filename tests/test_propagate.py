@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from videomac.cli import main
+from videomac.eval.annotations import read_mask
 from videomac.eval.datasets import read_label_png
 from videomac.eval.track import processing_size, propagate_video
-from videomac.eval.video import FrameReader, VideoWriter, read_mask
+from videomac.eval.video import FrameReader, VideoWriter
 from videomac.synthetic import davis_palette, render_video, write_frames, write_palette_png, write_video
 
 T, SIZE = 12, (96, 128)
@@ -70,7 +71,7 @@ def test_frame_folder_binary_mask_and_downscaling(clip, tmp_path):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("size", "is 64x48 (WxH) but the video frames are 128x96"),
+        ("size", "is 64x48 (WxH) but the video's first frame is 128x96"),
         ("empty", "has no objects"),
         ("missing", "video not found"),
         ("corrupt", "cannot read video"),
@@ -103,13 +104,9 @@ def test_read_mask_formats(tmp_path):
     assert np.array_equal(read_mask(str(tmp_path / "p.png")), expected)  # indices kept, void -> 0
     Image.fromarray(expected).save(tmp_path / "gray.png")  # grayscale ids
     assert np.array_equal(read_mask(str(tmp_path / "gray.png")), expected)
-    Image.fromarray(davis_palette()[expected]).save(tmp_path / "rgb.png")  # DAVIS colours -> their index
-    assert np.array_equal(read_mask(str(tmp_path / "rgb.png")), expected)
-    odd = np.zeros((8, 10, 3), np.uint8)
-    odd[1:3, 1:3] = (10, 200, 30)
-    odd[5:7, 5:9] = (250, 250, 0)
-    Image.fromarray(odd).save(tmp_path / "odd.png")  # other colours: numbered in sorted order
-    assert np.array_equal(read_mask(str(tmp_path / "odd.png")), np.where(expected > 0, np.where(lab == 1, 1, 2), 0))
+    Image.fromarray(davis_palette()[expected]).save(tmp_path / "rgb.png")  # colour PNGs: refused, saying how
+    with pytest.raises(ValueError, match="colour PNG .mode RGB.*indexed .palette. or 8-bit grayscale"):
+        read_mask(str(tmp_path / "rgb.png"))
 
 
 def test_processing_size_and_streaming_io(tmp_path):

@@ -74,7 +74,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
         ["export", str(evil), "--out", str(tmp_path / "exp")],
         ["export", str(evil / "checkpoint.pt"), "--out", str(tmp_path / "exp2"), "--include-checkpoint"],
         ["visualize", str(evil), str(frames), "--out", str(tmp_path / "fig.png")],
-        ["push", str(evil), "--repo-id", "me/evil", "--dry-run", "--include-checkpoint"],
+        ["push", str(evil), "--repo-id", "me/evil", "--dry-run"],
         ["pretrain", "--resume", str(evil), "--max-steps", "3", *ARGS],
         ["convert-official", str(evil / "checkpoint.pt"), "--model", "videomac_cnxv2_atto",
          "--out", str(tmp_path / "conv.safetensors")],

@@ -4,67 +4,115 @@ Hugging Face Hub push, and the torch.hub entry points. Downloads for ``pretraine
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
+from videomac.files import atomic_file
 from videomac.pretrain.checkpoint import encoder_from_checkpoint, load_checkpoint
 from videomac.pretrain.config import CHECKPOINT
 from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import WeightEntry, find_entry
 
-__all__ = ["export_folder", "push", "model_card", "hub_entrypoints", "WeightsNotPublishedError", "sha256_file"]
+__all__ = [
+    "export_folder", "push", "upload_list", "check_repo_id", "PUBLISHED_FILES", "model_card", "hub_entrypoints",
+    "WeightsNotPublishedError", "sha256_file",
+]
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+# inline markup only: values sit mid-line (newlines are folded), so line-start markers (# - 1.) cannot act
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+
+
+def _yaml(value) -> str:
+    """A YAML scalar that cannot open a new key or document: a JSON string is a YAML double-quoted string."""
+    return json.dumps(str(value))
+
+
+def _md(value) -> str:
+    """``value`` as inert markdown text: one line, HTML escaped, markdown punctuation backslash-escaped."""
+    text = " ".join(str(value).split())  # newlines could start headings, lists or a new front matter
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=True))
+
+
+def _public(value) -> str:
+    """A user's setting as it may appear in a public card: paths reduced to their last component, so no
+    local directory layout (home folders, user names) is published."""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_public(v) for v in value)
+    text = str(value)
+    if os.sep in text or (os.altsep and os.altsep in text) or text.startswith("~"):
+        text = os.path.basename(os.path.normpath(os.path.expanduser(text))) or "a local folder"
+    return text
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a Hub ``ORG/NAME`` (letters, digits, ``_ . -``), else ``ValueError``."""
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ValueError(f"--repo-id must look like ORG/NAME (letters, digits, '_', '.', '-'), got {repo_id!r}")
+    return repo_id
 
 
 def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None,
                entry: Optional[WeightEntry] = None) -> str:  # fmt: skip
-    """A README.md model card: what it is, recipe, data, metrics, usage, citation, license."""
+    """A README.md model card: what it is, recipe, data, metrics, usage, citation, license. Every value
+    that comes from a user (run config, registry entry) is escaped: front matter values are YAML strings,
+    text is inert markdown (HTML escaped), and local paths are reduced to their last component."""
     name = model.pretrained_cfg["architecture"]
     cfg = config or {}
+    if repo_id is not None:
+        check_repo_id(repo_id)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     load = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
     license_ = entry.license if entry else "apache-2.0"
-    data = entry.data if entry else (cfg.get("data") or "the built-in procedural videos")
+    data = entry.data if entry else cfg.get("data")
+    data = _md(_public(data)) if data else "the built-in procedural videos"
     size = entry.input_size if entry else cfg.get("input_size")
+    size = _md(size) if size else None
     stride = int(model.feature_info[-1]["reduction"]) if getattr(model, "feature_info", None) else None
     if entry and entry.epochs:
-        length = f"{entry.epochs} epochs"
+        length = f"{_md(entry.epochs)} epochs"
     elif cfg.get("max_steps"):
-        length = f"{cfg['max_steps']} optimizer step{'s' * (cfg['max_steps'] != 1)}"
+        length = f"{_md(cfg['max_steps'])} optimizer step{'s' * (cfg['max_steps'] != 1)}"
     elif cfg.get("epochs"):
-        length = f"{cfg['epochs']} epochs"
+        length = f"{_md(cfg['epochs'])} epochs"
     else:
         length = "an unrecorded length"
-    preset = f" (preset `{cfg['preset']}`)" if cfg.get("preset") else ""
+    preset = f" (preset {_md(_public(cfg['preset']))})" if cfg.get("preset") else ""
     prep = "ImageNet mean/std, bicubic resize"
     prep += f", {size}×{size} crops during pretraining." if size else "; the pretraining input size was not recorded."
     rows = ""
     if entry and entry.metrics:
-        rows = "\n".join(f"| {k} | {v} |" for k, v in entry.metrics.items())
+        rows = "\n".join(f"| {_md(k)} | {_md(v)} |" for k, v in entry.metrics.items())
         rows = f"\n## Results\n\n| benchmark | score |\n| --- | ---: |\n{rows}\n"
         if entry.metrics_source == "paper":
             rows += "\nThese are the paper's Table 1 figures for this backbone and recipe.\n"
     recipe = "\n".join(
-        f"| {k} | {cfg[k]} |"
+        f"| {k} | {_md(_public(cfg[k]))} |"
         for k in ("model", "input_size", "mask_ratio", "gap", "gamma", "norm_pix_loss", "epochs", "max_steps",
                   "blr", "lr", "weight_decay", "ema_base", "total_batch", "batch_size", "motion_weight")
         if k in cfg and cfg[k] is not None
     )  # fmt: skip
     recipe = f"\n## Pretraining recipe\n\n| setting | value |\n| --- | --- |\n{recipe}\n" if recipe else ""
     recipe += _converted_from(model)
+    title = _md(repo_id or name)
+    license_md = _md(license_)
     return f"""---
 library_name: timm
-license: {license_}
+license: {_yaml(license_)}
 tags:
 - image-feature-extraction
 - timm
 - videomac
 - self-supervised
 ---
-# {repo_id or name}
+# {title}
 
 A {name} encoder ({params:.1f}M parameters, {model.num_features} output channels, stride {stride}) pretrained
 with VideoMAC (masked video modeling with sparse ConvNets, CVPR 2024) on {data} for {length}{preset}. It is a plain timm
@@ -95,7 +143,7 @@ Preprocessing: {prep}
 
 ## License
 
-{license_}
+{license_md}
 """
 
 
@@ -114,6 +162,34 @@ def _converted_from(model: torch.nn.Module) -> str:
     return f"\nConverted from {origin}, sha256 `{meta['source_sha256']}`.\n"
 
 
+# What export writes and push uploads, and nothing else: safetensors weights, timm's config, the card.
+PUBLISHED_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+def _check_destination(out_dir: str, source) -> None:
+    """Refuse an export folder that a pretraining run owns, the source run itself, or one in a dataset."""
+    from videomac.eval.outputs import OutputFolderError, dataset_marker
+    from videomac.pretrain.checkpoint import is_run_folder
+
+    run = None if isinstance(source, torch.nn.Module) else (source if os.path.isdir(source) else os.path.dirname(
+        os.path.abspath(source)))  # fmt: skip
+    if is_run_folder(out_dir) or (run and os.path.realpath(out_dir) == os.path.realpath(run)):
+        raise OutputFolderError(
+            f"--out {out_dir} is a pretraining run folder (it holds a checkpoint, videomac.lock or "
+            "config.json + metrics.jsonl); writing there would replace the run's config.json and break resuming: "
+            "export into a new folder"
+        )
+    data = dataset_marker(out_dir)
+    if data:
+        raise OutputFolderError(f"--out {out_dir} is inside the dataset {data}; export into a folder outside it")
+
+
+def _publish(src: str, dst: str) -> None:
+    # a rename into atomic_file's exclusive temporary: the target is replaced whole or not at all
+    with atomic_file(dst) as tmp:
+        os.replace(src, tmp)
+
+
 def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_checkpoint: bool = False,
                   tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
     """Write a Hub-ready folder: ``model.safetensors`` (timm keys), timm's ``config.json``, a
@@ -121,9 +197,12 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
 
     ``source`` is a checkpoint path, a run folder, or a dense timm model. The checkpoint is read with
     ``torch.load(weights_only=True)`` (``trust_pickle``: without, for an earlier videomac's files you
-    wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum, so no
-    pickle that could run code is ever published.
+    wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum. ``out_dir``
+    may not be a run folder or lie in a dataset (:class:`~videomac.eval.outputs.OutputFolderError`);
+    every file is written atomically. The summary's ``files`` are the files written, nothing else.
     """
+    import tempfile
+
     from timm.models import save_for_hf
 
     config = None
@@ -132,6 +211,9 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
             "--include-checkpoint publishes the checkpoint: it must load with weights_only=True, so it cannot "
             "be combined with --trust-pickle (resume the run once with --trust-pickle to rewrite it safely)"
         )
+    if include_checkpoint and isinstance(source, torch.nn.Module):
+        raise ValueError("include_checkpoint needs a checkpoint or run folder as source")
+    _check_destination(out_dir, source)
     if isinstance(source, torch.nn.Module):
         model = source
     else:
@@ -141,49 +223,80 @@ def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_c
     entry = find_entry(name, tag=tag) if tag else None
     os.makedirs(out_dir, exist_ok=True)
     model_config = dict(pretrained_cfg=dict(tag=tag)) if tag else None
-    save_for_hf(model, out_dir, model_config=model_config, safe_serialization=True)
-    for extra in ("pytorch_model.bin",):  # safetensors only: no pickle files in published repos
-        if os.path.exists(os.path.join(out_dir, extra)):
-            os.remove(os.path.join(out_dir, extra))
-    with open(os.path.join(out_dir, "README.md"), "w") as f:
-        f.write(model_card(model, repo_id, config, entry))
-    files = sorted(os.listdir(out_dir))
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
+        save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
+        with open(os.path.join(tmp, "README.md"), "w") as f:
+            f.write(model_card(model, repo_id, config, entry))
+        with open(os.path.join(tmp, "config.json")) as f:
+            hf_config = json.load(f)
+        for fname in PUBLISHED_FILES:  # timm's pytorch_model.bin, if any, stays behind: no pickles
+            _publish(os.path.join(tmp, fname), os.path.join(out_dir, fname))
+    files = list(PUBLISHED_FILES)
     if include_checkpoint:
-        if isinstance(source, torch.nn.Module):
-            raise ValueError("include_checkpoint needs a checkpoint or run folder as source")
         ck = source if os.path.isfile(source) else os.path.join(source, CHECKPOINT)
-        load_checkpoint(ck)  # weights-only and checksum: what was loaded above is what gets published
-        shutil.copyfile(ck, os.path.join(out_dir, CHECKPOINT))
-        files = sorted(os.listdir(out_dir))
+        load_checkpoint(ck)  # weights-only and checksum: what was loaded above is what gets copied
+        with atomic_file(os.path.join(out_dir, CHECKPOINT)) as tmp:
+            shutil.copyfile(ck, tmp)
+        files.append(CHECKPOINT)
     weights = os.path.join(out_dir, "model.safetensors")
-    summary = dict(folder=out_dir, architecture=name, files=files, sha256=sha256_file(weights))
-    with open(os.path.join(out_dir, "config.json")) as f:
-        summary["config"] = json.load(f)
-    return summary
+    return dict(folder=out_dir, architecture=name, files=sorted(files), sha256=sha256_file(weights), config=hf_config)
 
 
-def push(source, repo_id: str, dry_run: bool = False, include_checkpoint: bool = False, folder: Optional[str] = None,
-         private: bool = False, revision: Optional[str] = None, token: Optional[str] = None,
-         tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
-    """Build the repo folder (see :func:`export_folder`) and upload it with huggingface_hub."""
-    if "/" not in repo_id:
-        raise ValueError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+def upload_list(folder: str, names=PUBLISHED_FILES) -> List[str]:
+    """The files of ``folder`` that :func:`push` uploads: exactly ``names`` (the export's allow-list),
+    each a regular file directly inside ``folder`` (no symlink, nothing resolving outside it), none a
+    pickle. Raises ``ValueError`` naming the first file that is not."""
+    real = os.path.realpath(folder)
+    out = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not name.endswith((".safetensors", ".json", ".md")):
+            raise ValueError(f"{path}: push uploads only safetensors weights, config.json and README.md, "
+                             "never a pickle (.pt/.pth/.bin)")  # fmt: skip
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise ValueError(f"{path}: not a regular file (symlinks are never uploaded); re-run push to rebuild it")
+        if os.path.dirname(os.path.realpath(path)) != real:
+            raise ValueError(f"{path} resolves outside {folder}; re-run push to rebuild the folder")
+        out.append(name)
+    return out
+
+
+def push(source, repo_id: str, dry_run: bool = False, folder: Optional[str] = None, private: bool = False,
+         revision: Optional[str] = None, token: Optional[str] = None, tag: Optional[str] = None,
+         trust_pickle: bool = False, api=None) -> Dict:  # fmt: skip
+    """Build the repo folder (see :func:`export_folder`) and upload exactly :func:`upload_list`'s files
+    with one explicit ``create_commit`` (``summary['upload']``; ``dry_run`` lists them, uploads nothing).
+    Other files in ``folder`` (stale exports, ``.env``, links) are never sent. ``api``: an ``HfApi``."""
+    check_repo_id(repo_id)
     if folder is None:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         folder = os.path.join(base, "hub", repo_id.replace("/", "--"))
-    summary = export_folder(source, folder, repo_id, include_checkpoint, tag, trust_pickle=trust_pickle)
+    summary = export_folder(source, folder, repo_id, False, tag, trust_pickle=trust_pickle)
     summary["repo_id"] = repo_id
+    summary["upload"] = upload_list(folder, summary["files"])
     if dry_run:
         summary["uploaded"] = False
         return summary
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision,
-                               commit_message=f"Add {summary['architecture']} VideoMAC weights")  # fmt: skip
+    api = api or HfApi(token=token)
+    ops = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(folder, n)) for n in summary["upload"]]
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.create_commit(repo_id, ops, revision=revision,
+                                   commit_message=f"Add {summary['architecture']} VideoMAC weights")  # fmt: skip
+    except Exception as e:  # the HTTP client's errors (httpx, requests, huggingface_hub's) share no base class
+        raise ConnectionError(
+            f"cannot push to {api.endpoint} ({_first_line(e)}); check the network, HF_ENDPOINT and your token "
+            f"(huggingface-cli login); the folder {folder} is ready to upload again"
+        ) from e
     summary.update(uploaded=True, commit=getattr(commit, "oid", None))
     return summary
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def hub_entrypoints() -> Dict[str, Callable]:

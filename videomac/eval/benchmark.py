@@ -43,9 +43,11 @@ def run_benchmark(
     import torch
 
     from videomac.eval.features import FeatureExtractor
+    from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import PropagationConfig
     from videomac.eval.runner import run_davis, run_jhmdb, run_vip
 
+    check_output_folder(out, [root])  # before the encoder is built; the runner also checks the dataset's folders
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from videomac.eval.annotations import AnnotationError, read_annotation
 from videomac.media import IMAGE_EXTS, JPEG_EXTS, image_to_rgb, natural_key
 from videomac.palette import davis_palette as default_palette
 
@@ -52,15 +53,10 @@ def read_image(path: str) -> np.ndarray:
         return image_to_rgb(im, path)
 
 
-def read_label_png(path: str) -> np.ndarray:
-    """``(H, W)`` uint8 label indices of an indexed ('P') or grayscale PNG."""
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L", "I", "I;16", "1"):
-            raise ValueError(f"{path}: expected an indexed (palette) or grayscale label PNG, got mode {im.mode}")
-        a = np.asarray(im)
-    if a.max(initial=0) > 255:
-        raise ValueError(f"{path}: label values above 255")
-    return a.astype(np.uint8)
+def read_label_png(path: str, what: str = "label PNG") -> np.ndarray:
+    """``(H, W)`` uint8 labels of an indexed ('P'), 8-bit grayscale or 1-bit PNG
+    (:func:`videomac.eval.annotations.read_annotation`'s rules: a real PNG, no colour, no 16-bit)."""
+    return read_annotation(path, what)[0]
 
 
 def read_palette(path: str) -> Optional[np.ndarray]:
@@ -142,25 +138,15 @@ def read_binary_mask(path: str) -> np.ndarray:
     """A DAVIS-2016 annotation as ``(H, W)`` uint8 labels: 0 = background, 1 = the object.
 
     DAVIS-2016 masks are 8-bit images holding 0 (background) and 255 (object): 255 is the object here,
-    never void. Grayscale, palette, 1-bit and grey-RGB PNGs are accepted; ``{0, 1}`` masks are kept as
-    they are; any other value is an error naming the file."""
-    with Image.open(path) as im:
-        if im.mode in ("RGB", "RGBA", "LA"):
-            a = np.asarray(im)
-            a = a[..., :3] if im.mode != "LA" else a[..., :1]
-            if not (a == a[..., :1]).all():
-                raise ValueError(f"{path}: a DAVIS-2016 mask must be grayscale, got colours (mode {im.mode})")
-            a = a[..., 0]
-        elif im.mode in ("1", "P", "L", "I", "I;16"):
-            a = np.asarray(im)
-        else:
-            raise ValueError(f"{path}: expected an 8-bit DAVIS-2016 mask, got mode {im.mode}")
+    never void. Read as every annotation (:func:`videomac.eval.annotations.read_annotation`); ``{0, 1}``
+    masks are kept as they are; any other value is an error naming the file."""
+    a = read_label_png(path, "DAVIS-2016 mask")
     vals = np.unique(a)
     if set(vals.tolist()) <= {0, 255}:
         return (a == 255).astype(np.uint8)
     if set(vals.tolist()) <= {0, 1}:
-        return a.astype(np.uint8)
-    raise ValueError(
+        return a
+    raise AnnotationError(
         f"{path}: a DAVIS-2016 mask should hold only 0 (background) and 255 (object), found {vals[:8].tolist()}"
     )
 
@@ -328,9 +314,6 @@ class DavisDataset:
     def frame_names(self, seq: str) -> List[str]:
         return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
 
-    def load_frames(self, seq: str) -> np.ndarray:
-        return np.stack([read_image(p) for p in self.frame_paths(seq)])
-
     def annotation_path(self, seq: str, name: str) -> str:
         if self.layout == "DAVIS-2016":
             for n, _, a in self._pairs.get(seq, ()):
@@ -347,7 +330,7 @@ class DavisDataset:
     def read_result(self, path: str) -> np.ndarray:
         """A result mask as object ids. DAVIS-2016 results may be 0/255 masks like the annotations (255 ->
         object 1) or 0/1 id maps; DAVIS-2017 results are read as stored."""
-        lab = read_label_png(path)
+        lab = read_label_png(path, "result mask")
         if self.layout == "DAVIS-2016" and lab.max(initial=0) == 255 and set(np.unique(lab).tolist()) <= {0, 255}:
             lab = (lab == 255).astype(np.uint8)
         return lab
@@ -371,9 +354,10 @@ class VideoEntry:
 def _read_list(list_file: str, root: str, one_col, nested: bool = False) -> List[VideoEntry]:
     """A list file: one video per line, either ``<name>`` or CRW's ``<image dir> <label path>``.
 
-    Every video name becomes an output path, so it is checked (:func:`check_name`; ``nested``: a relative
+    A video listed twice is an error naming both lines (as a DAVIS sequence listed twice). Every video
+    name becomes an output path, so it is checked (:func:`check_name`; ``nested``: a relative
     ``a/b`` of such names, as JHMDB's ``<action>/<video>``); a bad line raises naming ``file:line``."""
-    out = []
+    out, seen = [], {}
     with open(list_file) as f:
         for i, ln in enumerate(f, 1):
             cols = ln.split()
@@ -391,6 +375,11 @@ def _read_list(list_file: str, root: str, one_col, nested: bool = False) -> List
                 else:
                     check_name(cols[0], "video name", where)
                 out.append(one_col(cols[0]))
+            # a video listed twice would be scored twice (and weigh double in the means) into one output folder
+            name = out[-1].name
+            if name in seen:
+                raise DatasetLayoutError(f"{where}: video {name!r} is listed twice (first at line {seen[name]})")
+            seen[name] = i
     return out
 
 
@@ -443,6 +432,7 @@ class VipDataset:
                     )
         _fail("VIP", root, problems)
         self.videos = entries
+        self.list_file = lf
 
     def frame_paths(self, v: VideoEntry) -> List[str]:
         return [os.path.join(v.image_dir, f) for f in _list_files(v.image_dir, IMAGE_EXTS)]
@@ -494,6 +484,7 @@ class JhmdbDataset:
                 problems.append(f"missing joints file {e.label_path}")
         _fail("JHMDB", root, problems)
         self.videos = entries
+        self.list_file = lf
 
     def frame_paths(self, v: VideoEntry) -> List[str]:
         return [os.path.join(v.image_dir, f) for f in _list_files(v.image_dir, IMAGE_EXTS)]

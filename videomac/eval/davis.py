@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from videomac.eval.annotations import check_annotation_size
 from videomac.eval.datasets import DatasetLayoutError, DavisDataset
 from videomac.eval.metrics import db_eval_boundary, db_eval_iou, db_statistics
 
@@ -163,7 +164,11 @@ def evaluate(
                 UserWarning,
                 stacklevel=2,
             )
-        gt = np.stack([first] + [ds.load_annotation(seq, n) for n in names[1:]])
+        gt = [first] + [ds.load_annotation(seq, n) for n in names[1:]]
+        for n, a in zip(names[1:], gt[1:]):
+            check_annotation_size(f"annotation {ds.annotation_path(seq, n)}", a.shape, first.shape,
+                                  f"the first annotation {ds.annotation_path(seq, names[0])}")  # fmt: skip
+        gt = np.stack(gt)
         res = [ds.read_result(os.path.join(results_dir, seq, f"{n}.png")) for n in names[1:-1]]
         res = np.stack(res)
         if res.shape[1:] != gt.shape[1:]:

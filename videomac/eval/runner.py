@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from videomac.eval.annotations import check_annotation_size
 from videomac.eval.datasets import (
     DavisDataset,
     JhmdbDataset,
@@ -33,6 +34,7 @@ from videomac.eval.datasets import (
 from videomac.eval.davis import evaluate, write_csvs
 from videomac.eval.features import FeatureExtractor
 from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
+from videomac.eval.outputs import check_output_folder
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
 
 __all__ = [
@@ -67,6 +69,19 @@ def _read(path: str, reader=read_image) -> np.ndarray:
         raise ValueError(
             f"cannot read {path} ({type(e).__name__}: {e}); replace the file (every frame of the benchmark must decode)"
         ) from e
+
+
+def _image_hw(path: str) -> Tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def _check_annotations(items) -> None:
+    """Read every ``(annotation path, reader, frame path)`` under the annotation rules and check its size
+    against its frame's, before any propagation: a bad file fails in a second, not after the run."""
+    for ann, reader, frame in items:
+        lab = _read(ann, reader)
+        check_annotation_size(f"annotation {ann}", lab.shape, _read(frame, _image_hw), f"its frame {frame}")
 
 
 def _load(path: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
@@ -171,7 +186,13 @@ def run_davis(
     masks = one object) or DAVIS-2017 (``ImageSets/2017/<split>.txt``); the detected layout is printed
     on stderr and saved in ``results.json`` (``layout``)."""
     ds = DavisDataset(root, split=split, sequences=sequences, layout=layout)
+    folders = {os.path.dirname(ds.annotation_path(s, n)) for s in ds.sequences for n in ds.annotation_names(s)[:1]}
+    check_output_folder(out_dir, [root, ds.ann_dir, ds.img_dir, *sorted(folders)])
     print(f"DAVIS layout: {ds.describe_layout()}", file=sys.stderr)
+    for seq in ds.sequences:
+        frames = dict(zip(ds.frame_names(seq), ds.frame_paths(seq)))
+        _check_annotations((ds.annotation_path(seq, n), lambda p, s=seq, n=n: ds.load_annotation(s, n), frames[n])
+                           for n in ds.annotation_names(seq) if n in frames)  # fmt: skip
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
         name0, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
@@ -237,6 +258,10 @@ def run_vip(
     ``out_dir/<video>/<frame>.png``, ``per-video_results.csv``, ``results.json`` and overlays; returns
     ``mIoU``, ``per_class_IoU``, ``confusion_matrix`` (rows = ground truth) and ``per_video``."""
     ds = VipDataset(root, list_file=list_file, videos=videos)
+    check_output_folder(out_dir, [root, ds.list_file] + [p for v in ds.videos for p in (v.image_dir, v.label_path)])
+    for v in ds.videos:
+        labelled = [(ds.label_path(v, p), p) for p in ds.frame_paths(v)]
+        _check_annotations((lp, read_label_png, p) for lp, p in labelled if lp is not None)
     n = VipDataset.NUM_CLASSES
     conf = np.zeros((n, n), np.int64)
     pal = default_palette()
@@ -358,6 +383,7 @@ def run_jhmdb(
     """JHMDB pose propagation at ``size x size`` (CRW): 15 Gaussian joint maps at feature resolution,
     joints read back as the weighted mean of each map's top-3 cells; PCK@0.1/0.2 pooled over videos."""
     ds = JhmdbDataset(root, list_file=list_file, videos=videos)
+    check_output_folder(out_dir, [root, ds.list_file] + [p for v in ds.videos for p in (v.image_dir, v.label_path)])
     J = JhmdbDataset.NUM_JOINTS
     pooled: List[List[float]] = [[] for _ in range(J)]
     rows = []

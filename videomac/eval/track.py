@@ -87,23 +87,22 @@ def propagate_video(
     """
     import torch
 
+    from videomac.eval.annotations import check_annotation_size, read_mask
     from videomac.eval.datasets import default_palette, write_label_png
     from videomac.eval.features import FeatureExtractor
+    from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import LabelPropagator, labels_to_onehot, resize_labels
     from videomac.eval.runner import argmax_labels, blend_labels
-    from videomac.eval.video import FrameReader, VideoWriter, read_mask, resize_frame
+    from videomac.eval.video import FrameReader, VideoWriter, resize_frame
 
     reader = FrameReader(video)
+    check_output_folder(out_dir, [video, mask if isinstance(mask, str) else None])
     lab0 = read_mask(mask) if isinstance(mask, str) else np.asarray(mask, dtype=np.uint8)
-    what = mask if isinstance(mask, str) else "the mask"
+    what = f"mask {mask}" if isinstance(mask, str) else "the mask"
     if lab0.ndim != 2:
         raise ValueError(f"{what}: expected a 2-D label map, got shape {lab0.shape}")
     H, W = reader.size
-    if lab0.shape != (H, W):
-        raise ValueError(
-            f"{what} is {lab0.shape[1]}x{lab0.shape[0]} (WxH) but the video frames are {W}x{H}; "
-            "expected a mask of the first frame at the video's resolution"
-        )
+    check_annotation_size(what, lab0.shape, (H, W), "the video's first frame")
     ids = np.union1d([0], np.unique(lab0)).astype(np.uint8)
     if len(ids) == 1:
         raise ValueError(
@@ -189,15 +188,18 @@ def track_video(
     :func:`propagate_video`."""
     import torch
 
+    from videomac.eval.annotations import read_mask
     from videomac.eval.features import FeatureExtractor, create_encoder
+    from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import PropagationConfig
-    from videomac.eval.video import FrameReader, read_mask
+    from videomac.eval.video import FrameReader
     from videomac.pretrained import WeightsNotPublishedError
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     reader = FrameReader(video)
+    check_output_folder(out_dir, [video, mask])
     read_mask(mask)
     processing_size(reader.size, kwargs.get("size", 480))  # a size the encoder cannot take fails here
     try:

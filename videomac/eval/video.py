@@ -4,8 +4,8 @@
 avi, mov, ...) or of a folder of images one at a time, so long videos never sit in memory. A frame
 that does not decode (truncated or corrupt image, damaged video tail) is skipped with a warning and
 recorded in :attr:`FrameReader.skipped`; 16-bit images are scaled to 8 bits, not clipped.
-:class:`VideoWriter` encodes frames as they come (h264, else mpeg4). :func:`read_mask` turns a
-first-frame mask (indexed/palette, grayscale, binary or coloured PNG) into object ids.
+:class:`VideoWriter` encodes frames as they come (h264, else mpeg4). First-frame masks are read by
+:func:`videomac.eval.annotations.read_mask`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, is_image, natural_key
 
-__all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "read_mask", "resize_frame", "image_to_rgb"]
+__all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "resize_frame", "image_to_rgb"]
 
 def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a ``(H, W, 3)`` uint8 frame to ``size = (h, w)`` (no-op when equal)."""
@@ -183,62 +183,3 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_mask(path: str) -> np.ndarray:
-    """A first-frame mask as ``(H, W)`` uint8 object ids (0 = background).
-
-    Indexed (palette, DAVIS-style) PNGs keep their indices; 255 (DAVIS "void") becomes background.
-    Grayscale or 1-bit masks with only two values (0 and anything) are binary: one object, id 1;
-    with more values the values are the ids. RGB masks: black is background, every other colour an
-    object (DAVIS palette colours keep their index, other colours are numbered in sorted order).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask not found: {path}")
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            if mode == "P":
-                lab = np.asarray(im).astype(np.uint8)
-            elif mode in ("1", "L", "I", "I;16", "LA"):
-                lab = np.asarray(im.convert("I") if mode != "LA" else im.getchannel(0)).astype(np.int64)
-            else:
-                rgb = np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise ValueError(f"cannot read mask {path}: {e} (expected a PNG label image)") from e
-    if mode == "P":
-        lab = lab.copy()
-    elif mode in ("1", "L", "I", "I;16", "LA"):
-        vals = np.unique(lab)
-        if len(vals) <= 2:
-            lab = (lab > 0).astype(np.uint8)
-        elif vals.max() > 255:
-            raise ValueError(f"{path}: label values above 255 (expected object ids 1..255)")
-        else:
-            lab = lab.astype(np.uint8)
-    else:
-        lab = _colours_to_ids(rgb, path)
-    lab[lab == 255] = 0
-    return lab
-
-
-def _colours_to_ids(rgb: np.ndarray, path: str) -> np.ndarray:
-    from videomac.eval.datasets import default_palette
-
-    flat = rgb.reshape(-1, 3).astype(np.int64)
-    codes = (flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2]
-    uniq, inv = np.unique(codes, return_inverse=True)
-    pal = default_palette().astype(np.int64)
-    pal_codes = {int((r << 16) | (g << 8) | b): i for i, (r, g, b) in enumerate(pal)}
-    fg = [c for c in uniq.tolist() if c != 0]
-    if len(fg) > 254:
-        raise ValueError(
-            f"{path}: {len(fg)} colours; expected a mask with at most 254 object colours "
-            "(an anti-aliased or photographic image is not a mask)"
-        )
-    if all(c in pal_codes for c in fg):
-        ids = [pal_codes.get(c, 0) for c in uniq.tolist()]
-    else:
-        order = {c: i + 1 for i, c in enumerate(fg)}
-        ids = [order.get(c, 0) for c in uniq.tolist()]
-    return np.asarray(ids, np.uint8)[inv].reshape(rgb.shape[:2])
