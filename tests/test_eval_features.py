@@ -34,7 +34,7 @@ def test_stage_and_stride(name, stage, stride, natural, channels):
     "name,stage,channels", [("videomac_rn50", "layer4", 2048), ("videomac_cnxv2_s", "stages.3", 768)]
 )
 def test_paper_default_features(name, stage, channels):
-    """DESIGN.md section 5: the last stage at output stride 8 (RN50 2048-d, CNXv2-S 768-d)."""
+    """docs/design.md §5: the last stage at output stride 8 (RN50 2048-d, CNXv2-S 768-d)."""
     import videomac  # noqa: F401  (registers the videomac_* encoders)
 
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """Frozen per-frame features from one stage of an encoder, at a chosen output stride.
 
-Default (DESIGN.md section 5, docs/evaluation.md): the LAST stage at output stride 8 -- ``layer4`` of a
+Default (docs/design.md §5, docs/evaluation.md): the LAST stage at output stride 8 -- ``layer4`` of a
 ResNet (2048-d for RN50), the last ``stages.*`` of a ConvNeXt (``stages.3``, 768-d for CNXv2-S) -- with the
 strides of the last two stages removed. Works for the registered ``videomac_*`` encoders and any timm
 ConvNet with ResNet-style stages (``layer1..layer4``) or ConvNeXt-style stages (``stages.0..3``); any
@@ -17,7 +17,7 @@ forward pass stops at the chosen stage (later stages are never run).
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -273,7 +273,3 @@ class FeatureExtractor(nn.Module):
         out["natural_stride"] = self.natural_stride
         return out
 
-
-def feature_size(size: Sequence[int], stride: int) -> Tuple[int, int]:
-    """Nominal feature-map size ``ceil(H / stride), ceil(W / stride)``."""
-    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
