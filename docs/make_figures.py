@@ -5,6 +5,7 @@
 Writes docs/img/masking.png (a frame pair under one symmetric mask) and docs/img/reconstruction.png
 (online and target reconstructions of a small encoder pretrained here for ``--steps`` steps).
 """
+
 import argparse
 import os
 import shutil
@@ -49,10 +50,23 @@ def masking_figure(path: str, size: int = 224, ratio: float = 0.75, seed: int = 
 def reconstruction_figure(path: str, steps: int) -> None:
     """Pretrain videomac_cnxv2_atto briefly on the built-in videos; keep the run's reconstruction.png."""
     with tempfile.TemporaryDirectory() as run:
-        cfg = PretrainConfig(model="videomac_cnxv2_atto", input_size=96, batch_size=16, decoder_dim=256,
-                             synthetic_videos=16, synthetic_frames=16, pairs_per_video=4, max_steps=steps,
-                             lr=3e-3, warmup_steps=max(1, steps // 10), ema_base=0.99, num_workers=0,
-                             output_dir=run, progress=False, log_every=steps)  # fmt: skip
+        cfg = PretrainConfig(
+            model="videomac_cnxv2_atto",
+            input_size=96,
+            batch_size=16,
+            decoder_dim=256,
+            synthetic_videos=16,
+            synthetic_frames=16,
+            pairs_per_video=4,
+            max_steps=steps,
+            lr=3e-3,
+            warmup_steps=max(1, steps // 10),
+            ema_base=0.99,
+            num_workers=0,
+            output_dir=run,
+            progress=False,
+            log_every=steps,
+        )
         pretrain(cfg)
         shutil.copy(os.path.join(run, "reconstruction.png"), path)
     Image.open(path).save(path, optimize=True)

@@ -5,6 +5,7 @@
 
 tests/test_docs.py runs the check, so the page cannot drift from videomac/weights/registry.json.
 """
+
 import argparse
 import os
 import sys
@@ -94,9 +95,13 @@ def _metrics(e) -> str:
 def render(entries=None) -> str:
     """The whole page as a string."""
     entries = load_registry() if entries is None else entries
-    lines = [HEADER, "## Weights", "",
-             "| name | published | recipe | data | epochs | input | metrics | from |",
-             "| --- | --- | --- | --- | ---: | ---: | --- | --- |"]  # fmt: skip
+    lines = [
+        HEADER,
+        "## Weights",
+        "",
+        "| name | published | recipe | data | epochs | input | metrics | from |",
+        "| --- | --- | --- | --- | ---: | ---: | --- | --- |",
+    ]
     for e in entries:
         if e.format == "authors":
             pub = "authors' release, converted on download" + ("" if e.sha256 else " (sha256 not pinned)")
@@ -104,8 +109,10 @@ def render(entries=None) -> str:
         else:
             pub = "yes" if e.published else "not yet"
             hub = f"[{e.hf_hub_id}](https://huggingface.co/{e.hf_hub_id})" if e.published else f"`{e.hf_hub_id}`"
-        lines.append(f"| `{e.name}` | {pub} | `{e.recipe or ''}` | {e.data or ''} | {e.epochs or ''} | "
-                     f"{e.input_size} | {_metrics(e)} | {hub} |")
+        lines.append(
+            f"| `{e.name}` | {pub} | `{e.recipe or ''}` | {e.data or ''} | {e.epochs or ''} | "
+            f"{e.input_size} | {_metrics(e)} | {hub} |"
+        )
     return "\n".join(lines) + "\n" + USAGE
 
 

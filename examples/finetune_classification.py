@@ -8,6 +8,7 @@ one for masked-image-model backbones: AdamW, layer-wise lr decay (earlier layers
 groups layers with the model's ``group_matcher``), warm-up then cosine, RandAugment-free light
 augmentation. Prints one line per epoch and writes ``<out>/model.safetensors``.
 """
+
 import argparse
 import os
 import time
@@ -56,25 +57,35 @@ def main():
     if args.weights:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=args.weights))
     model = timm.create_model(args.model, **kwargs).to(device)
-    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-          f"{num_classes} classes, weights: {args.weights or 'random init'}")
+    print(
+        f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        f"{num_classes} classes, weights: {args.weights or 'random init'}"
+    )
 
     # timm's transforms with the model's mean/std; no colour jitter (the encoder never saw it).
     data_cfg = resolve_data_config({"input_size": (3, args.img_size, args.img_size)}, model=model)
     train_set.transform = create_transform(**data_cfg, is_training=True, color_jitter=None)
     val_set.transform = create_transform(**data_cfg, is_training=False)
-    loader = torch.utils.data.DataLoader(train_set, args.batch_size, shuffle=True, drop_last=len(train_set)
-                                         > args.batch_size, num_workers=args.workers)
+    loader = torch.utils.data.DataLoader(
+        train_set, args.batch_size, shuffle=True, drop_last=len(train_set) > args.batch_size, num_workers=args.workers
+    )
     val_loader = torch.utils.data.DataLoader(val_set, args.batch_size, num_workers=args.workers)
 
     # Layer-wise lr decay: timm splits the model into groups with model.group_matcher() (stem, each
     # block, head) and scales each group's lr by layer_decay ** (distance from the head).
-    optimizer = create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay,
-                                    layer_decay=args.layer_decay)
+    optimizer = create_optimizer_v2(
+        model, "adamw", lr=args.lr, weight_decay=args.weight_decay, layer_decay=args.layer_decay
+    )
     # Stepped every iteration (step_on_epochs=False) so short runs still warm up smoothly.
-    scheduler, num_epochs = create_scheduler_v2(optimizer, "cosine", num_epochs=args.epochs,
-                                                warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * 0.01,
-                                                step_on_epochs=False, updates_per_epoch=len(loader))
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer,
+        "cosine",
+        num_epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.lr * 0.01,
+        step_on_epochs=False,
+        updates_per_epoch=len(loader),
+    )
 
     step = 0
     for epoch in range(num_epochs):
@@ -90,8 +101,11 @@ def main():
             scheduler.step_update(num_updates=step)
             total, n = total + loss.item() * len(y), n + len(y)
         acc = evaluate(model, val_loader, device)
-        print(f"epoch {epoch + 1}/{num_epochs} train_loss {total / n:.4f} val_acc {acc:.4f} "
-              f"lr {optimizer.param_groups[-1]['lr']:.2e} ({time.time() - t0:.1f}s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{num_epochs} train_loss {total / n:.4f} val_acc {acc:.4f} "
+            f"lr {optimizer.param_groups[-1]['lr']:.2e} ({time.time() - t0:.1f}s)",
+            flush=True,
+        )
 
     from safetensors.torch import save_file
 

@@ -7,6 +7,7 @@
 a folder of frame folders, a list file, or one video. The same run from the shell is
 ``videomac pretrain --data VIDEOS --model MODEL --output-dir OUT``.
 """
+
 import argparse
 import json
 import os
@@ -26,8 +27,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--pairs-per-video", type=int, default=None,
-                   help="random pairs per video per epoch (default: every pair)")
+    p.add_argument(
+        "--pairs-per-video", type=int, default=None, help="random pairs per video per epoch (default: every pair)"
+    )
     p.add_argument("--decoder-dim", type=int, default=512)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", default="runs/my-videomac")
@@ -55,14 +57,16 @@ def main():
     print(f"pretrained {summary['step']} steps: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 
     # The exported encoder is a plain timm state dict: load it like any pretrained timm model.
-    encoder = timm.create_model(args.model, pretrained=True,
-                                pretrained_cfg_overlay=dict(file=summary["encoder"])).eval()
+    encoder = timm.create_model(
+        args.model, pretrained=True, pretrained_cfg_overlay=dict(file=summary["encoder"])
+    ).eval()
     with torch.no_grad():
         feats = encoder.forward_features(torch.randn(1, 3, args.input_size, args.input_size))
     print(f"loaded {summary['encoder']} into timm.create_model({args.model!r}): features {tuple(feats.shape)}")
     # ... and as a multi-scale backbone for detection / segmentation heads:
-    backbone = timm.create_model(args.model, features_only=True, pretrained=True,
-                                 pretrained_cfg_overlay=dict(file=summary["encoder"]))
+    backbone = timm.create_model(
+        args.model, features_only=True, pretrained=True, pretrained_cfg_overlay=dict(file=summary["encoder"])
+    )
     print(f"features_only channels {backbone.feature_info.channels()}, strides {backbone.feature_info.reduction()}")
 
 

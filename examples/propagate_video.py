@@ -8,6 +8,7 @@ as a :class:`FeatureExtractor`, and :class:`LabelPropagator`, which matches each
 the first frame and the last 20 (memory stays bounded however long the video). Frames are streamed
 from the file, a few at a time.
 """
+
 import argparse
 import os
 

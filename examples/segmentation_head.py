@@ -8,6 +8,7 @@ DAVIS-style palette PNGs; 255 = ignore). Every 4th image (sorted by name) is hel
 Prints one line per epoch (loss, val mIoU) and writes the validation predictions as palette PNGs to
 ``<out>/pred/``.
 """
+
 import argparse
 import os
 
@@ -58,8 +59,9 @@ def load_split(root, size):
     xs, ys = [], []
     for n in names:
         img = Image.fromarray(read_image(os.path.join(root, "images", images[n]))).resize((size, size), Image.BILINEAR)
-        lab = Image.fromarray(read_label_png(os.path.join(root, "masks", n + ".png"))).resize((size, size),
-                                                                                            Image.NEAREST)
+        lab = Image.fromarray(read_label_png(os.path.join(root, "masks", n + ".png"))).resize(
+            (size, size), Image.NEAREST
+        )
         xs.append(np.asarray(img))
         ys.append(np.asarray(lab))
     x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float() / 255
@@ -91,15 +93,21 @@ def main():
     labelled = torch.cat([yt, yv])
     num_classes = args.num_classes or int(labelled[labelled != 255].max()) + 1
     model = Segmenter(args.model, num_classes, args.weights).to(device)
-    optimizer = torch.optim.AdamW([
-        {"params": model.backbone.parameters(), "lr": args.lr * args.backbone_lr_scale},
-        {"params": model.head.parameters(), "lr": args.lr},
-    ], weight_decay=0.05)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.backbone.parameters(), "lr": args.lr * args.backbone_lr_scale},
+            {"params": model.head.parameters(), "lr": args.lr},
+        ],
+        weight_decay=0.05,
+    )
     steps = args.epochs * max(1, len(xt) // args.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=steps,
-                                                pct_start=0.1)
-    print(f"{len(xt)} train / {len(xv)} val images, {num_classes} classes, backbone {args.model} "
-          f"(channels {model.backbone.feature_info.channels()}), weights: {args.weights or 'random init'}")
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, [g["lr"] for g in optimizer.param_groups], total_steps=steps, pct_start=0.1
+    )
+    print(
+        f"{len(xt)} train / {len(xv)} val images, {num_classes} classes, backbone {args.model} "
+        f"(channels {model.backbone.feature_info.channels()}), weights: {args.weights or 'random init'}"
+    )
 
     for epoch in range(args.epochs):
         model.train()

@@ -49,6 +49,7 @@ Entry = Tuple[str, Tuple[int, ...], str]  # (key, shape, kind)
 # Checkpoint layout
 # --------------------------------------------------------------------------------------------
 
+
 def _block_entries(prefix: str, c: int, version: int) -> List[Entry]:
     """One sparse ConvNeXt block, in its module registration order (models/convnextv2_sparse.py
     Block.__init__: dwconv, norm, pwconv1, act, pwconv2, grn, drop_path; V1: no grn)."""
@@ -70,8 +71,9 @@ def _block_entries(prefix: str, c: int, version: int) -> List[Entry]:
     return e
 
 
-def authors_encoder_entries(version: int, depths, dims, isotropic: bool = False,
-                            in_chans: int = 3, patch_size: int = 16) -> List[Entry]:
+def authors_encoder_entries(
+    version: int, depths, dims, isotropic: bool = False, in_chans: int = 3, patch_size: int = 16
+) -> List[Entry]:
     """(key, shape, kind) of the authors' encoder state_dict, WITHOUT the ``encoder.`` prefix, in
     their state_dict order."""
     if version not in (1, 2):
@@ -109,9 +111,16 @@ def authors_encoder_entries(version: int, depths, dims, isotropic: bool = False,
     return e
 
 
-def authors_model_entries(version: int, depths, dims, isotropic: bool = False, in_chans: int = 3,
-                          decoder_dim: int = 512, decoder_depth: int = 1,
-                          patch_size: Optional[int] = None) -> List[Entry]:
+def authors_model_entries(
+    version: int,
+    depths,
+    dims,
+    isotropic: bool = False,
+    in_chans: int = 3,
+    decoder_dim: int = 512,
+    decoder_depth: int = 1,
+    patch_size: Optional[int] = None,
+) -> List[Entry]:
     """(key, shape, kind) of the whole ``VideoMAC`` module's state_dict (models/video_mac.py), in
     state_dict order: its own parameter ``mask_token`` first, then encoder, proj, decoder, pred.
     Note the decoder block registers ``grn`` BEFORE ``pwconv2`` (the encoder block after)."""
@@ -119,8 +128,10 @@ def authors_model_entries(version: int, depths, dims, isotropic: bool = False, i
         patch_size = 16 if isotropic else 32
     c_last = int(dims) if isotropic else list(dims)[-1]
     e: List[Entry] = [("mask_token", (1, decoder_dim, 1, 1), "mask_token")]
-    e += [("encoder." + k, s, kind) for k, s, kind in
-          authors_encoder_entries(version, depths, dims, isotropic, in_chans, patch_size)]
+    e += [
+        ("encoder." + k, s, kind)
+        for k, s, kind in authors_encoder_entries(version, depths, dims, isotropic, in_chans, patch_size)
+    ]
     e.append(("proj.weight", (decoder_dim, c_last, 1, 1), "conv_weight"))
     e.append(("proj.bias", (decoder_dim,), "bias"))
     for j in range(decoder_depth):
@@ -137,8 +148,8 @@ def authors_model_entries(version: int, depths, dims, isotropic: bool = False, i
             (f"{p}.pwconv2.weight", (d, 4 * d), "linear_weight"),
             (f"{p}.pwconv2.bias", (d,), "bias"),
         ]
-    e.append(("pred.weight", (patch_size ** 2 * in_chans, decoder_dim, 1, 1), "conv_weight"))
-    e.append(("pred.bias", (patch_size ** 2 * in_chans,), "bias"))
+    e.append(("pred.weight", (patch_size**2 * in_chans, decoder_dim, 1, 1), "conv_weight"))
+    e.append(("pred.bias", (patch_size**2 * in_chans,), "bias"))
     return e
 
 
@@ -174,11 +185,15 @@ def _model_name(version, depths, dims, isotropic) -> str:
         return {384: "mac_small_isotropic", 768: "mac_base_isotropic"}.get(int(dims), "custom")
     key = (tuple(depths), tuple(dims))
     names = {
-        2: {((3, 3, 9, 3), (96, 192, 384, 768)): "mac_tiny",
+        2: {
+            ((3, 3, 9, 3), (96, 192, 384, 768)): "mac_tiny",
             ((3, 3, 27, 3), (96, 192, 384, 768)): "mac_small",
-            ((3, 3, 27, 3), (128, 256, 512, 1024)): "mac_base"},
-        1: {((3, 3, 9, 3), (96, 192, 384, 768)): "mac_cnxv1_tiny",
-            ((3, 3, 27, 3), (96, 192, 384, 768)): "mac_cnxv1_small"},
+            ((3, 3, 27, 3), (128, 256, 512, 1024)): "mac_base",
+        },
+        1: {
+            ((3, 3, 9, 3), (96, 192, 384, 768)): "mac_cnxv1_tiny",
+            ((3, 3, 27, 3), (96, 192, 384, 768)): "mac_cnxv1_small",
+        },
     }
     return names[version].get(key, "custom")
 
@@ -199,11 +214,20 @@ def authors_weight_decay_split(named_shapes: Iterable[Tuple[str, Sequence[int]]]
     return no_decay, decay
 
 
-def make_authors_convnext_state(version: int, depths, dims, seed: int = 0, isotropic: bool = False,
-                                decoder_dim: int = 512, in_chans: int = 3,
-                                patch_size: Optional[int] = None, ddp: bool = False,
-                                target_same: bool = False, include_args: bool = True,
-                                epoch: int = 99) -> Dict:
+def make_authors_convnext_state(
+    version: int,
+    depths,
+    dims,
+    seed: int = 0,
+    isotropic: bool = False,
+    decoder_dim: int = 512,
+    in_chans: int = 3,
+    patch_size: Optional[int] = None,
+    ddp: bool = False,
+    target_same: bool = False,
+    include_args: bool = True,
+    epoch: int = 99,
+) -> Dict:
     """A random checkpoint laid out exactly as their ``utils.save_model_distill`` writes it
     (tools/utils.py:467-483)::
 
@@ -231,18 +255,30 @@ def make_authors_convnext_state(version: int, depths, dims, seed: int = 0, isotr
     else:
         gt = torch.Generator().manual_seed(seed + 1_000_003)
         target = OrderedDict(
-            (k, v + 0.01 * (v.abs().mean() + 1e-3) * torch.randn(v.shape, generator=gt))
-            for k, v in online.items())
+            (k, v + 0.01 * (v.abs().mean() + 1e-3) * torch.randn(v.shape, generator=gt)) for k, v in online.items()
+        )
 
     no_decay, decay = authors_weight_decay_split((k, s) for k, s, _ in entries)
     index = {k: i for i, (k, _, _) in enumerate(entries)}
     lr = 1e-3 * (512 if version == 2 else 256) / 256
-    common = dict(lr=0.0, betas=(0.9, 0.95), eps=1e-8, amsgrad=False, maximize=False,
-                  foreach=None, capturable=False, differentiable=False, fused=None)
-    optimizer = {"state": {}, "param_groups": [
-        dict(common, weight_decay=0.0, params=[index[k] for k in no_decay]),
-        dict(common, weight_decay=0.05, params=[index[k] for k in decay]),
-    ]}
+    common = dict(
+        lr=0.0,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        amsgrad=False,
+        maximize=False,
+        foreach=None,
+        capturable=False,
+        differentiable=False,
+        fused=None,
+    )
+    optimizer = {
+        "state": {},
+        "param_groups": [
+            dict(common, weight_decay=0.0, params=[index[k] for k in no_decay]),
+            dict(common, weight_decay=0.05, params=[index[k] for k in decay]),
+        ],
+    }
     ckpt = {
         "model_online": OrderedDict(("module." + k if ddp else k, v) for k, v in online.items()),
         "model_target": target,
@@ -250,26 +286,62 @@ def make_authors_convnext_state(version: int, depths, dims, seed: int = 0, isotr
         "target_without_ddp": target,
         "optimizer": optimizer,
         "epoch": epoch,
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                   "growth_interval": 2000, "_growth_tracker": 0},
+        "scaler": {
+            "scale": 65536.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 0,
+        },
     }
     if include_args:
         ckpt["args"] = argparse.Namespace(
-            batch_size=512 if version == 2 else 256, epochs=100, warmup_epochs=10, update_freq=1,
-            use_amp=True, use_wandb=False, model=_model_name(version, depths, dims, isotropic),
-            input_size=224, mask_ratio=0.75, patch_size=patch_size, norm_pix_loss=True,
-            decoder_depth=1, decoder_embed_dim=decoder_dim, weight_decay=0.05, lr=lr, blr=1e-3,
-            min_lr=0.0, data_path="./data/ytb18", output_dir="./checkpoints/mac", log_dir=None,
-            device="cuda", seed=0, resume="", auto_resume=True, save_ckpt=True, save_ckpt_freq=5,
-            save_ckpt_num=10, start_epoch=0, num_workers=16, pin_mem=True, crop_pct=None,
-            world_size=1, local_rank=-1, dist_on_itp=False, dist_url="env://", gamma=1.0,
-            momentum_target=0.996, distributed=ddp)
+            batch_size=512 if version == 2 else 256,
+            epochs=100,
+            warmup_epochs=10,
+            update_freq=1,
+            use_amp=True,
+            use_wandb=False,
+            model=_model_name(version, depths, dims, isotropic),
+            input_size=224,
+            mask_ratio=0.75,
+            patch_size=patch_size,
+            norm_pix_loss=True,
+            decoder_depth=1,
+            decoder_embed_dim=decoder_dim,
+            weight_decay=0.05,
+            lr=lr,
+            blr=1e-3,
+            min_lr=0.0,
+            data_path="./data/ytb18",
+            output_dir="./checkpoints/mac",
+            log_dir=None,
+            device="cuda",
+            seed=0,
+            resume="",
+            auto_resume=True,
+            save_ckpt=True,
+            save_ckpt_freq=5,
+            save_ckpt_num=10,
+            start_epoch=0,
+            num_workers=16,
+            pin_mem=True,
+            crop_pct=None,
+            world_size=1,
+            local_rank=-1,
+            dist_on_itp=False,
+            dist_url="env://",
+            gamma=1.0,
+            momentum_target=0.996,
+            distributed=ddp,
+        )
     return ckpt
 
 
 # --------------------------------------------------------------------------------------------
 # Layout conversion
 # --------------------------------------------------------------------------------------------
+
 
 def me_kernel_to_dense(kernel: torch.Tensor) -> torch.Tensor:
     """MinkowskiEngine kernel -> dense ``nn.Conv2d`` weight.
@@ -300,9 +372,9 @@ def _encoder_state(state: Dict) -> Dict[str, torch.Tensor]:
     out = {}
     for k, v in state.items():
         if k.startswith("module."):
-            k = k[len("module."):]
+            k = k[len("module.") :]
         if k.startswith("encoder."):
-            out[k[len("encoder."):]] = v
+            out[k[len("encoder.") :]] = v
         elif not k.startswith(("mask_token", "proj.", "decoder.", "pred.")):
             out[k] = v
     return out
@@ -351,6 +423,7 @@ def authors_encoder_to_timm(state: Dict, version: int, depths, conv_mlp: bool = 
 # Encoder forward
 # --------------------------------------------------------------------------------------------
 
+
 def _ln_channels_first(x, w, b):
     # their LayerNorm(data_format="channels_first") and MinkowskiLayerNorm (nn.LayerNorm on the
     # point features) compute the same per-position normalisation over C (biased variance).
@@ -387,6 +460,7 @@ def _grn_authors(y_cl, gamma, beta, act_cl):
 def _block_forward(x, sd, prefix, version, act):
     """Sparse ConvNeXt block (convnextv2_sparse.py:41-50 / convnextv1_sparse.py:40-49), densely.
     ``act`` (B,1,H,W) or None: multiply every layer's output by it (submanifold semantics)."""
+
     def keep(t):
         return t if act is None else t * act
 
@@ -394,8 +468,13 @@ def _block_forward(x, sd, prefix, version, act):
         return t if act is None else t * act.permute(0, 2, 3, 1)
 
     c = x.shape[1]
-    y = F.conv2d(x, me_kernel_to_dense(sd[f"{prefix}.dwconv.kernel"]),
-                 sd[f"{prefix}.dwconv.bias"].reshape(-1), padding=3, groups=c)
+    y = F.conv2d(
+        x,
+        me_kernel_to_dense(sd[f"{prefix}.dwconv.kernel"]),
+        sd[f"{prefix}.dwconv.bias"].reshape(-1),
+        padding=3,
+        groups=c,
+    )
     y = keep(y).permute(0, 2, 3, 1)
     y = keep_cl(F.layer_norm(y, (c,), sd[f"{prefix}.norm.ln.weight"], sd[f"{prefix}.norm.ln.bias"], LN_EPS))
     y = keep_cl(F.linear(y, sd[f"{prefix}.pwconv1.linear.weight"], sd[f"{prefix}.pwconv1.linear.bias"]))
@@ -407,8 +486,16 @@ def _block_forward(x, sd, prefix, version, act):
     return x + y.permute(0, 3, 1, 2)  # drop_path: rate 0 in all their models (not passed by VideoMAC)
 
 
-def authors_convnext_forward(state: Dict, x: torch.Tensor, version: int, depths, dims,
-                             isotropic: bool = False, mask=None, return_stages: bool = False):
+def authors_convnext_forward(
+    state: Dict,
+    x: torch.Tensor,
+    version: int,
+    depths,
+    dims,
+    isotropic: bool = False,
+    mask=None,
+    return_stages: bool = False,
+):
     """The authors' sparse ConvNeXt-V2 (version=2) / V1 (version=1) encoder forward in plain
     PyTorch, directly on their checkpoint layout. Returns the last feature map (B, C, H/32, W/32)
     (isotropic: (B, C, H/16, W/16)); ``return_stages`` also returns each stage's output after its
@@ -471,8 +558,10 @@ def authors_convnext_forward(state: Dict, x: torch.Tensor, version: int, depths,
 # Schedules
 # --------------------------------------------------------------------------------------------
 
-def authors_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0,
-                             start_warmup_value=0, warmup_steps=-1) -> np.ndarray:
+
+def authors_cosine_scheduler(
+    base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0, warmup_steps=-1
+) -> np.ndarray:
     """tools/utils.py:574-591 ``cosine_scheduler``: optional linear warm-up (np.linspace, both
     ends included), then final + (base - final)/2 * (1 + cos(pi * i / n)) for i in 0..n-1, where
     n = epochs * niter_per_ep - warmup_iters (so the last value is just short of ``final``)."""
@@ -483,8 +572,9 @@ def authors_cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warm
     if warmup_epochs > 0:
         warmup_schedule = np.linspace(start_warmup_value, base_value, warmup_iters)
     n = epochs * niter_per_ep - warmup_iters
-    schedule = np.array([final_value + 0.5 * (base_value - final_value) * (1 + math.cos(math.pi * i / n))
-                         for i in range(n)])
+    schedule = np.array(
+        [final_value + 0.5 * (base_value - final_value) * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+    )
     schedule = np.concatenate((warmup_schedule, schedule))
     assert len(schedule) == epochs * niter_per_ep
     return schedule
@@ -524,6 +614,7 @@ def authors_lr_at(epoch_float: float, lr: float, epochs: int, warmup_epochs: int
 # Data
 # --------------------------------------------------------------------------------------------
 
+
 def authors_pairs(frame_counts: Sequence[int], gap: int = 1) -> List[Tuple[int, int]]:
     """YT18Dataset (models/dataloader_mac.py:38-50; K400Dataset the same, lines 84-90): for each
     video directory (``glob`` order), its files sorted by name, append (frame_i, frame_{i+1}) for
@@ -539,6 +630,7 @@ def authors_pairs(frame_counts: Sequence[int], gap: int = 1) -> List[Tuple[int, 
 # --------------------------------------------------------------------------------------------
 # Masking and losses (models/video_mac.py, tools/utils.py)
 # --------------------------------------------------------------------------------------------
+
 
 def authors_random_mask(noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
     """video_mac.py:192-208 ``gen_random_mask`` given its noise (N, L) (theirs: torch.randn):
@@ -594,6 +686,7 @@ def authors_cons_loss(online_pred, online_mask, target_pred) -> torch.Tensor:
 # Init, per key
 # --------------------------------------------------------------------------------------------
 
+
 def authors_init_rule(key: str, mode: str = "convnext") -> Tuple:
     """What their ``VideoMAC._init_weights_convnextv2`` (mode="convnext", V1 and V2) or
     ``_init_weights_resnet`` (mode="resnet") leaves in a parameter of the ONLINE model, by its
@@ -602,7 +695,7 @@ def authors_init_rule(key: str, mode: str = "convnext") -> Tuple:
     ``load_state_dict(online.state_dict())``, main_pretrain.py:198-200). timm's ``trunc_normal_``
     bounds a=-2, b=2 are ABSOLUTE values (so std 0.02 is in effect untruncated). Returns one of
     ("trunc_normal", std, a, b), ("normal", std), ("const", value), ("torch_default",)."""
-    k = key[len("module."):] if key.startswith("module.") else key
+    k = key[len("module.") :] if key.startswith("module.") else key
     if k == "mask_token":
         return ("normal", 0.02)  # nn.init.normal_, NOT truncated
     if k.endswith(".kernel"):
@@ -654,8 +747,12 @@ def authors_resnet_entries(depth: int) -> List[Entry]:
     ``downsample`` = 1x1 conv (stride s) + MinkowskiLayerNorm where the shape changes."""
     block, layers = RESNETS[depth]
     exp = 4 if block == "bottleneck" else 1
-    e: List[Entry] = [("stem.0.weight", (64, 3, 4, 4), "conv_weight"), ("stem.0.bias", (64,), "bias"),
-                      ("stem.1.weight", (64,), "ln_weight"), ("stem.1.bias", (64,), "ln_bias")]
+    e: List[Entry] = [
+        ("stem.0.weight", (64, 3, 4, 4), "conv_weight"),
+        ("stem.0.bias", (64,), "bias"),
+        ("stem.1.weight", (64,), "ln_weight"),
+        ("stem.1.bias", (64,), "ln_bias"),
+    ]
     cin = 64
     for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
         for j in range(n):
@@ -669,8 +766,10 @@ def authors_resnet_entries(depth: int) -> List[Entry]:
                 e += [(f"{p}.norm{c}.ln.weight", (b,), "ln_weight"), (f"{p}.norm{c}.ln.bias", (b,), "ln_bias")]
             if j == 0 and (stride != 1 or cin != planes * exp):
                 e.append(_me_conv(f"{p}.downsample.0.kernel", 1, cin, planes * exp))
-                e += [(f"{p}.downsample.1.ln.weight", (planes * exp,), "ln_weight"),
-                      (f"{p}.downsample.1.ln.bias", (planes * exp,), "ln_bias")]
+                e += [
+                    (f"{p}.downsample.1.ln.weight", (planes * exp,), "ln_weight"),
+                    (f"{p}.downsample.1.ln.bias", (planes * exp,), "ln_bias"),
+                ]
             cin = planes * exp
     return e
 
@@ -683,16 +782,29 @@ def make_authors_resnet_state(depth: int, seed: int = 0, decoder_dim: int = 64) 
     d = decoder_dim
     entries = [("mask_token", (1, d, 1, 1), "mask_token")]
     entries += [("encoder." + k, s, kind) for k, s, kind in authors_resnet_entries(depth)]
-    entries += [("proj.weight", (d, c_last, 1, 1), "conv_weight"), ("proj.bias", (d,), "bias"),
-                ("decoder.0.dwconv.weight", (d, 1, 7, 7), "conv_weight"), ("decoder.0.dwconv.bias", (d,), "bias"),
-                ("pred.weight", (32 * 32 * 3, d, 1, 1), "conv_weight"), ("pred.bias", (32 * 32 * 3,), "bias")]
+    entries += [
+        ("proj.weight", (d, c_last, 1, 1), "conv_weight"),
+        ("proj.bias", (d,), "bias"),
+        ("decoder.0.dwconv.weight", (d, 1, 7, 7), "conv_weight"),
+        ("decoder.0.dwconv.bias", (d,), "bias"),
+        ("pred.weight", (32 * 32 * 3, d, 1, 1), "conv_weight"),
+        ("pred.bias", (32 * 32 * 3,), "bias"),
+    ]
     g = torch.Generator().manual_seed(seed)
-    online = OrderedDict((k, _random_value(s, "me_kernel" if kind == "me_kernel_1x1" else kind, g))
-                         for k, s, kind in entries)
+    online = OrderedDict(
+        (k, _random_value(s, "me_kernel" if kind == "me_kernel_1x1" else kind, g)) for k, s, kind in entries
+    )
     target = OrderedDict((k, v + 0.01 * v.abs().mean()) for k, v in online.items())
-    return {"model_online": online, "model_target": target, "online_without_ddp": online,
-            "target_without_ddp": target, "optimizer": {"state": {}, "param_groups": []}, "epoch": 99,
-            "scaler": {"scale": 65536.0}, "args": argparse.Namespace(model=f"mac_r{depth}", mask_ratio=0.75)}
+    return {
+        "model_online": online,
+        "model_target": target,
+        "online_without_ddp": online,
+        "target_without_ddp": target,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 99,
+        "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model=f"mac_r{depth}", mask_ratio=0.75),
+    }
 
 
 def authors_resnet_forward(state: Dict, x: torch.Tensor, depth: int) -> torch.Tensor:

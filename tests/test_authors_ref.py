@@ -24,10 +24,19 @@ def _threads():
 
 # ---------------------------------------------------------------- layout
 
+
 def test_checkpoint_layout_v2_atto():
     ck = ar.make_authors_convnext_state(2, **ATTO)
-    assert set(ck) == {"model_online", "model_target", "online_without_ddp", "target_without_ddp",
-                       "optimizer", "epoch", "scaler", "args"}
+    assert set(ck) == {
+        "model_online",
+        "model_target",
+        "online_without_ddp",
+        "target_without_ddp",
+        "optimizer",
+        "epoch",
+        "scaler",
+        "args",
+    }
     sd = ck["online_without_ddp"]
     assert list(sd)[0] == "mask_token" and sd["mask_token"].shape == (1, 512, 1, 1)
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
@@ -81,6 +90,7 @@ def test_isotropic_layout_and_param_count():
 
 # ---------------------------------------------------------------- kernels
 
+
 def _me_conv_literal(feat, kernel, bias, k, stride):
     """MinkowskiEngine conv on a full (all-active) 2-D grid, literally: for each output coordinate
     o (multiples of stride) and kernel index i, offset per axis d (axis 0 fastest: i % k, then i // k),
@@ -113,12 +123,14 @@ def test_me_kernel_to_dense_matches_kernel_region_order(k, stride, depthwise):
     ref = _me_conv_literal(feat, kernel, bias, k, stride)
     w = ar.me_kernel_to_dense(kernel)
     pad = k // 2 if k % 2 else 0
-    dense = torch.nn.functional.conv2d(feat[None], w, bias.reshape(-1), stride=stride, padding=pad,
-                                       groups=cin if depthwise else 1)[0]
+    dense = torch.nn.functional.conv2d(
+        feat[None], w, bias.reshape(-1), stride=stride, padding=pad, groups=cin if depthwise else 1
+    )[0]
     assert torch.allclose(dense, ref, atol=1e-10)
 
 
 # ---------------------------------------------------------------- forward
+
 
 @pytest.mark.parametrize("version", [2, 1])
 def test_forward_shape(version):
@@ -134,8 +146,9 @@ def _timm_with_stage_norms(version, depths, dims, conv_mlp, ck):
     pytest.importorskip("timm")
     from timm.models.convnext import ConvNeXt
 
-    model = ConvNeXt(depths=depths, dims=dims, num_classes=0, ls_init_value=None,
-                     use_grn=version == 2, conv_mlp=conv_mlp).eval()
+    model = ConvNeXt(
+        depths=depths, dims=dims, num_classes=0, ls_init_value=None, use_grn=version == 2, conv_mlp=conv_mlp
+    ).eval()
     sd, norms = ar.authors_encoder_to_timm(ck, version, depths, conv_mlp=conv_mlp)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert not unexpected and set(missing) == {"head.norm.weight", "head.norm.bias"}
@@ -144,9 +157,11 @@ def _timm_with_stage_norms(version, depths, dims, conv_mlp, ck):
         x = model.stem(x)
         for i, stage in enumerate(model.stages):
             x = stage(x)
-            x = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), norms[f"norm{i}.weight"],
-                                               norms[f"norm{i}.bias"], 1e-6).permute(0, 3, 1, 2)
+            x = torch.nn.functional.layer_norm(
+                x.permute(0, 2, 3, 1), (x.shape[1],), norms[f"norm{i}.weight"], norms[f"norm{i}.bias"], 1e-6
+            ).permute(0, 3, 1, 2)
         return x
+
     return run
 
 
@@ -188,8 +203,11 @@ def test_grn_pools_over_the_whole_batch():
     alone = ar.authors_convnext_forward(ck, x[:1], 2, **TINY)
     assert not torch.allclose(both[:1], alone, atol=1e-4)  # batch-global GRN (their MinkowskiGRN)
     ck1 = ar.make_authors_convnext_state(1, **TINY, seed=7)  # V1 has no GRN: batch-independent
-    assert torch.allclose(ar.authors_convnext_forward(ck1, x, 1, **TINY)[:1],
-                          ar.authors_convnext_forward(ck1, x[:1], 1, **TINY), atol=1e-5)
+    assert torch.allclose(
+        ar.authors_convnext_forward(ck1, x, 1, **TINY)[:1],
+        ar.authors_convnext_forward(ck1, x[:1], 1, **TINY),
+        atol=1e-5,
+    )
 
 
 def test_isotropic_forward():
@@ -204,6 +222,7 @@ def test_isotropic_forward():
 
 
 # ---------------------------------------------------------------- schedules, data, losses
+
 
 def test_momentum_schedule_indexed_within_epoch():
     sched = ar.authors_momentum_schedule(0.996, 1.0, 100, 176)

@@ -30,8 +30,10 @@ from videomac.pretrained import WeightsDownloadError
 from videomac.registry import find_entry, registry_path
 
 REPO = Path(__file__).resolve().parents[1]
-CNX = {"videomac_cnxv2_t": ((3, 3, 9, 3), (96, 192, 384, 768)),
-       "videomac_cnxv2_s": ((3, 3, 27, 3), (96, 192, 384, 768))}
+CNX = {
+    "videomac_cnxv2_t": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "videomac_cnxv2_s": ((3, 3, 27, 3), (96, 192, 384, 768)),
+}
 RN = {"videomac_rn18": 18, "videomac_rn50": 50}
 
 
@@ -106,9 +108,15 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_rn50",
-                                  pytest.param("videomac_cnxv2_t", marks=pytest.mark.slow),
-                                  pytest.param("videomac_cnxv2_s", marks=pytest.mark.slow)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "videomac_rn18",
+        "videomac_rn50",
+        pytest.param("videomac_cnxv2_t", marks=pytest.mark.slow),
+        pytest.param("videomac_cnxv2_s", marks=pytest.mark.slow),
+    ],
+)
 def test_pretrained_true_downloads_converts_and_equals_the_authors_forward(name, server, tmp_path, capsys):
     entry = find_entry(name, tag="yt18_authors")
     assert entry.url == f"https://github.com/Video-MAC/VideoMAC/releases/latest/download/{entry.filename}"
@@ -120,8 +128,11 @@ def test_pretrained_true_downloads_converts_and_equals_the_authors_forward(name,
         ref = authors_forward(name, ck, x)
         raw = timm.create_model(f"{name}.yt18_authors", pretrained=True).eval()
         assert rel(raw.forward_features(x), ref) < 1e-4
-        dense = timm.create_model(f"{name}.yt18_authors", pretrained=True,
-                                  pretrained_cfg_overlay=dict(url=f"{server.url}/dense/{entry.filename}")).eval()
+        dense = timm.create_model(
+            f"{name}.yt18_authors",
+            pretrained=True,
+            pretrained_cfg_overlay=dict(url=f"{server.url}/dense/{entry.filename}"),
+        ).eval()
         assert rel(dense.forward_features(x), ref) < 1e-4
     err = capsys.readouterr().err
     assert f"downloaded {server.url}/{entry.filename}" in err and "sha256 " in err
@@ -234,8 +245,11 @@ def test_pinned_sha256_that_differs_is_refused(server, tmp_path, monkeypatch):
 def test_convert_official_url_and_the_v1_v2_decision(server, tmp_path, capsys):
     ck = make_authors_convnext_state(1, (3, 3, 9, 3), (96, 192, 384, 768), seed=4, decoder_dim=64)  # ConvNeXt-V1
     server.put("mac-tiny-r0.75.pth", authors_convert_pth(ck))
-    with pytest.raises(WeightsDownloadError, match=r"ConvNeXt-V1 encoder \(no GRN parameters\).*use --model "
-                                                   r"videomac_cnxv1_t"):  # fmt: skip
+    with pytest.raises(
+        WeightsDownloadError,
+        match=r"ConvNeXt-V1 encoder \(no GRN parameters\).*use --model "
+        r"videomac_cnxv1_t",
+    ):
         timm.create_model("videomac_cnxv2_t.yt18_authors", pretrained=True)
     assert cached_files(tmp_path) == []
     out = tmp_path / "v1.safetensors"

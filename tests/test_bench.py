@@ -47,8 +47,23 @@ def test_bench_propagate(capsys):
 
 def test_bench_pretrain_repeats_report_medians_of_interleaved_rounds(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = ["bench", "pretrain", "--quick", "--models", "videomac_rn18", "--configs", "visible,masked", "--no-vit",
-            "--no-isolate", "--steps", "1", "--repeats", "3", "--out", str(out)]  # fmt: skip
+    args = [
+        "bench",
+        "pretrain",
+        "--quick",
+        "--models",
+        "videomac_rn18",
+        "--configs",
+        "visible,masked",
+        "--no-vit",
+        "--no-isolate",
+        "--steps",
+        "1",
+        "--repeats",
+        "3",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert result["meta"]["repeats"] == 3

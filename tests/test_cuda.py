@@ -23,12 +23,29 @@ from videomac.pretrain.train import pretrain
 
 pytestmark = pytest.mark.cuda
 
-CUDA_FAMILIES = ["videomac_rn18", "videomac_rn50", "videomac_cnxv2_atto", "videomac_cnxv2_t", "videomac_cnxv1_t",
-                 "resnet18"]  # fmt: skip
+CUDA_FAMILIES = [
+    "videomac_rn18",
+    "videomac_rn50",
+    "videomac_cnxv2_atto",
+    "videomac_cnxv2_t",
+    "videomac_cnxv1_t",
+    "resnet18",
+]
 RUN = dict(
-    model="videomac_cnxv2_atto", input_size=96, batch_size=16, decoder_dim=128, num_workers=2, synthetic_videos=8,
-    synthetic_frames=16, progress=False, lr=2e-3, warmup_steps=5, ema_base=0.9, log_every=1, device="cuda",
-)  # fmt: skip
+    model="videomac_cnxv2_atto",
+    input_size=96,
+    batch_size=16,
+    decoder_dim=128,
+    num_workers=2,
+    synthetic_videos=8,
+    synthetic_frames=16,
+    progress=False,
+    lr=2e-3,
+    warmup_steps=5,
+    ema_base=0.9,
+    log_every=1,
+    device="cuda",
+)
 
 
 @pytest.fixture
@@ -125,9 +142,32 @@ def _cli(args, env=None):
 
 def test_resume_is_bit_exact_on_cuda(tmp_path):
     """Deterministic kernels: stop at step 3, resume to 6 == 6 steps at once, in separate processes."""
-    args = ["--model", "videomac_cnxv2_atto", "--input-size", "96", "--batch-size", "8", "--decoder-dim", "64",
-            "--synthetic-videos", "8", "--synthetic-frames", "8", "--max-steps", "6", "--num-workers", "2",
-            "--amp", "bf16", "--device", "cuda", "--deterministic", "--no-progress", "--seed", "3"]  # fmt: skip
+    args = [
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "96",
+        "--batch-size",
+        "8",
+        "--decoder-dim",
+        "64",
+        "--synthetic-videos",
+        "8",
+        "--synthetic-frames",
+        "8",
+        "--max-steps",
+        "6",
+        "--num-workers",
+        "2",
+        "--amp",
+        "bf16",
+        "--device",
+        "cuda",
+        "--deterministic",
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     _cli([*args, "--output-dir", full])
     _cli([*args, "--output-dir", part, "--stop-after", "3"])
@@ -184,15 +224,40 @@ def test_eval_and_propagate_on_cuda(tmp_path, capsys):
     results = {}
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
-        rc = main(["eval", "davis", "--model", "resnet18", "--root", str(root), "--out", str(tmp_path / device),
-                   "--device", device, "--no-progress"])  # fmt: skip
+        rc = main(
+            [
+                "eval",
+                "davis",
+                "--model",
+                "resnet18",
+                "--root",
+                str(root),
+                "--out",
+                str(tmp_path / device),
+                "--device",
+                device,
+                "--no-progress",
+            ]
+        )
         assert rc == 0
         results[device] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # TF32 on the device moves a few boundary pixels at most
     assert abs(results["cpu"]["J&F-Mean"] - results["cuda"]["J&F-Mean"]) < 0.02, results
     video = write_video(frames, str(tmp_path / "v.mp4"))
-    rc = main(["propagate", video, "--mask", str(root / "Annotations" / "480p" / "s" / "00000.png"),
-               "--out", str(tmp_path / "prop"), "--device", "cuda", "--half", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "propagate",
+            video,
+            "--mask",
+            str(root / "Annotations" / "480p" / "s" / "00000.png"),
+            "--out",
+            str(tmp_path / "prop"),
+            "--device",
+            "cuda",
+            "--half",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert len(os.listdir(tmp_path / "prop" / "masks")) == 8
 
@@ -219,7 +284,6 @@ def test_visible_step_launches_few_kernels():
         _launches(model, f1, f2, mask)  # warm-up: cuDNN / cuBLAS choices
         counts[backend] = _launches(model, f1, f2, mask)
     assert counts["visible"] < 2 * counts["masked"], counts
-
 
 
 @pytest.mark.parametrize("name", ["videomac_cnxv2_atto", "videomac_rn18"])

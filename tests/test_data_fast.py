@@ -179,8 +179,14 @@ def test_video_store_size_covers_every_crop_and_stays_close():
 def test_unit_mode_decodes_each_frame_once_and_bounds_memory(tmp_path, monkeypatch):
     write_video(render_video(0, 60, (64, 96))[0], str(tmp_path / "long.mp4"))
     write_frames(render_video(1, 20, (64, 96))[0], str(tmp_path / "f"))
-    d = FramePairDataset([str(tmp_path / "long.mp4"), str(tmp_path / "f")], input_size=32, video_units=True,
-                         frame_units=True, max_unit_pairs=16, max_open_units=2)  # fmt: skip
+    d = FramePairDataset(
+        [str(tmp_path / "long.mp4"), str(tmp_path / "f")],
+        input_size=32,
+        video_units=True,
+        frame_units=True,
+        max_unit_pairs=16,
+        max_open_units=2,
+    )
     import videomac.pretrain.data as dm
 
     decoded = []
@@ -247,8 +253,10 @@ def test_epoch_indices_grouped_order():
                     seq = [i for i in mine if lo <= i < hi]
                     assert seq == sorted(seq)
     one = epoch_indices(ds, 0, 0, 1, 0, 32, 1, interleave=8)
-    per_batch = [len({next(u for u, (lo, hi) in enumerate(units) if lo <= i < hi) for i in one[k : k + 32]})
-                 for k in range(0, 192, 32)]  # fmt: skip
+    per_batch = [
+        len({next(u for u, (lo, hi) in enumerate(units) if lo <= i < hi) for i in one[k : k + 32]})
+        for k in range(0, 192, 32)
+    ]
     assert np.mean(per_batch) >= 3  # batches mix several units
 
 
@@ -273,8 +281,7 @@ def test_loader_workers_every_pair_uint8(tmp_path, kind):
             write_frames(frames, str(tmp_path / f"v{v}"))
         else:
             write_video(frames, str(tmp_path / f"v{v}.mp4"))
-    ds = FramePairDataset(str(tmp_path), input_size=32, scale=(1, 1), ratio=(1.5, 1.5), hflip=0,
-                          max_unit_pairs=4)  # fmt: skip
+    ds = FramePairDataset(str(tmp_path), input_size=32, scale=(1, 1), ratio=(1.5, 1.5), hflip=0, max_unit_pairs=4)
     sampler = EpochSampler()
     loader = make_loader(ds, sampler, 4, num_workers=2, seed=0, device=torch.device("cpu"))
     assert ds.video_units and loader.prefetch_factor == 4 and loader.persistent_workers and not loader.pin_memory
@@ -355,8 +362,22 @@ def test_bench_data_command(tmp_path, capsys):
 
     write_frames(render_video(0, 6, (64, 96))[0], str(tmp_path / "frames" / "v"))
     write_video(render_video(1, 8, (64, 96))[0], str(tmp_path / "videos" / "a.mp4"))
-    argv = ["bench", "data", "--data", str(tmp_path / "frames"), "--data", str(tmp_path / "videos"),
-            "--workers", "1", "--pairs", "8", "--batch-size", "4", "--input-size", "32"]  # fmt: skip
+    argv = [
+        "bench",
+        "data",
+        "--data",
+        str(tmp_path / "frames"),
+        "--data",
+        str(tmp_path / "videos"),
+        "--workers",
+        "1",
+        "--pairs",
+        "8",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "32",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out.strip().splitlines()
     result = json.loads(out[-1])  # the last line is JSON

@@ -63,11 +63,13 @@ def _videos(tmp_path):
         out["h264_open_gop.mkv"] = encode(tmp_path / "b.mkv", f, H264, options={"x264-params": gop + ":open-gop=1"})
         rng = np.random.default_rng(0)
         vfr = np.cumsum(rng.integers(20, 90, size=n)) - 20  # ms: a variable frame rate
-        out["h264_vfr.mp4"] = encode(tmp_path / "c.mp4", f, H264, pts=vfr.tolist(), time_base=Fraction(1, 1000),
-                                     options={"x264-params": gop})  # fmt: skip
+        out["h264_vfr.mp4"] = encode(
+            tmp_path / "c.mp4", f, H264, pts=vfr.tolist(), time_base=Fraction(1, 1000), options={"x264-params": gop}
+        )
         out["h264_editlist.mp4"] = encode(tmp_path / "d.mp4", f, H264, first_pts=-3, options={"x264-params": gop})
-        out["h264_vfr.mkv"] = encode(tmp_path / "e.mkv", f, H264, pts=vfr.tolist(), time_base=Fraction(1, 1000),
-                                     options={"x264-params": gop})  # fmt: skip
+        out["h264_vfr.mkv"] = encode(
+            tmp_path / "e.mkv", f, H264, pts=vfr.tolist(), time_base=Fraction(1, 1000), options={"x264-params": gop}
+        )
     out["mpeg4_bframes.mp4"] = encode(tmp_path / "f.mp4", f, "mpeg4", options={"bf": "2", "g": "8"})
     out["mpeg4_bframes.avi"] = encode(tmp_path / "g.avi", f, "mpeg4", options={"bf": "2", "g": "8"})
     return out
@@ -147,8 +149,16 @@ def test_a_bad_seek_falls_back_to_counting(tmp_path, monkeypatch):
 def test_dataset_pairs_are_the_full_decode_frames(tmp_path, units):
     vids = _videos(tmp_path)
     paths = list(vids.values())
-    d = FramePairDataset(paths, input_size=(H, W), gap=2, scale=(1, 1), ratio=(W / H, W / H), hflip=0,
-                         video_units=units, max_unit_pairs=7)  # fmt: skip
+    d = FramePairDataset(
+        paths,
+        input_size=(H, W),
+        gap=2,
+        scale=(1, 1),
+        ratio=(W / H, W / H),
+        hflip=0,
+        video_units=units,
+        max_unit_pairs=7,
+    )
     full = [full_decode(p) for p in paths]
     # units store frames downscaled (never below what any crop needs); at full-frame crops that is the
     # frame itself, so both modes give exactly the decoded frames

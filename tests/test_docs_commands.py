@@ -53,8 +53,16 @@ def test_command_runs_as_written(page, cmd, tmp_path):
     cwd = tmp_path
     if cmd.startswith("python examples/") or cmd.startswith("python docs/"):
         cwd = ROOT
-    p = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)  # fmt: skip
+    p = subprocess.Popen(
+        cmd,
+        shell=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     t0 = time.monotonic()
     try:
         out, _ = p.communicate(timeout=BUDGET_S)

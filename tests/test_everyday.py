@@ -8,8 +8,20 @@ import sys
 
 import pytest
 
-HELPS = [[], ["pretrain"], ["visualize"], ["export"], ["push"], ["convert-official"], ["eval"], ["eval", "davis"],
-         ["propagate"], ["bench"], ["bench", "pretrain"], ["bench", "propagate"]]  # fmt: skip
+HELPS = [
+    [],
+    ["pretrain"],
+    ["visualize"],
+    ["export"],
+    ["push"],
+    ["convert-official"],
+    ["eval"],
+    ["eval", "davis"],
+    ["propagate"],
+    ["bench"],
+    ["bench", "pretrain"],
+    ["bench", "propagate"],
+]
 
 
 @pytest.mark.parametrize("args", HELPS, ids=lambda a: " ".join(a) or "videomac")
@@ -44,8 +56,9 @@ def test_missing_weights_file_is_one_clear_error(tmp_path):
 
 def test_pretrain_help_shows_effective_defaults_and_presets():
     env = dict(os.environ, COLUMNS="500")  # no wrapping inside preset names
-    r = subprocess.run([shutil.which("videomac"), "pretrain", "--help"], capture_output=True, text=True, timeout=120,
-                       env=env)  # fmt: skip
+    r = subprocess.run(
+        [shutil.which("videomac"), "pretrain", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert r.returncode == 0
     text = " ".join(r.stdout.split())
     assert "(default: None)" not in text

@@ -16,8 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(script, *args, timeout=240):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script), *map(str, args)],
-                       capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, f"{script} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
 
@@ -44,9 +50,27 @@ def test_finetune_classification(tmp_path):
 
     weights = tmp_path / "encoder.safetensors"
     save_file(timm.create_model("videomac_cnxv2_atto").state_dict(), str(weights))
-    out = run("finetune_classification.py", "--data", tmp_path, "--model", "videomac_cnxv2_atto", "--weights",
-              weights, "--img-size", 32, "--epochs", 4, "--batch-size", 8, "--lr", 2e-3, "--workers", 0,
-              "--out", tmp_path / "run")  # fmt: skip
+    out = run(
+        "finetune_classification.py",
+        "--data",
+        tmp_path,
+        "--model",
+        "videomac_cnxv2_atto",
+        "--weights",
+        weights,
+        "--img-size",
+        32,
+        "--epochs",
+        4,
+        "--batch-size",
+        8,
+        "--lr",
+        2e-3,
+        "--workers",
+        0,
+        "--out",
+        tmp_path / "run",
+    )
     assert f"weights: {weights}" in out
     loss, acc = column(out, "train_loss"), column(out, "val_acc")
     assert len(loss) == 4 and loss[-1] < loss[0], out
@@ -60,8 +84,23 @@ def test_segmentation_head(tmp_path):
     for t in range(len(frames)):
         Image.fromarray(frames[t]).save(tmp_path / "images" / f"{t:03d}.png")
         write_palette_png((labels[t] > 0).astype(np.uint8), str(tmp_path / "masks" / f"{t:03d}.png"))
-    out = run("segmentation_head.py", "--data", tmp_path, "--img-size", 64, "--epochs", 12, "--batch-size", 3,
-              "--lr", 3e-3, "--backbone-lr-scale", 1.0, "--out", tmp_path / "run")  # fmt: skip
+    out = run(
+        "segmentation_head.py",
+        "--data",
+        tmp_path,
+        "--img-size",
+        64,
+        "--epochs",
+        12,
+        "--batch-size",
+        3,
+        "--lr",
+        3e-3,
+        "--backbone-lr-scale",
+        1.0,
+        "--out",
+        tmp_path / "run",
+    )
     loss, miou = column(out, "train_loss"), column(out, "val_mIoU")
     assert len(loss) == 12 and loss[-1] < 0.5 * loss[0], out
     assert miou[-1] > 0.6 > miou[0], out  # from all-background to segmenting the object
@@ -73,9 +112,25 @@ def test_segmentation_head(tmp_path):
 def test_pretrain_own_videos(tmp_path):
     for seed in range(2):
         write_video(render_video(seed, 8, (64, 96), 2)[0], str(tmp_path / "videos" / f"v{seed}.mp4"))
-    out = run("pretrain_own_videos.py", "--videos", tmp_path / "videos", "--input-size", 64, "--batch-size", 2,
-              "--max-steps", 4, "--pairs-per-video", 2, "--decoder-dim", 32, "--workers", 0,
-              "--out", tmp_path / "run")  # fmt: skip
+    out = run(
+        "pretrain_own_videos.py",
+        "--videos",
+        tmp_path / "videos",
+        "--input-size",
+        64,
+        "--batch-size",
+        2,
+        "--max-steps",
+        4,
+        "--pairs-per-video",
+        2,
+        "--decoder-dim",
+        32,
+        "--workers",
+        0,
+        "--out",
+        tmp_path / "run",
+    )
     assert "pretrained 4 steps" in out
     assert "into timm.create_model('videomac_cnxv2_atto'): features (1, 320, 2, 2)" in out
     assert "strides [4, 8, 16, 32]" in out

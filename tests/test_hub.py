@@ -42,8 +42,14 @@ def put_in_hf_cache(cache: Path, repo_id: str, files: dict, commit: str = "01234
 
 def run_py(code: str, env: dict) -> dict:
     full = dict(os.environ, HF_HUB_OFFLINE="1", **env)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=full, cwd=str(REPO), timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full,
+        cwd=str(REPO),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -58,8 +64,16 @@ def published(tmp_path_factory):
     weights = tmp / "export" / "model.safetensors"
     cache = tmp / "cache"
     put_in_hf_cache(cache, "testorg/atto", {"model.safetensors": weights, "config.json": tmp / "export/config.json"})
-    entry = dict(model="videomac_cnxv2_atto", tag="test_e1", hf_hub_id="testorg/atto", filename="model.safetensors",
-                 sha256=folder["sha256"], recipe="test", data="synthetic", metrics={"DAVIS-2017 J&F": 1.0})  # fmt: skip
+    entry = dict(
+        model="videomac_cnxv2_atto",
+        tag="test_e1",
+        hf_hub_id="testorg/atto",
+        filename="model.safetensors",
+        sha256=folder["sha256"],
+        recipe="test",
+        data="synthetic",
+        metrics={"DAVIS-2017 J&F": 1.0},
+    )
     good = tmp / "registry.json"
     good.write_text(json.dumps({"weights": [entry]}))
     bad = tmp / "bad.json"
@@ -72,7 +86,7 @@ def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
         f"""
         import json, timm, torch, videomac
         from safetensors.torch import load_file
-        ref = load_file({str(published['weights'])!r})
+        ref = load_file({str(published["weights"])!r})
         m = timm.create_model('videomac_cnxv2_atto', pretrained=True)
         same = all(torch.equal(m.state_dict()[k], v) for k, v in ref.items())
         tagged = timm.create_model('videomac_cnxv2_atto.test_e1', pretrained=True)
@@ -81,7 +95,7 @@ def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
         h = torch.hub.load({str(REPO)!r}, 'videomac_cnxv2_atto', source='local', pretrained=True)
         hub_same = all(torch.equal(h.state_dict()[k], v) for k, v in ref.items())
         import importlib.util
-        spec = importlib.util.spec_from_file_location('hubconf', {str(REPO / 'hubconf.py')!r})
+        spec = importlib.util.spec_from_file_location('hubconf', {str(REPO / "hubconf.py")!r})
         hubconf = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(hubconf)
         entries = [n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith('_')]
@@ -114,9 +128,31 @@ def test_sha256_mismatch_names_both_hashes(published):
 
 def test_hf_hub_and_local_dir_loading(published, tmp_path):
     run = tmp_path / "run"
-    assert main(["pretrain", "--model", "videomac_rn18", "--input-size", "64", "--batch-size", "4", "--max-steps",
-                 "1", "--decoder-dim", "32", "--num-workers", "0", "--synthetic-videos", "4", "--output-dir", str(run),
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                "videomac_rn18",
+                "--input-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "1",
+                "--decoder-dim",
+                "32",
+                "--num-workers",
+                "0",
+                "--synthetic-videos",
+                "4",
+                "--output-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["push", str(run), "--repo-id", "me/rn18-run", "--dry-run", "--folder", str(tmp_path / "repo")]) == 0
     repo = tmp_path / "repo"
     assert sorted(os.listdir(repo)) == ["README.md", "config.json", "model.safetensors"]
@@ -134,7 +170,7 @@ def test_hf_hub_and_local_dir_loading(published, tmp_path):
         f"""
         import json, timm, torch, videomac
         from safetensors.torch import load_file
-        ref = load_file({str(run / 'encoder.safetensors')!r})
+        ref = load_file({str(run / "encoder.safetensors")!r})
         a = timm.create_model('hf-hub:me/rn18-run', pretrained=True)
         b = timm.create_model('local-dir:{repo}', pretrained=True, num_classes=3)
         eq = lambda m: all(torch.equal(m.state_dict()[k], v) for k, v in ref.items())
@@ -232,8 +268,14 @@ def authors_layout(model) -> dict:
             if "grn" in k2 or (k2.endswith(".bias") and ("dwconv" in k2 or k2.split(".")[2] == "1")):
                 v = v.reshape(1, -1)
         out["encoder." + k2] = v
-    out.update({"decoder.0.dwconv.kernel": torch.randn(49, 8), "proj.weight": torch.randn(8, 4),
-                "pred.weight": torch.randn(4, 8), "mask_token": torch.zeros(1, 8)})  # fmt: skip
+    out.update(
+        {
+            "decoder.0.dwconv.kernel": torch.randn(49, 8),
+            "proj.weight": torch.randn(8, 4),
+            "pred.weight": torch.randn(4, 8),
+            "mask_token": torch.zeros(1, 8),
+        }
+    )
     return out
 
 

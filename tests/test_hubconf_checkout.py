@@ -33,8 +33,14 @@ def test_torch_hub_load_from_a_checkout_without_installed_videomac(tmp_path):
                               finders=finders)))
         """
     )
-    proc = subprocess.run([sys.executable, "-S", "-E", "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-S", "-E", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(out["file"]).resolve().is_relative_to(clone.resolve())

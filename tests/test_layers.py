@@ -13,8 +13,11 @@ def test_layers_contract_is_kept():
     # The real `lint-imports` on the repository's .importlinter, as CI would run it.
     r = subprocess.run(
         [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 kept, 0 broken" in r.stdout
 

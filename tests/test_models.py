@@ -194,8 +194,9 @@ def test_isotropic_timm_interface():
         assert timm.create_model("videomac_cnxv2_iso_s", num_classes=7)(x).shape == (2, 7)
         feats = timm.create_model("videomac_cnxv2_iso_s", features_only=True, out_indices=(5, 17))
         assert feats.feature_info.reduction() == [16, 16] and len(feats.model.blocks) == 18
-        feats.load_state_dict({f"model.{k}": v for k, v in m.state_dict().items() if not k.startswith("head.")},
-                              strict=False)  # fmt: skip
+        feats.load_state_dict(
+            {f"model.{k}": v for k, v in m.state_dict().items() if not k.startswith("head.")}, strict=False
+        )
         out = feats.eval()(x)
         torch.testing.assert_close(out[1], inter[1])
     groups = m.group_matcher()

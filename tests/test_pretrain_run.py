@@ -20,9 +20,18 @@ from videomac.pretrain.train import pretrain
 pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
 
 SMALL = dict(
-    model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=64, num_workers=0,
-    synthetic_videos=8, synthetic_frames=8, pairs_per_video=1, progress=False, lr=1e-3, warmup_steps=2,
-)  # fmt: skip
+    model="videomac_cnxv2_atto",
+    input_size=64,
+    batch_size=4,
+    decoder_dim=64,
+    num_workers=0,
+    synthetic_videos=8,
+    synthetic_frames=8,
+    pairs_per_video=1,
+    progress=False,
+    lr=1e-3,
+    warmup_steps=2,
+)
 
 
 def read_metrics(run):
@@ -32,8 +41,20 @@ def read_metrics(run):
 
 @pytest.mark.slow
 def test_loss_falls_on_builtin_videos(tmp_path):
-    settings = dict(SMALL, input_size=96, batch_size=16, decoder_dim=512, synthetic_videos=8, synthetic_frames=16,
-                    pairs_per_video=2, max_steps=120, lr=3e-3, warmup_steps=10, ema_base=0.9, log_every=1)  # fmt: skip
+    settings = dict(
+        SMALL,
+        input_size=96,
+        batch_size=16,
+        decoder_dim=512,
+        synthetic_videos=8,
+        synthetic_frames=16,
+        pairs_per_video=2,
+        max_steps=120,
+        lr=3e-3,
+        warmup_steps=10,
+        ema_base=0.9,
+        log_every=1,
+    )
     cfg = PretrainConfig(**settings, output_dir=str(tmp_path / "run"))
     pretrain(cfg)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run")]
@@ -56,8 +77,9 @@ def test_outputs_of_a_run(tmp_path):
     assert {"model", "optimizer", "scaler", "step", "epoch", "rng", "config"} <= ck.keys()
     assert not list(out.glob("*.tmp-*"))  # atomic writes leave no temporaries
     # the exported encoder loads into timm through pretrained_cfg_overlay
-    m = timm.create_model("videomac_cnxv2_atto", pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(out / "encoder.safetensors")))  # fmt: skip
+    m = timm.create_model(
+        "videomac_cnxv2_atto", pretrained=True, pretrained_cfg_overlay=dict(file=str(out / "encoder.safetensors"))
+    )
     sd = load_file(str(out / "encoder.safetensors"))
     assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
     online = {k[len("online.encoder.model.") :]: v for k, v in ck["model"].items() if k.startswith("online.encoder.")}
@@ -66,8 +88,17 @@ def test_outputs_of_a_run(tmp_path):
 
 def test_gradient_accumulation_and_bf16_autocast(tmp_path):
     out = tmp_path / "run"
-    summary = pretrain(PretrainConfig(**dict(SMALL, batch_size=2), accum_iter=2, amp="bf16", max_steps=2, log_every=1,
-                                      clip_grad=1.0, output_dir=str(out)))  # fmt: skip
+    summary = pretrain(
+        PretrainConfig(
+            **dict(SMALL, batch_size=2),
+            accum_iter=2,
+            amp="bf16",
+            max_steps=2,
+            log_every=1,
+            clip_grad=1.0,
+            output_dir=str(out),
+        )
+    )
     assert summary["effective_batch"] == 4 and summary["step"] == 2
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] == r["loss"] for r in rows)
@@ -76,8 +107,11 @@ def test_gradient_accumulation_and_bf16_autocast(tmp_path):
     assert ck["epoch"] == 1 and ck["micro_done"] == 0
     assert ck["base_lr"] == pytest.approx(1e-3)
     # lr defaults to blr * effective batch / 256
-    summary = pretrain(PretrainConfig(**dict(SMALL, lr=None, batch_size=2), blr=2e-3, total_batch=8, max_steps=1,
-                                      output_dir=str(tmp_path / "blr")))  # fmt: skip
+    summary = pretrain(
+        PretrainConfig(
+            **dict(SMALL, lr=None, batch_size=2), blr=2e-3, total_batch=8, max_steps=1, output_dir=str(tmp_path / "blr")
+        )
+    )
     assert summary["effective_batch"] == 8
     assert load_checkpoint(str(tmp_path / "blr"))["base_lr"] == pytest.approx(2e-3 * 8 / 256)
 
@@ -112,8 +146,9 @@ def test_interrupt_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    cfg = PretrainConfig(**dict(SMALL, lr=1e8, warmup_steps=0), max_steps=50, save_every=1,
-                         output_dir=str(tmp_path / "run"))  # fmt: skip
+    cfg = PretrainConfig(
+        **dict(SMALL, lr=1e8, warmup_steps=0), max_steps=50, save_every=1, output_dir=str(tmp_path / "run")
+    )
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         pretrain(cfg)
     ck = load_checkpoint(str(tmp_path / "run"))
@@ -129,12 +164,42 @@ def _free_port():
 def test_two_process_ddp_gloo(tmp_path):
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), "-m", "videomac.cli", "pretrain", "--model", "videomac_cnxv2_atto",
-        "--input-size", "64", "--batch-size", "2", "--accum-iter", "2", "--decoder-dim", "32", "--max-steps", "3",
-        "--num-workers", "0",
-        "--synthetic-videos", "8", "--device", "cpu", "--output-dir", str(out), "--no-progress", "--log-every", "1",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "videomac.cli",
+        "pretrain",
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--accum-iter",
+        "2",
+        "--decoder-dim",
+        "32",
+        "--max-steps",
+        "3",
+        "--num-workers",
+        "0",
+        "--synthetic-videos",
+        "8",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        "--log-every",
+        "1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,9 +214,28 @@ def test_cli_pretrain_and_visualize(tmp_path):
     from videomac.synthetic import render_video, write_video
 
     out = tmp_path / "run"
-    rc = main(["pretrain", "--model", "videomac_rn18", "--input-size", "64", "--batch-size", "4", "--max-steps", "2",
-               "--decoder-dim", "32", "--num-workers", "0", "--synthetic-videos", "4", "--output-dir", str(out),
-               "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "pretrain",
+            "--model",
+            "videomac_rn18",
+            "--input-size",
+            "64",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            "2",
+            "--decoder-dim",
+            "32",
+            "--num-workers",
+            "0",
+            "--synthetic-videos",
+            "4",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0 and (out / "encoder.safetensors").is_file()
     video = write_video(render_video(7, num_frames=6, size=(64, 96))[0], str(tmp_path / "clip.mp4"))
     fig = tmp_path / "fig.png"

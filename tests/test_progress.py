@@ -11,14 +11,24 @@ from PIL import Image
 from videomac.pretrain.curves import BASELINE_COLOUR, SERIES, loss_curve_figure, read_metrics, save_loss_curve
 from videomac.pretrain.progress import ProgressLog, format_line
 
-REC = dict(loss=1.8123, loss_online=0.7712, loss_target=0.9511, loss_consistency=0.09, lr=1.2e-3, momentum=0.996,
-           pairs_per_sec=52.3, data_wait=0.12)  # fmt: skip
+REC = dict(
+    loss=1.8123,
+    loss_online=0.7712,
+    loss_target=0.9511,
+    loss_consistency=0.09,
+    lr=1.2e-3,
+    momentum=0.996,
+    pairs_per_sec=52.3,
+    data_wait=0.12,
+)
 
 
 def test_format_line():
     line = format_line(120, 300, REC, 63.4)
-    assert line == ("step 120/300 (40%) | loss 1.8123 (online 0.7712 target 0.9511 cons 0.0900) | lr 1.20e-03 | "
-                    "momentum 0.99600 | 52.3 pairs/s | data 12% | eta 0:01:03")  # fmt: skip
+    assert line == (
+        "step 120/300 (40%) | loss 1.8123 (online 0.7712 target 0.9511 cons 0.0900) | lr 1.20e-03 | "
+        "momentum 0.99600 | 52.3 pairs/s | data 12% | eta 0:01:03"
+    )
 
 
 def test_lines_when_not_a_terminal():
@@ -66,9 +76,32 @@ def test_batch_job_logs_plain_lines_and_writes_its_curve(tmp_path):
     import sys
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "videomac.cli", "pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64",
-           "--batch-size", "4", "--decoder-dim", "32", "--synthetic-videos", "4", "--synthetic-frames", "6",
-           "--max-steps", "6", "--log-every", "2", "--num-workers", "0", "--output-dir", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "videomac.cli",
+        "pretrain",
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--decoder-dim",
+        "32",
+        "--synthetic-videos",
+        "4",
+        "--synthetic-frames",
+        "6",
+        "--max-steps",
+        "6",
+        "--log-every",
+        "2",
+        "--num-workers",
+        "0",
+        "--output-dir",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "\r" not in r.stderr

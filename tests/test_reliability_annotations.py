@@ -39,8 +39,23 @@ def davis(tmp_path):
 
 
 def eval_davis(root, out):
-    return main(["eval", "davis", "--model", "resnet18", "--root", str(root), "--out", str(out), "--device", "cpu",
-                 "--no-progress", "--overlay-frames", "0"])  # fmt: skip
+    return main(
+        [
+            "eval",
+            "davis",
+            "--model",
+            "resnet18",
+            "--root",
+            str(root),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--overlay-frames",
+            "0",
+        ]
+    )
 
 
 def test_a_jpeg_named_png_is_refused_by_eval_and_propagate(davis, tmp_path, capsys):
@@ -50,8 +65,7 @@ def test_a_jpeg_named_png_is_refused_by_eval_and_propagate(davis, tmp_path, caps
     with Image.open(mask) as im:  # the case reported: read as an image it holds dozens of "objects"
         assert len(np.unique(np.asarray(im.convert("L")))) > 20
     video = write_video(render_video(2, num_frames=4, size=SIZE, num_objects=2)[0], str(tmp_path / "clip.mp4"))
-    assert main(["propagate", video, "--mask", mask, "--out", str(tmp_path / "p"), "--size", "0",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert main(["propagate", video, "--mask", mask, "--out", str(tmp_path / "p"), "--size", "0", "--no-progress"]) == 2
     line = one_line_error(capsys.readouterr().err)
     assert "is a JPEG file, not a PNG" in line and mask in line
     jpeg_named_png(labels[2], ann / "00002.png")  # in the middle: found before any propagation
@@ -79,8 +93,22 @@ def test_transposed_cropped_and_colour_annotations_are_refused(davis, tmp_path, 
     write_palette_png(labels[0].T.copy(), str(tmp_path / "t.png"))
     Image.fromarray(np.stack([labels[0] * 100] * 3, -1).astype(np.uint8)).save(tmp_path / "rgb.png")
     for mask, message in ((tmp_path / "t.png", "looks transposed"), (tmp_path / "rgb.png", "colour PNG (mode RGB)")):
-        assert main(["propagate", str(frames), "--mask", str(mask), "--out", str(tmp_path / "p"), "--size", "0",
-                     "--no-progress"]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "propagate",
+                    str(frames),
+                    "--mask",
+                    str(mask),
+                    "--out",
+                    str(tmp_path / "p"),
+                    "--size",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 2
+        )
         assert message in one_line_error(capsys.readouterr().err)
     Image.fromarray(np.stack([labels[3] * 100] * 3, -1).astype(np.uint8)).save(ann / "00003.png")
     assert eval_davis(root, tmp_path / "o") == 2
@@ -108,6 +136,24 @@ def test_a_video_or_sequence_listed_twice_is_refused(davis, tmp_path, capsys):
     write_frames(frames, str(vip / "Images" / "v1"))
     write_palette_png(labels[0], str(vip / "Category_ids" / "v1" / "00000.png"))
     (vip / "val_videos.txt").write_text("v1\nv1\n")
-    assert main(["eval", "vip", "--model", "resnet18", "--root", str(vip), "--out", str(tmp_path / "vo"),
-                 "--size", "64", "--device", "cpu", "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                "vip",
+                "--model",
+                "resnet18",
+                "--root",
+                str(vip),
+                "--out",
+                str(tmp_path / "vo"),
+                "--size",
+                "64",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "val_videos.txt:2: video 'v1' is listed twice (first at line 1)" in one_line_error(capsys.readouterr().err)

@@ -29,9 +29,18 @@ from videomac.pretrain.train import pretrain
 pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
 
 SMALL = dict(
-    model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=32, num_workers=0,
-    synthetic_videos=8, synthetic_frames=4, pairs_per_video=1, progress=False, lr=1e-3, warmup_steps=1,
-)  # fmt: skip
+    model="videomac_cnxv2_atto",
+    input_size=64,
+    batch_size=4,
+    decoder_dim=32,
+    num_workers=0,
+    synthetic_videos=8,
+    synthetic_frames=4,
+    pairs_per_video=1,
+    progress=False,
+    lr=1e-3,
+    warmup_steps=1,
+)
 ARGS = ["--no-progress"]
 
 
@@ -76,9 +85,15 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
         ["visualize", str(evil), str(frames), "--out", str(tmp_path / "fig.png")],
         ["push", str(evil), "--repo-id", "me/evil", "--dry-run"],
         ["pretrain", "--resume", str(evil), "--max-steps", "3", *ARGS],
-        ["convert-official", str(evil / "checkpoint.pt"), "--model", "videomac_cnxv2_atto",
-         "--out", str(tmp_path / "conv.safetensors")],
-    ]  # fmt: skip
+        [
+            "convert-official",
+            str(evil / "checkpoint.pt"),
+            "--model",
+            "videomac_cnxv2_atto",
+            "--out",
+            str(tmp_path / "conv.safetensors"),
+        ],
+    ]
     for argv in commands:
         rc = main(argv)
         err = capsys.readouterr().err
@@ -97,8 +112,9 @@ def test_runs_write_weights_only_checkpoints_and_older_ones_need_trust(tmp_path,
     ck = torch.load(out / "checkpoint.pt", weights_only=True)  # the whole checkpoint, no allow-list
     assert ck["version"] == 2 and len(ck["sha256"]) == 64 and isinstance(ck["rng"], list)
     # a checkpoint as videomac wrote it before: numpy / python RNG state pickled as objects, no digest
-    old = dict(ck, version=1, rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(),
-                                       python=random.getstate()))  # fmt: skip
+    old = dict(
+        ck, version=1, rng=dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    )
     del old["sha256"]
     torch.save(old, out / "checkpoint.pt")
     assert main(["pretrain", "--resume", str(out), "--max-steps", "3", *ARGS]) == 2
@@ -204,8 +220,20 @@ def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
     names = sorted(os.listdir(out))
     metrics = (out / "metrics.jsonl").read_bytes()
     # it used to start over, drop the old run's checkpoints and append to its metrics.jsonl
-    argv = ["pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64", "--batch-size", "4",
-            "--output-dir", str(out), "--max-steps", "1", *ARGS]  # fmt: skip
+    argv = [
+        "pretrain",
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        "1",
+        *ARGS,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{out} holds an earlier run (checkpoint.pt, checkpoint-00000002.pt, summary.json, metrics.jsonl)" in err

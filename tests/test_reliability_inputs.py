@@ -53,10 +53,32 @@ def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):
     os.mkfifo(data / "stream.mp4")  # opening it used to block dataset construction forever
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "videomac.cli", "pretrain", "--data", str(data), "--model", "videomac_cnxv2_atto",
-        "--input-size", "64", "--batch-size", "2", "--decoder-dim", "32", "--max-steps", "3", "--log-every", "1",
-        "--num-workers", "2", "--device", "cpu", "--output-dir", str(out), "--no-progress",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "videomac.cli",
+        "pretrain",
+        "--data",
+        str(data),
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "2",
+        "--decoder-dim",
+        "32",
+        "--max-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--num-workers",
+        "2",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -121,8 +143,20 @@ def test_propagate_skips_unreadable_frames_and_names_them(tmp_path, capsys):
     mask = write_palette_png(labels[0], str(tmp_path / "mask.png"))
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="skipping unreadable frame"):
-        rc = main(["propagate", str(tmp_path / "v"), "--mask", mask, "--out", str(out), "--size", "0",
-                   "--no-overlay", "--no-progress"])  # fmt: skip
+        rc = main(
+            [
+                "propagate",
+                str(tmp_path / "v"),
+                "--mask",
+                mask,
+                "--out",
+                str(out),
+                "--size",
+                "0",
+                "--no-overlay",
+                "--no-progress",
+            ]
+        )
     err = capsys.readouterr().err
     assert rc == 0, err
     assert sorted(os.listdir(out / "masks")) == ["00000.png", "00001.png", "00003.png", "00005.png"]
@@ -131,8 +165,22 @@ def test_propagate_skips_unreadable_frames_and_names_them(tmp_path, capsys):
     assert "skipped 2 unreadable frame(s)" in err
     # the first frame is the mask's: unreadable, it stops the run with one line naming it
     truncate(paths[0])
-    assert main(["propagate", str(tmp_path / "v"), "--mask", mask, "--out", str(tmp_path / "o2"), "--size", "0",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "propagate",
+                str(tmp_path / "v"),
+                "--mask",
+                mask,
+                "--out",
+                str(tmp_path / "o2"),
+                "--size",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert paths[0] in one_line_error(capsys.readouterr().err)
 
 
@@ -145,8 +193,21 @@ def test_eval_davis_names_an_unreadable_frame_in_one_line(tmp_path, capsys):
     (root / "ImageSets" / "2017").mkdir(parents=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("bear\n")
     truncate(paths[2])  # used to end in a raw "OSError: image file is truncated" traceback
-    argv = ["eval", "davis", "--model", "resnet18", "--root", str(root), "--out", str(tmp_path / "out"),
-            "--device", "cpu", "--no-progress", "--overlay-frames", "0"]  # fmt: skip
+    argv = [
+        "eval",
+        "davis",
+        "--model",
+        "resnet18",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--overlay-frames",
+        "0",
+    ]
     assert main(argv) == 2
     line = one_line_error(capsys.readouterr().err)
     assert paths[2] in line and "truncated" in line
@@ -158,8 +219,22 @@ def test_eval_davis_names_an_unreadable_frame_in_one_line(tmp_path, capsys):
 
 def test_settings_that_train_nothing_are_refused(tmp_path, capsys):
     # item 11: 0.9 on the 2x2 grid of a 64-pixel input keeps int(4 * 0.1) = 0 patches; it used to exit 0
-    rc = main(["pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64", "--mask-ratio", "0.9",
-               "--synthetic-videos", "4", "--output-dir", str(tmp_path / "r"), "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "pretrain",
+            "--model",
+            "videomac_cnxv2_atto",
+            "--input-size",
+            "64",
+            "--mask-ratio",
+            "0.9",
+            "--synthetic-videos",
+            "4",
+            "--output-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ]
+    )
     line = one_line_error(capsys.readouterr().err)
     assert rc == 2 and "0 visible patches" in line and "<= 0.75" in line
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
@@ -176,9 +251,21 @@ def test_settings_that_train_nothing_are_refused(tmp_path, capsys):
     with pytest.raises(TypeError, match="bool"):
         model.online.encoder(x, torch.zeros(2, 2, 2))
     # mask_ratio=0: the loss is computed on masked patches only, so it is 0; say so
-    cfg = PretrainConfig(model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=32, num_workers=0,
-                         synthetic_videos=4, synthetic_frames=4, pairs_per_video=1, progress=False, max_steps=1,
-                         mask_ratio=0.0, export=False, output_dir=str(tmp_path / "zero"))  # fmt: skip
+    cfg = PretrainConfig(
+        model="videomac_cnxv2_atto",
+        input_size=64,
+        batch_size=4,
+        decoder_dim=32,
+        num_workers=0,
+        synthetic_videos=4,
+        synthetic_frames=4,
+        pairs_per_video=1,
+        progress=False,
+        max_steps=1,
+        mask_ratio=0.0,
+        export=False,
+        output_dir=str(tmp_path / "zero"),
+    )
     with pytest.warns(UserWarning, match="loss is 0"):
         pretrain(cfg)
 
@@ -205,5 +292,20 @@ def test_clear_errors_for_unknown_models_and_sizes(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the smallest allowed size runs
-        assert main(["propagate", str(tmp_path / "v"), "--mask", mask, "--out", str(tmp_path / "o"), "--size", "32",
-                     "--no-overlay", "--no-progress"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "propagate",
+                    str(tmp_path / "v"),
+                    "--mask",
+                    mask,
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--size",
+                    "32",
+                    "--no-overlay",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )

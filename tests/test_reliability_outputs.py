@@ -53,8 +53,19 @@ def test_eval_and_propagate_refuse_an_out_folder_over_their_inputs(tmp_path, cap
     ann = root / "Annotations" / "480p"
     link = tmp_path / "innocent"
     os.symlink(ann / "bear", link)  # a link that leads into the ground truth
-    base = ["eval", "davis", "--model", "resnet18", "--root", str(root), "--device", "cpu", "--no-progress",
-            "--overlay-frames", "0"]  # fmt: skip
+    base = [
+        "eval",
+        "davis",
+        "--model",
+        "resnet18",
+        "--root",
+        str(root),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--overlay-frames",
+        "0",
+    ]
     # the case reported: --out the annotation folder overwrote the ground truth, then scored J&F 1.0
     for out, how in ((ann, "is inside"), (root, "is the input"), (tmp_path, "contains"), (link, "is inside")):
         assert main(base + ["--out", str(out)]) == 2
@@ -86,9 +97,31 @@ def test_eval_and_propagate_refuse_an_out_folder_over_their_inputs(tmp_path, cap
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert main(["pretrain", "--model", "videomac_rn18", "--input-size", "64", "--batch-size", "4", "--max-steps",
-                 "1", "--decoder-dim", "32", "--num-workers", "0", "--synthetic-videos", "4", "--output-dir", str(run),
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "pretrain",
+                "--model",
+                "videomac_rn18",
+                "--input-size",
+                "64",
+                "--batch-size",
+                "4",
+                "--max-steps",
+                "1",
+                "--decoder-dim",
+                "32",
+                "--num-workers",
+                "0",
+                "--synthetic-videos",
+                "4",
+                "--output-dir",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -138,8 +171,9 @@ class HubServer(BaseHTTPRequestHandler):
             return self._json({"errors": [], "warnings": []})
         if "/preupload/" in self.path:
             files = json.loads(data)["files"]
-            return self._json({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                         for f in files]})  # fmt: skip
+            return self._json(
+                {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         if "/commit/" in self.path:
             lines = [json.loads(x) for x in data.decode().splitlines() if x.strip()]
             files = {x["value"]["path"]: base64.b64decode(x["value"]["content"]) for x in lines if x["key"] == "file"}
@@ -188,10 +222,24 @@ def test_push_with_the_hub_unreachable_is_one_line(run_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: nothing listens there
-    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN="hf_test", HF_HUB_DISABLE_TELEMETRY="1",
-               PYTHONPATH=str(REPO))  # fmt: skip
-    argv = [sys.executable, "-m", "videomac.cli", "push", str(run_dir), "--repo-id", "me/pub", "--folder",
-            str(tmp_path / "repo")]  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_ENDPOINT=f"http://127.0.0.1:{port}",
+        HF_TOKEN="hf_test",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONPATH=str(REPO),
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "videomac.cli",
+        "push",
+        str(run_dir),
+        "--repo-id",
+        "me/pub",
+        "--folder",
+        str(tmp_path / "repo"),
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1
     line = one_line_error(proc.stderr)
@@ -213,12 +261,21 @@ def test_model_card_escapes_every_user_value():
 
     model = timm.create_model("videomac_cnxv2_atto")
     evil = "/home/alice/secret-project/clips\n---\nlicense: evil\n<script>alert(1)</script>"
-    config = dict(data=evil, preset="x | <b>bold\n# Heading", model="videomac_cnxv2_atto", input_size=64,
-                  max_steps=1, lr="[click](javascript:alert(1))")  # fmt: skip
+    config = dict(
+        data=evil,
+        preset="x | <b>bold\n# Heading",
+        model="videomac_cnxv2_atto",
+        input_size=64,
+        max_steps=1,
+        lr="[click](javascript:alert(1))",
+    )
     card = model_card(model, "me/atto", config)
     _, front, body = card.split("---\n", 2)  # the front matter is still exactly one block
-    assert yaml.safe_load(front) == dict(library_name="timm", license="apache-2.0", tags=[
-        "image-feature-extraction", "timm", "videomac", "self-supervised"])  # fmt: skip
+    assert yaml.safe_load(front) == dict(
+        library_name="timm",
+        license="apache-2.0",
+        tags=["image-feature-extraction", "timm", "videomac", "self-supervised"],
+    )
     assert "/home/alice" not in card and "secret-project" not in card  # local paths: the last component only
     assert "<script>" not in card and "<b>" not in card and "&lt;b&gt;" in card
     assert "\\[click\\](javascript:alert(1))" in card and "x \\| &lt;b&gt;" in card

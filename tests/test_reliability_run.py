@@ -20,22 +20,55 @@ from videomac.pretrain.train import pretrain
 pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
 
 SMALL = dict(
-    model="videomac_cnxv2_atto", input_size=64, batch_size=4, decoder_dim=32, num_workers=0,
-    synthetic_videos=8, synthetic_frames=4, pairs_per_video=1, progress=False, lr=1e-3, warmup_steps=1,
-)  # fmt: skip
+    model="videomac_cnxv2_atto",
+    input_size=64,
+    batch_size=4,
+    decoder_dim=32,
+    num_workers=0,
+    synthetic_videos=8,
+    synthetic_frames=4,
+    pairs_per_video=1,
+    progress=False,
+    lr=1e-3,
+    warmup_steps=1,
+)
 CLI = [
-    sys.executable, "-m", "videomac.cli", "pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64",
-    "--batch-size", "4", "--decoder-dim", "32", "--synthetic-videos", "8", "--synthetic-frames", "4",
-    "--pairs-per-video", "1", "--device", "cpu", "--no-progress",
-]  # fmt: skip
+    sys.executable,
+    "-m",
+    "videomac.cli",
+    "pretrain",
+    "--model",
+    "videomac_cnxv2_atto",
+    "--input-size",
+    "64",
+    "--batch-size",
+    "4",
+    "--decoder-dim",
+    "32",
+    "--synthetic-videos",
+    "8",
+    "--synthetic-frames",
+    "4",
+    "--pairs-per-video",
+    "1",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 ARGS = ["--no-progress"]
 
 
 def _start(args, out):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # a session of its own: the test can tell whether any worker outlived the run
-    return subprocess.Popen(CLI + args + ["--output-dir", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        CLI + args + ["--output-dir", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _finish(proc, timeout=240):
@@ -116,8 +149,20 @@ def test_a_data_folder_removed_mid_run_ends_the_run(tmp_path):
     for v in range(2):
         write_frames(render_video(v, 30, (64, 64))[0], str(data / f"v{v}"))
     out = tmp_path / "run"
-    args = ["--data", str(data), "--pairs-per-video", "20", "--num-workers", "1", "--max-steps", "100000",
-            "--log-every", "1", "--save-every", "1"]  # fmt: skip
+    args = [
+        "--data",
+        str(data),
+        "--pairs-per-video",
+        "20",
+        "--num-workers",
+        "1",
+        "--max-steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--save-every",
+        "1",
+    ]
     proc = _start(args, out)
     try:
         _wait_for_steps(proc, out, 2)
@@ -183,8 +228,10 @@ def test_a_run_folder_is_owned_by_one_run(tmp_path, capsys):
     assert main(["pretrain", "--resume", str(out), "--max-steps", str(step + 1), *ARGS]) == 0
     assert load_checkpoint(str(out))["step"] == step + 1
     # a lock left by a process that was SIGKILLed is taken over
-    code = "import os, sys; from videomac.pretrain.checkpoint import run_lock\n" \
-           "with run_lock(sys.argv[1]): os.kill(os.getpid(), 9)"  # fmt: skip
+    code = (
+        "import os, sys; from videomac.pretrain.checkpoint import run_lock\n"
+        "with run_lock(sys.argv[1]): os.kill(os.getpid(), 9)"
+    )
     killed = subprocess.run([sys.executable, "-c", code, str(out)])
     assert killed.returncode == -signal.SIGKILL
     with run_lock(str(out)):
@@ -267,8 +314,19 @@ def test_a_checkpoint_with_missing_or_mistyped_keys_is_one_line(tmp_path, capsys
 def test_every_setting_is_checked_before_anything_loads(tmp_path, capsys, flag, value, says):
     out = tmp_path / "run"
     lr = [] if flag == "--lr" else ["--lr", "0.001"]
-    argv = ["pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64", *lr, flag, value,
-            "--output-dir", str(out), *ARGS]  # fmt: skip
+    argv = [
+        "pretrain",
+        "--model",
+        "videomac_cnxv2_atto",
+        "--input-size",
+        "64",
+        *lr,
+        flag,
+        value,
+        "--output-dir",
+        str(out),
+        *ARGS,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"videomac pretrain: error: {says}") and len(err.strip().splitlines()) == 1, err

@@ -216,8 +216,11 @@ def test_backward_saves_packed_tensors_only():
     ctx.set(mask)
     hw = (56, 56)
     n = sc.layout(ctx, hw, torch.device("cpu")).n
-    for conv, how in [(nn.Conv2d(16, 16, 3, 1, 1), "gemm"), (nn.Conv2d(16, 16, 3, 1, 1), "tile"),
-                      (nn.Conv2d(16, 16, 7, 1, 3, groups=16), "tile")]:  # fmt: skip
+    for conv, how in [
+        (nn.Conv2d(16, 16, 3, 1, 1), "gemm"),
+        (nn.Conv2d(16, 16, 3, 1, 1), "tile"),
+        (nn.Conv2d(16, 16, 7, 1, 3, groups=16), "tile"),
+    ]:
         saved = []
 
         def pack(tensor, saved=saved):

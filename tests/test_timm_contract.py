@@ -18,11 +18,24 @@ NAMES = sorted(FAMILIES)
 
 # timm.list_models('videomac_*') before the models were registered one function each: it must not change
 REGISTERED = [
-    "videomac_cnxv1_s", "videomac_cnxv1_t", "videomac_cnxv2_atto", "videomac_cnxv2_b", "videomac_cnxv2_femto",
-    "videomac_cnxv2_h", "videomac_cnxv2_iso_b", "videomac_cnxv2_iso_s", "videomac_cnxv2_l", "videomac_cnxv2_nano",
-    "videomac_cnxv2_pico", "videomac_cnxv2_s", "videomac_cnxv2_t", "videomac_rn18", "videomac_rn34",
-    "videomac_rn50", "videomac_rn101",
-]  # fmt: skip
+    "videomac_cnxv1_s",
+    "videomac_cnxv1_t",
+    "videomac_cnxv2_atto",
+    "videomac_cnxv2_b",
+    "videomac_cnxv2_femto",
+    "videomac_cnxv2_h",
+    "videomac_cnxv2_iso_b",
+    "videomac_cnxv2_iso_s",
+    "videomac_cnxv2_l",
+    "videomac_cnxv2_nano",
+    "videomac_cnxv2_pico",
+    "videomac_cnxv2_s",
+    "videomac_cnxv2_t",
+    "videomac_rn18",
+    "videomac_rn34",
+    "videomac_rn50",
+    "videomac_rn101",
+]
 
 
 def make(name, **kwargs):

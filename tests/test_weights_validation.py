@@ -59,8 +59,9 @@ def test_overlay_file_and_torch_hub_refuse_bad_weights(kind, tmp_path):
     assert EXPECT[kind] in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
     if kind == "nan":
         with pytest.raises(WeightsError, match="NaN"):
-            torch.hub.load(str(REPO), ATTO, source="local", pretrained=True,
-                           pretrained_cfg_overlay=dict(file=str(path)))  # fmt: skip
+            torch.hub.load(
+                str(REPO), ATTO, source="local", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+            )
     if kind != "int8":
         return
     # the good file loads
@@ -103,13 +104,28 @@ def test_propagate_weights_one_line_for_unusable_files(clip, tmp_path, capsys):
     files["bad.safetensors"] = "is not a valid .safetensors file"
     save_file(broken("nan"), str(tmp_path / "nan.safetensors"))
     files["nan.safetensors"] = "NaN/inf"
-    save_file({k: v for k, v in atto_weights().items() if not k.startswith("stages.3")},
-              str(tmp_path / "partial.safetensors"))  # fmt: skip
+    save_file(
+        {k: v for k, v in atto_weights().items() if not k.startswith("stages.3")}, str(tmp_path / "partial.safetensors")
+    )
     files["partial.safetensors"] = "missing keys: stages.3.downsample.0.weight"
     for name, expect in files.items():
         out = tmp_path / f"out-{name}"
-        code = main(["propagate", str(frames), "--mask", str(mask), "--out", str(out), "--model", ATTO,
-                     "--weights", str(tmp_path / name), "--no-progress", "--no-overlay"])  # fmt: skip
+        code = main(
+            [
+                "propagate",
+                str(frames),
+                "--mask",
+                str(mask),
+                "--out",
+                str(out),
+                "--model",
+                ATTO,
+                "--weights",
+                str(tmp_path / name),
+                "--no-progress",
+                "--no-overlay",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2, (name, err)
         last = err.splitlines()[-1]
@@ -154,15 +170,18 @@ def test_convert_official_one_line_exit_2(tmp_path, capsys):
 def test_registry_schema_errors_name_the_entry_and_field(tmp_path):
     base = dict(model="videomac_rn18", tag="t1", hf_hub_id="org/x", filename="model.safetensors")
     bad = {
-        "epochs": (dict(base, epochs="100"), r"weights\[0\] \(videomac_rn18\.t1\): field 'epochs' is str '100', "
-                                             r"expected int or null"),
+        "epochs": (
+            dict(base, epochs="100"),
+            r"weights\[0\] \(videomac_rn18\.t1\): field 'epochs' is str '100', "
+            r"expected int or null",
+        ),
         "metrics": (dict(base, metrics={"J&F": "high"}), r"metrics \['J&F'\] are not numbers"),
         "sha": (dict(base, sha256="abc"), "field 'sha256' is 'abc', expected 64 lowercase hex"),
         "unknown": (dict(base, sha="x"), r"unknown fields \['sha'\]"),
         "format": (dict(base, format="onnx"), "field 'format' is 'onnx'"),
         "url": (dict(base, format="authors"), "an 'authors' entry needs 'url'"),
         "flag": (dict(base, input_size=True), "field 'input_size' is bool True"),
-    }  # fmt: skip
+    }
     for key, (entry, pattern) in bad.items():
         path = tmp_path / f"{key}.json"
         path.write_text(json.dumps({"weights": [entry]}))
@@ -172,5 +191,8 @@ def test_registry_schema_errors_name_the_entry_and_field(tmp_path):
     with pytest.raises(ValueError, match="expected an object with a 'weights' list"):
         load_registry(str(tmp_path / "list.json"))
     assert [e.name for e in load_registry()][:4] == [
-        "videomac_rn50.yt18_authors", "videomac_cnxv2_s.yt18_authors", "videomac_rn18.yt18_authors",
-        "videomac_cnxv2_t.yt18_authors"]  # fmt: skip
+        "videomac_rn50.yt18_authors",
+        "videomac_cnxv2_s.yt18_authors",
+        "videomac_rn18.yt18_authors",
+        "videomac_cnxv2_t.yt18_authors",
+    ]

@@ -20,8 +20,15 @@ from videomac.pretrained import WeightsNotPublishedError, sha256_file
 from videomac.registry import WeightEntry, find_entry
 
 __all__ = [
-    "export_folder", "push", "upload_list", "check_repo_id", "PUBLISHED_FILES", "model_card", "hub_entrypoints",
-    "WeightsNotPublishedError", "sha256_file",
+    "export_folder",
+    "push",
+    "upload_list",
+    "check_repo_id",
+    "PUBLISHED_FILES",
+    "model_card",
+    "hub_entrypoints",
+    "WeightsNotPublishedError",
+    "sha256_file",
 ]
 
 
@@ -59,8 +66,9 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None,
-               entry: Optional[WeightEntry] = None) -> str:  # fmt: skip
+def model_card(
+    model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None, entry: Optional[WeightEntry] = None
+) -> str:
     """A README.md model card: what it is, recipe, data, metrics, usage, citation, license. Every value
     that comes from a user (run config, registry entry) is escaped: front matter values are YAML strings,
     text is inert markdown (HTML escaped), and local paths are reduced to their last component."""
@@ -95,10 +103,25 @@ def model_card(model: torch.nn.Module, repo_id: Optional[str], config: Optional[
             rows += "\nThese are the paper's Table 1 figures for this backbone and recipe.\n"
     recipe = "\n".join(
         f"| {k} | {_md(_public(cfg[k]))} |"
-        for k in ("model", "input_size", "mask_ratio", "gap", "gamma", "norm_pix_loss", "epochs", "max_steps",
-                  "blr", "lr", "weight_decay", "ema_base", "total_batch", "batch_size", "motion_weight")
+        for k in (
+            "model",
+            "input_size",
+            "mask_ratio",
+            "gap",
+            "gamma",
+            "norm_pix_loss",
+            "epochs",
+            "max_steps",
+            "blr",
+            "lr",
+            "weight_decay",
+            "ema_base",
+            "total_batch",
+            "batch_size",
+            "motion_weight",
+        )
         if k in cfg and cfg[k] is not None
-    )  # fmt: skip
+    )
     recipe = f"\n## Pretraining recipe\n\n| setting | value |\n| --- | --- |\n{recipe}\n" if recipe else ""
     recipe += _converted_from(model)
     title = _md(repo_id or name)
@@ -171,8 +194,11 @@ def _check_destination(out_dir: str, source) -> None:
     from videomac.eval.outputs import OutputFolderError, dataset_marker
     from videomac.pretrain.checkpoint import is_run_folder
 
-    run = None if isinstance(source, torch.nn.Module) else (source if os.path.isdir(source) else os.path.dirname(
-        os.path.abspath(source)))  # fmt: skip
+    run = (
+        None
+        if isinstance(source, torch.nn.Module)
+        else (source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source)))
+    )
     if is_run_folder(out_dir) or (run and os.path.realpath(out_dir) == os.path.realpath(run)):
         raise OutputFolderError(
             f"--out {out_dir} is a pretraining run folder (it holds a checkpoint, videomac.lock or "
@@ -190,8 +216,14 @@ def _publish(src: str, dst: str) -> None:
         os.replace(src, tmp)
 
 
-def export_folder(source, out_dir: str, repo_id: Optional[str] = None, include_checkpoint: bool = False,
-                  tag: Optional[str] = None, trust_pickle: bool = False) -> Dict:  # fmt: skip
+def export_folder(
+    source,
+    out_dir: str,
+    repo_id: Optional[str] = None,
+    include_checkpoint: bool = False,
+    tag: Optional[str] = None,
+    trust_pickle: bool = False,
+) -> Dict:
     """Write a Hub-ready folder: ``model.safetensors`` (timm keys), timm's ``config.json``, a
     ``README.md`` model card, and optionally the full pretraining checkpoint.
 
@@ -251,8 +283,10 @@ def upload_list(folder: str, names=PUBLISHED_FILES) -> List[str]:
     for name in names:
         path = os.path.join(folder, name)
         if not name.endswith((".safetensors", ".json", ".md")):
-            raise ValueError(f"{path}: push uploads only safetensors weights, config.json and README.md, "
-                             "never a pickle (.pt/.pth/.bin)")  # fmt: skip
+            raise ValueError(
+                f"{path}: push uploads only safetensors weights, config.json and README.md, "
+                "never a pickle (.pt/.pth/.bin)"
+            )
         if os.path.islink(path) or not os.path.isfile(path):
             raise ValueError(f"{path}: not a regular file (symlinks are never uploaded); re-run push to rebuild it")
         if os.path.dirname(os.path.realpath(path)) != real:
@@ -261,9 +295,18 @@ def upload_list(folder: str, names=PUBLISHED_FILES) -> List[str]:
     return out
 
 
-def push(source, repo_id: str, dry_run: bool = False, folder: Optional[str] = None, private: bool = False,
-         revision: Optional[str] = None, token: Optional[str] = None, tag: Optional[str] = None,
-         trust_pickle: bool = False, api=None) -> Dict:  # fmt: skip
+def push(
+    source,
+    repo_id: str,
+    dry_run: bool = False,
+    folder: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    token: Optional[str] = None,
+    tag: Optional[str] = None,
+    trust_pickle: bool = False,
+    api=None,
+) -> Dict:
     """Build the repo folder (see :func:`export_folder`) and upload exactly :func:`upload_list`'s files
     with one explicit ``create_commit`` (``summary['upload']``; ``dry_run`` lists them, uploads nothing).
     Other files in ``folder`` (stale exports, ``.env``, links) are never sent. ``api``: an ``HfApi``."""
@@ -283,8 +326,9 @@ def push(source, repo_id: str, dry_run: bool = False, folder: Optional[str] = No
     ops = [CommitOperationAdd(path_in_repo=n, path_or_fileobj=os.path.join(folder, n)) for n in summary["upload"]]
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.create_commit(repo_id, ops, revision=revision,
-                                   commit_message=f"Add {summary['architecture']} VideoMAC weights")  # fmt: skip
+        commit = api.create_commit(
+            repo_id, ops, revision=revision, commit_message=f"Add {summary['architecture']} VideoMAC weights"
+        )
     except Exception as e:  # the HTTP client's errors (httpx, requests, huggingface_hub's) share no base class
         raise ConnectionError(
             f"cannot push to {api.endpoint} ({_first_line(e)}); check the network, HF_ENDPOINT and your token "

@@ -1,4 +1,5 @@
 """The PASCAL VOC / DAVIS colour map used for indexed label PNGs."""
+
 from __future__ import annotations
 
 import numpy as np

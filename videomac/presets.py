@@ -14,10 +14,22 @@ __all__ = ["PAPER", "PRESETS", "preset_for_model"]
 # momentum as their engine indexes it. AMP: their ConvNeXt scripts use fp16 autocast, ResNet fp32;
 # ConvNeXt presets use bf16 here (same speed on current GPUs, no loss scaling, also on CPU).
 PAPER: Dict = dict(
-    input_size=224, mask_ratio=0.75, gamma=1.0, norm_pix_loss=True, total_batch=512, epochs=100,
-    warmup_epochs=10.0, blr=1.0e-3, weight_decay=0.05, ema_base=0.996, ema_schedule="authors", init="authors",
-    gap=1, pairs_per_video=None, clip_grad=None,
-)  # fmt: skip
+    input_size=224,
+    mask_ratio=0.75,
+    gamma=1.0,
+    norm_pix_loss=True,
+    total_batch=512,
+    epochs=100,
+    warmup_epochs=10.0,
+    blr=1.0e-3,
+    weight_decay=0.05,
+    ema_base=0.996,
+    ema_schedule="authors",
+    init="authors",
+    gap=1,
+    pairs_per_video=None,
+    clip_grad=None,
+)
 _CNX = dict(PAPER, amp="bf16")
 _RN = dict(PAPER, amp="none")
 

@@ -226,8 +226,12 @@ def check_values(sd: Dict[str, torch.Tensor], source: str, expected: Optional[Di
             raise WeightsError(f"{source}: {k} holds {bad} NaN/inf values of {v.numel()}: the weights are broken")
 
 
-def check_weights(sd: Dict[str, torch.Tensor], expected: Optional[Dict[str, torch.Tensor]], source: str,
-                  optional: Callable[[str], bool] = lambda k: False) -> None:  # fmt: skip
+def check_weights(
+    sd: Dict[str, torch.Tensor],
+    expected: Optional[Dict[str, torch.Tensor]],
+    source: str,
+    optional: Callable[[str], bool] = lambda k: False,
+) -> None:
     """Refuse weights that are not floating point, not finite, or whose keys/shapes differ from
     ``expected`` (a model's state_dict, meta tensors will do); ``optional`` keys may be missing."""
     check_values(sd, source, expected)
@@ -236,6 +240,7 @@ def check_weights(sd: Dict[str, torch.Tensor], expected: Optional[Dict[str, torc
     unexpected = [k for k in sd if k not in expected]
     missing = [k for k in expected if k not in sd and not optional(k)]
     shapes = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+
     def show(ks: List[str]) -> str:
         return ", ".join(ks[:4]) + (f", ... ({len(ks)} in all)" if len(ks) > 4 else "")
 
@@ -247,8 +252,9 @@ def check_weights(sd: Dict[str, torch.Tensor], expected: Optional[Dict[str, torc
     if shapes:
         k = shapes[0]
         more = f" ({len(shapes)} in all)" if len(shapes) > 1 else ""
-        parts.append(f"shape mismatch: {k} is {tuple(sd[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
-                     + more)
+        parts.append(
+            f"shape mismatch: {k} is {tuple(sd[k].shape)} in the file, {tuple(expected[k].shape)} in the model" + more
+        )
     if parts:
         raise WeightsError(f"{source} does not match the model: " + "; ".join(parts))
 
@@ -267,6 +273,7 @@ def _is_head(k: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # The authors' checkpoints
+
 
 def kernel_to_dense(kernel: torch.Tensor, target_shape: torch.Size) -> torch.Tensor:
     """A MinkowskiEngine kernel as the dense conv weight of ``target_shape`` (C_out, C_in/groups, k, k)."""
@@ -474,8 +481,14 @@ def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, pr
         with urllib.request.urlopen(req, timeout=60) as r, atomic_file(dest) as tmp, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             done = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(dest), disable=not progress,
-                      file=sys.stderr) as bar:  # fmt: skip
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                desc=os.path.basename(dest),
+                disable=not progress,
+                file=sys.stderr,
+            ) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     h.update(chunk)
@@ -502,8 +515,9 @@ def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, pr
     return h.hexdigest()
 
 
-def download_cached(url: str, filename: Optional[str] = None, pinned: Optional[str] = None, what: str = "weights",
-                    model: str = "MODEL") -> Tuple[str, str]:  # fmt: skip
+def download_cached(
+    url: str, filename: Optional[str] = None, pinned: Optional[str] = None, what: str = "weights", model: str = "MODEL"
+) -> Tuple[str, str]:
     """The file at ``url`` in the cache (downloaded once, with a progress bar) and its sha256, which is
     printed on download and written beside it as ``<file>.sha256``; ``pinned`` refuses any other file."""
     filename = filename or os.path.basename(urllib.parse.urlparse(url).path) or "download"

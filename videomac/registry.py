@@ -70,9 +70,24 @@ def registry_path() -> str:
 
 
 _STR, _OPT_STR, _OPT_INT = (str,), (str, type(None)), (int, type(None))
-_TYPES = dict(model=_STR, tag=_STR, hf_hub_id=_OPT_STR, filename=_STR, url=_OPT_STR, format=_STR, source=_OPT_STR,
-              revision=_OPT_STR, sha256=_OPT_STR, recipe=_OPT_STR, data=_OPT_STR, epochs=_OPT_INT, input_size=(int,),
-              metrics=(dict,), metrics_source=_OPT_STR, license=_STR)  # fmt: skip
+_TYPES = dict(
+    model=_STR,
+    tag=_STR,
+    hf_hub_id=_OPT_STR,
+    filename=_STR,
+    url=_OPT_STR,
+    format=_STR,
+    source=_OPT_STR,
+    revision=_OPT_STR,
+    sha256=_OPT_STR,
+    recipe=_OPT_STR,
+    data=_OPT_STR,
+    epochs=_OPT_INT,
+    input_size=(int,),
+    metrics=(dict,),
+    metrics_source=_OPT_STR,
+    license=_STR,
+)
 
 
 def _check_entry(path: str, i: int, raw) -> None:

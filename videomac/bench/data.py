@@ -126,24 +126,39 @@ def _is_frame_folders(path: str) -> bool:
     return False
 
 
-def _row(kind: str, source: str, workers: int, pairs: int, batch_size: int, input_size: int, warmup: int,
-         seed: int, gpu_decode: bool, device: str, frame_units: bool = False) -> Dict:  # fmt: skip
+def _row(
+    kind: str,
+    source: str,
+    workers: int,
+    pairs: int,
+    batch_size: int,
+    input_size: int,
+    warmup: int,
+    seed: int,
+    gpu_decode: bool,
+    device: str,
+    frame_units: bool = False,
+) -> Dict:
     torch.manual_seed(seed)
     random.seed(seed)
     build = time.perf_counter()
     if kind == "authors":
         ds = AuthorsPairs(source, input_size)
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-            persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
-        )  # fmt: skip
+            ds,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            drop_last=True,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         describe = f"{len(ds)} pairs"
     else:
         from videomac.pretrain.data import FramePairDataset
         from videomac.pretrain.loader import EpochSampler, epoch_indices, make_loader
 
-        ds = FramePairDataset(source, input_size=input_size, gpu_decode=gpu_decode, seed=seed,
-                              frame_units=frame_units)  # fmt: skip
+        ds = FramePairDataset(source, input_size=input_size, gpu_decode=gpu_decode, seed=seed, frame_units=frame_units)
         sampler = EpochSampler()
         loader = make_loader(ds, sampler, batch_size, workers, seed, device=torch.device(device))
         workers = loader.num_workers
@@ -181,11 +196,19 @@ def _row(kind: str, source: str, workers: int, pairs: int, batch_size: int, inpu
     rss = peak_rss_mb()
     del it, loader
     return dict(
-        loader=kind + (" units" if frame_units else ""), data=source,
-        workers=workers, pairs=n, seconds=dt, pairs_per_s=n / max(dt, 1e-9),
-        pairs_per_s_per_worker=n / max(dt, 1e-9) / max(1, workers), peak_rss_mb=rss["max"],
-        main_rss_mb=rss["main"], worker_rss_mb=rss["workers"], build_s=build, dataset=describe,
-    )  # fmt: skip
+        loader=kind + (" units" if frame_units else ""),
+        data=source,
+        workers=workers,
+        pairs=n,
+        seconds=dt,
+        pairs_per_s=n / max(dt, 1e-9),
+        pairs_per_s_per_worker=n / max(dt, 1e-9) / max(1, workers),
+        peak_rss_mb=rss["max"],
+        main_rss_mb=rss["main"],
+        worker_rss_mb=rss["workers"],
+        build_s=build,
+        dataset=describe,
+    )
 
 
 def _child(queue, kwargs) -> None:
@@ -193,8 +216,14 @@ def _child(queue, kwargs) -> None:
         torch.set_num_threads(1)
         queue.put(_row(**kwargs))
     except BaseException as e:  # noqa: BLE001  (reported in the row)
-        queue.put(dict(loader=kwargs["kind"], data=kwargs["source"], error=f"{type(e).__name__}: {e}",
-                       traceback=traceback.format_exc()))  # fmt: skip
+        queue.put(
+            dict(
+                loader=kwargs["kind"],
+                data=kwargs["source"],
+                error=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc(),
+            )
+        )
 
 
 def bench_data(
@@ -231,8 +260,19 @@ def bench_data(
                 rows_to_run.append(("authors", src, False))
     rows = []
     for kind, src, frame_units in rows_to_run:
-        kw = dict(kind=kind, source=src, workers=w, pairs=pairs, batch_size=batch_size, input_size=input_size,
-                  warmup=warm, seed=seed, gpu_decode=gpu_decode, device=device, frame_units=frame_units)  # fmt: skip
+        kw = dict(
+            kind=kind,
+            source=src,
+            workers=w,
+            pairs=pairs,
+            batch_size=batch_size,
+            input_size=input_size,
+            warmup=warm,
+            seed=seed,
+            gpu_decode=gpu_decode,
+            device=device,
+            frame_units=frame_units,
+        )
         if isolate:
             ctx = mp.get_context("spawn")
             q = ctx.Queue()
@@ -269,11 +309,18 @@ def format_table(result: Dict) -> str:
             lines.append([r["loader"], os.path.basename(os.path.normpath(r["data"])), "error: " + r["error"][:60]])
             continue
         wr = r["worker_rss_mb"]
-        lines.append([
-            r["loader"], os.path.basename(os.path.normpath(r["data"])), str(r["workers"]), f"{r['pairs_per_s']:.1f}",
-            f"{r['pairs_per_s_per_worker']:.1f}", f"{r['vs_authors']:.2f}x" if "vs_authors" in r else "-",
-            f"{r['peak_rss_mb']:.0f}", f"{max(wr):.0f}" if wr else "-",
-        ])  # fmt: skip
+        lines.append(
+            [
+                r["loader"],
+                os.path.basename(os.path.normpath(r["data"])),
+                str(r["workers"]),
+                f"{r['pairs_per_s']:.1f}",
+                f"{r['pairs_per_s_per_worker']:.1f}",
+                f"{r['vs_authors']:.2f}x" if "vs_authors" in r else "-",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{max(wr):.0f}" if wr else "-",
+            ]
+        )
     widths = [max(len(row[i]) for row in lines if i < len(row)) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in lines)
 

@@ -188,8 +188,9 @@ def run_config(cfg: Dict) -> Dict:
     graphs = cfg["compile"] and mode == "reduce-overhead" and device.type == "cuda"
     args = (mask, keep) if kind not in (VIT, "dense") else (mask,)
     amp = cfg["amp"]
-    autocast = dict(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16,
-                    enabled=amp != "none")  # fmt: skip
+    autocast = dict(
+        device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "none"
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def step() -> float:
@@ -223,9 +224,13 @@ def run_config(cfg: Dict) -> Dict:
     dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else maxrss_mb()
     row = dict(
-        model=cfg["model"], config=kind, pairs_per_s=B * cfg["steps"] / dt, step_s=dt / cfg["steps"],
-        peak_mem_mb=peak - base, loss=losses[-1],
-    )  # fmt: skip
+        model=cfg["model"],
+        config=kind,
+        pairs_per_s=B * cfg["steps"] / dt,
+        step_s=dt / cfg["steps"],
+        peak_mem_mb=peak - base,
+        loss=losses[-1],
+    )
     if cfg["compile"] and first is not None:  # the first step compiles (forward and backward graphs)
         row["compile_s"] = max(first - dt / cfg["steps"], 0.0)
     if cfg.get("profile"):
@@ -256,8 +261,10 @@ def profile_steps(step, device: torch.device, path: str, steps: int = 2) -> Dict
     if cuda:
         attr = "self_device_time_total" if hasattr(ka[0], "self_device_time_total") else "self_cuda_time_total"
         busy = sum(getattr(e, attr) for e in ka if e.device_type.name == "CUDA")
-        out.update(device_busy_ms_per_step=busy / 1e3 / steps,
-                   launches_per_step=sum(e.count for e in ka if e.key in LAUNCHES) / steps)  # fmt: skip
+        out.update(
+            device_busy_ms_per_step=busy / 1e3 / steps,
+            launches_per_step=sum(e.count for e in ka if e.key in LAUNCHES) / steps,
+        )
         table = ka.table(sort_by=attr, row_limit=40, max_name_column_width=60)
     else:
         out["ops_per_step"] = sum(e.count for e in ka if e.key.startswith("aten::")) / steps
@@ -321,9 +328,18 @@ def bench_pretrain(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     models = list(models or DEFAULT_MODELS)
     configs = list(configs or CONFIGS)
-    base = dict(batch_size=batch_size, input_size=input_size, steps=steps, warmup=warmup, device=device,
-                amp=amp, compile=compile, compile_mode=compile_mode, mask_ratio=mask_ratio,
-                profile=profile)  # fmt: skip
+    base = dict(
+        batch_size=batch_size,
+        input_size=input_size,
+        steps=steps,
+        warmup=warmup,
+        device=device,
+        amp=amp,
+        compile=compile,
+        compile_mode=compile_mode,
+        mask_ratio=mask_ratio,
+        profile=profile,
+    )
     todo = [dict(base, model=m, config=c) for m in models for c in configs]
     if vit:
         todo.append(dict(base, model="vit_small_patch16_224", config=VIT))
@@ -350,15 +366,24 @@ def bench_pretrain(
         rounds.append(round_rows)
     rows = [_median_row([r[i] for r in rounds]) for i in range(len(todo))]
     meta = dict(
-        torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
-        machine=platform.machine(), processor=platform.processor(), cpus=os.cpu_count(),
-        threads=torch.get_num_threads(), device_name=device_name(device),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        processor=platform.processor(),
+        cpus=os.cpu_count(),
+        threads=torch.get_num_threads(),
+        device_name=device_name(device),
         memory_method=(
-            "torch.cuda.max_memory_allocated - allocated before the first step" if device.startswith("cuda")
+            "torch.cuda.max_memory_allocated - allocated before the first step"
+            if device.startswith("cuda")
             else "max RSS (getrusage) - RSS before the first step, one forked process per row"
-        ) if isolate else "not measured (isolate=False)",
-        repeats=repeats, **base,
-    )  # fmt: skip
+        )
+        if isolate
+        else "not measured (isolate=False)",
+        repeats=repeats,
+        **base,
+    )
     if not isolate and not device.startswith("cuda"):
         for r in rows:
             r.pop("peak_mem_mb", None)
@@ -410,8 +435,10 @@ def _median_row(runs: List[Dict]) -> Dict:
 
 def format_table(result: Dict) -> str:
     """The rows as a fixed-width text table (ratios are to the same model's ``masked`` row)."""
-    head = f"{'model':22s} {'config':16s} {'pairs/s':>8s} {'x masked':>8s} {'peak MB':>8s} {'x mem':>6s} " \
-           f"{'FLOP bound':>10s} {'of bound':>8s} {'TFLOP/s':>8s} {'compile s':>9s}"  # fmt: skip
+    head = (
+        f"{'model':22s} {'config':16s} {'pairs/s':>8s} {'x masked':>8s} {'peak MB':>8s} {'x mem':>6s} "
+        f"{'FLOP bound':>10s} {'of bound':>8s} {'TFLOP/s':>8s} {'compile s':>9s}"
+    )
     lines = [head, "-" * len(head)]
 
     def f(v, fmt, width, suffix=""):
@@ -437,20 +464,27 @@ def format_table(result: Dict) -> str:
                 runs = ", ".join(f"{x:.2f}" for x in r["speed_vs_masked_runs"])
                 lines.append(f"  {r['model']} / {r['config']}: {runs}")
     if loads:
-        lines.append(f"load average (1 min) at the start of each row: {min(loads):.1f}-{max(loads):.1f} "
-                     f"on {result['meta']['cpus']} CPUs")  # fmt: skip
+        lines.append(
+            f"load average (1 min) at the start of each row: {min(loads):.1f}-{max(loads):.1f} "
+            f"on {result['meta']['cpus']} CPUs"
+        )
         lines.append("")
-    lines.append(f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "
-                 f"{'visible GMACs':>13s} {'bound @ r':>9s} {'pointwise-only bound':>20s}")  # fmt: skip
+    lines.append(
+        f"{'FLOP split':22s} {'pointwise GMACs':>16s} {'spatial GMACs':>14s} {'pointwise %':>11s} "
+        f"{'visible GMACs':>13s} {'bound @ r':>9s} {'pointwise-only bound':>20s}"
+    )
     for m, fl in result["flops"].items():
-        lines.append(f"{m:22s} {fl['pointwise_gmacs']:16.3f} {fl['spatial_gmacs']:14.3f} "
-                     f"{fl['pointwise_share']:11.1%} {fl['visible_gmacs']:13.3f} {fl['bound']:8.2f}x "
-                     f"{fl['bound_pointwise_only']:19.2f}x")  # fmt: skip
+        lines.append(
+            f"{m:22s} {fl['pointwise_gmacs']:16.3f} {fl['spatial_gmacs']:14.3f} "
+            f"{fl['pointwise_share']:11.1%} {fl['visible_gmacs']:13.3f} {fl['bound']:8.2f}x "
+            f"{fl['bound_pointwise_only']:19.2f}x"
+        )
     return "\n".join(lines)
 
 
-def resolve_options(quick: bool = False, models=None, configs=None, batch_size=None, input_size=None, steps=None,
-                    warmup=None, **rest) -> Dict:  # fmt: skip
+def resolve_options(
+    quick: bool = False, models=None, configs=None, batch_size=None, input_size=None, steps=None, warmup=None, **rest
+) -> Dict:
     """:func:`bench_pretrain` keywords from options where None means "the default" (``quick``: a smoke test)."""
 
     def pick(v, quick_v, full_v):
@@ -461,5 +495,12 @@ def resolve_options(quick: bool = False, models=None, configs=None, batch_size=N
     unknown = set(configs or []) - set(CONFIGS)
     if unknown:
         raise ValueError(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
-    return dict(models=models, configs=configs, batch_size=pick(batch_size, 2, 8), input_size=pick(input_size, 64, 224),
-                steps=pick(steps, 2, 5), warmup=pick(warmup, 1, 2), **rest)  # fmt: skip
+    return dict(
+        models=models,
+        configs=configs,
+        batch_size=pick(batch_size, 2, 8),
+        input_size=pick(input_size, 64, 224),
+        steps=pick(steps, 2, 5),
+        warmup=pick(warmup, 1, 2),
+        **rest,
+    )

@@ -16,9 +16,11 @@ def register(subparsers) -> None:
     )
     bench = p.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     bench.required = True
-    for name, help_ in (("davis", "DAVIS video object segmentation, 2016 or 2017 layout (J&F)"),
-                        ("vip", "VIP human part propagation (mIoU)"),
-                        ("jhmdb", "JHMDB pose keypoint propagation (PCK)")):  # fmt: skip
+    for name, help_ in (
+        ("davis", "DAVIS video object segmentation, 2016 or 2017 layout (J&F)"),
+        ("vip", "VIP human part propagation (mIoU)"),
+        ("jhmdb", "JHMDB pose keypoint propagation (PCK)"),
+    ):
         b = bench.add_parser(name, help=help_)
         b.add_argument("--model", required=True, help="registered encoder (videomac_rn50, ...) or timm model")
         b.add_argument("--weights", default=None, help="state dict (.safetensors / .pt / .pth)")
@@ -53,13 +55,27 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from videomac.eval.benchmark import run_benchmark
 
-    extra = dict(sequences=args.sequences, split=args.split, layout=args.layout) if args.benchmark == "davis" else dict(
-        list_file=args.list_file, videos=args.videos, size=args.size)  # fmt: skip
+    extra = (
+        dict(sequences=args.sequences, split=args.split, layout=args.layout)
+        if args.benchmark == "davis"
+        else dict(list_file=args.list_file, videos=args.videos, size=args.size)
+    )
     stage = None if args.stage in (None, "", "auto") else args.stage
     metrics, keys = run_benchmark(
-        args.benchmark, args.model, args.root, args.out, weights=args.weights, device=args.device,
-        stage=stage, stride=args.stride, half=args.half, config=PropagationConfig.from_args(args),
-        batch_size=args.batch_size, overlay_frames=args.overlay_frames, progress=not args.no_progress, **extra,
-    )  # fmt: skip
+        args.benchmark,
+        args.model,
+        args.root,
+        args.out,
+        weights=args.weights,
+        device=args.device,
+        stage=stage,
+        stride=args.stride,
+        half=args.half,
+        config=PropagationConfig.from_args(args),
+        batch_size=args.batch_size,
+        overlay_frames=args.overlay_frames,
+        progress=not args.no_progress,
+        **extra,
+    )
     print(json.dumps({k: round(float(metrics[k]), 6) for k in keys}))
     return 0

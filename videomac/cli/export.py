@@ -12,9 +12,12 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, help="folder for model.safetensors, config.json and README.md")
     e.add_argument("--tag", default=None, help="registry tag the weights belong to (for the model card)")
     e.add_argument("--include-checkpoint", action="store_true", help="also copy the full pretraining checkpoint")
-    e.add_argument("--trust-pickle", action="store_true",
-                   help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
-                   "can run arbitrary code: only for files you wrote")  # fmt: skip
+    e.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
+        "can run arbitrary code: only for files you wrote",
+    )
     e.set_defaults(func=main)
 
 

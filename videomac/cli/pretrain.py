@@ -65,12 +65,21 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="encoder name (any videomac_* or timm ConvNet)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="set the whole paper recipe for a backbone")
     p.add_argument("--output-dir", default=None, help="run folder")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, dest="resume_from",
-                   help="continue the run in OUTPUT_DIR, or in the given run folder (or its checkpoint); the run "
-                   "writes in that folder, from its newest intact checkpoint")  # fmt: skip
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="resume from a checkpoint that a weights-only load refuses (written by an earlier videomac); "
-                   "unpickling can run arbitrary code: only for files you wrote")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        dest="resume_from",
+        help="continue the run in OUTPUT_DIR, or in the given run folder (or its checkpoint); the run "
+        "writes in that folder, from its newest intact checkpoint",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="resume from a checkpoint that a weights-only load refuses (written by an earlier videomac); "
+        "unpickling can run arbitrary code: only for files you wrote",
+    )
     g = p.add_argument_group("method")
     g.add_argument("--input-size", type=int)
     g.add_argument("--gap", type=int, help="frame distance within a pair")
@@ -78,13 +87,20 @@ def register(sub) -> None:
     g.add_argument("--decoder-dim", type=int)
     g.add_argument("--decoder-depth", type=int)
     g.add_argument("--gamma", type=float, help="weight of the reconstruction-consistency loss")
-    g.add_argument("--norm-pix-loss", action=argparse.BooleanOptionalAction, default=None,
-                   help="targets normalised per patch (mean/variance, as MAE and the paper)")  # fmt: skip
+    g.add_argument(
+        "--norm-pix-loss",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="targets normalised per patch (mean/variance, as MAE and the paper)",
+    )
     g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
     g.add_argument("--drop-path", type=float)
-    g.add_argument("--backend", choices=["auto", "visible", "masked"],
-                   help="encoder execution: every layer on visible positions only, masked-dense (the "
-                   "reference), or auto: the one measured fastest on the device (default)")  # fmt: skip
+    g.add_argument(
+        "--backend",
+        choices=["auto", "visible", "masked"],
+        help="encoder execution: every layer on visible positions only, masked-dense (the "
+        "reference), or auto: the one measured fastest on the device (default)",
+    )
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")
     g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
@@ -121,17 +137,31 @@ def register(sub) -> None:
         default=None,
         help="decode JPEG frames on the CUDA device (torchvision nvJPEG) instead of in the CPU workers",
     )
-    g.add_argument("--frame-units", action=argparse.BooleanOptionalAction, default=None,
-                   help="frame folders served like videos: runs of consecutive pairs per worker, each JPEG decoded "
-                   "about once instead of twice (faster; batches mix ~8 videos per worker instead of independent "
-                   "pairs)")  # fmt: skip
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (first steps slower while it compiles)")
-    g.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune"],
-                   help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs")  # fmt: skip
-    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit "
-                   "for bit (slower)")  # fmt: skip
+    g.add_argument(
+        "--frame-units",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="frame folders served like videos: runs of consecutive pairs per worker, each JPEG decoded "
+        "about once instead of twice (faster; batches mix ~8 videos per worker instead of independent "
+        "pairs)",
+    )
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (first steps slower while it compiles)",
+    )
+    g.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs",
+    )
+    g.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit for bit (slower)",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--save-every", type=int, help="steps between checkpoints")
@@ -145,10 +175,15 @@ def register(sub) -> None:
     g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
     g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
     g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="a progress bar on a terminal, one log line per --log-every steps otherwise")  # fmt: skip
-    g.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
-                   help="write encoder.safetensors at the end")  # fmt: skip
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on a terminal, one log line per --log-every steps otherwise",
+    )
+    g.add_argument(
+        "--export", action=argparse.BooleanOptionalAction, default=None, help="write encoder.safetensors at the end"
+    )
     _with_defaults(p)
     p.set_defaults(func=main)
 

@@ -66,11 +66,23 @@ def main(args: argparse.Namespace) -> int:
     from videomac.eval.track import track_video
 
     s = track_video(
-        args.video, args.mask, args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
-        device=args.device, half=args.half, stage=args.stage, stride=args.stride,
-        config=PropagationConfig.from_args(args), size=args.size,
-        batch_size=args.batch_size, overlay=not args.no_overlay, alpha=args.alpha, max_frames=args.max_frames,
+        args.video,
+        args.mask,
+        args.out,
+        model=args.model,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        device=args.device,
+        half=args.half,
+        stage=args.stage,
+        stride=args.stride,
+        config=PropagationConfig.from_args(args),
+        size=args.size,
+        batch_size=args.batch_size,
+        overlay=not args.no_overlay,
+        alpha=args.alpha,
+        max_frames=args.max_frames,
         progress=not args.no_progress,
-    )  # fmt: skip
+    )
     print(json.dumps({k: s[k] for k in ("frames", "objects", "frames_per_second", "masks", "overlay")}))
     return 0

@@ -10,23 +10,37 @@ def register(sub) -> None:
     p = sub.add_parser("push", help="export a run and upload it to the Hugging Face Hub")
     p.add_argument("run", help="run folder or checkpoint.pt")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
-    p.add_argument("--dry-run", action="store_true",
-                   help="build the repo folder and list the files push would upload (\"upload\"); upload nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help='build the repo folder and list the files push would upload ("upload"); upload nothing',
+    )
     p.add_argument("--folder", default=None, help="where to build the repo folder (default RUN/hub/ORG--NAME)")
     p.add_argument("--private", action="store_true")
     p.add_argument("--revision", default=None)
     p.add_argument("--tag", default=None)
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
-                   "can run arbitrary code: only for files you wrote")  # fmt: skip
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
+        "can run arbitrary code: only for files you wrote",
+    )
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from videomac.hub import push
 
-    s = push(args.run, args.repo_id, args.dry_run, args.folder, args.private, args.revision, tag=args.tag,
-             trust_pickle=args.trust_pickle)  # fmt: skip
+    s = push(
+        args.run,
+        args.repo_id,
+        args.dry_run,
+        args.folder,
+        args.private,
+        args.revision,
+        tag=args.tag,
+        trust_pickle=args.trust_pickle,
+    )
     s.pop("config", None)
     print(json.dumps(s, indent=2))
     return 0

@@ -16,16 +16,20 @@ def register(sub) -> None:
     v.add_argument("--rows", type=int, default=4, help="frame pairs to show")
     v.add_argument("--input-size", type=int, default=None, help="default: the run's")
     v.add_argument("--seed", type=int, default=0)
-    v.add_argument("--trust-pickle", action="store_true",
-                   help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
-                   "can run arbitrary code: only for files you wrote")  # fmt: skip
+    v.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="read a checkpoint that a weights-only load refuses (an earlier videomac's); unpickling "
+        "can run arbitrary code: only for files you wrote",
+    )
     v.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from videomac.pretrain.visualize import visualize_checkpoint
 
-    path = visualize_checkpoint(args.checkpoint, args.video, args.out, args.rows, args.input_size, args.seed,
-                                trust_pickle=args.trust_pickle)  # fmt: skip
+    path = visualize_checkpoint(
+        args.checkpoint, args.video, args.out, args.rows, args.input_size, args.seed, trust_pickle=args.trust_pickle
+    )
     print(f"wrote {path}")
     return 0

@@ -24,8 +24,10 @@ from PIL import Image
 __all__ = ["AnnotationError", "read_annotation", "read_mask", "check_annotation_size", "LABEL_MODES"]
 
 LABEL_MODES = ("P", "L", "1")
-_CONVERT = ("save it as an indexed (palette) or 8-bit grayscale PNG whose pixel values are the object ids, "
-            "e.g. with videomac.synthetic.write_palette_png")  # fmt: skip
+_CONVERT = (
+    "save it as an indexed (palette) or 8-bit grayscale PNG whose pixel values are the object ids, "
+    "e.g. with videomac.synthetic.write_palette_png"
+)
 
 
 class AnnotationError(ValueError):

@@ -427,9 +427,7 @@ class VipDataset:
                 elif not lbls:
                     problems.append(f"no label PNGs in {e.label_path}")
                 elif min(imgs, key=natural_key) not in lbls:
-                    problems.append(
-                        f"{e.label_path} lacks the first frame's labels ({min(imgs, key=natural_key)}.png)"
-                    )
+                    problems.append(f"{e.label_path} lacks the first frame's labels ({min(imgs, key=natural_key)}.png)")
         _fail("VIP", root, problems)
         self.videos = entries
         self.list_file = lf

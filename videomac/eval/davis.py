@@ -166,8 +166,12 @@ def evaluate(
             )
         gt = [first] + [ds.load_annotation(seq, n) for n in names[1:]]
         for n, a in zip(names[1:], gt[1:]):
-            check_annotation_size(f"annotation {ds.annotation_path(seq, n)}", a.shape, first.shape,
-                                  f"the first annotation {ds.annotation_path(seq, names[0])}")  # fmt: skip
+            check_annotation_size(
+                f"annotation {ds.annotation_path(seq, n)}",
+                a.shape,
+                first.shape,
+                f"the first annotation {ds.annotation_path(seq, names[0])}",
+            )
         gt = np.stack(gt)
         res = [ds.read_result(os.path.join(results_dir, seq, f"{n}.png")) for n in names[1:-1]]
         res = np.stack(res)

@@ -272,4 +272,3 @@ class FeatureExtractor(nn.Module):
             out["post_norm"] = self.post_norm
         out["natural_stride"] = self.natural_stride
         return out
-

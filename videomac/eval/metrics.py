@@ -8,6 +8,7 @@
   ground-truth joints' bounding box, the first frame is skipped, joints with no prediction are skipped,
   PCK is computed per joint and then averaged over joints.
 """
+
 from __future__ import annotations
 
 import warnings

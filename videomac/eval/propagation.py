@@ -15,6 +15,7 @@ each tile is matched (one matrix product) against the key region its windows can
 in-radius entries are kept -- memory stays bounded at any resolution. :func:`propagate_dense` is the
 naive reference (full affinity matrix, radius applied as a mask) used by tests and the benchmark.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,12 +53,16 @@ class PropagationConfig:
     the flag (the radius is capped because the search window grows with its square)."""
 
     n_context: int = _setting(20, Range(0, 200, integer=True, unit="frames"), "previous frames used as context")
-    radius: float = _setting(12.0, Range(0, 64, lo_open=True, unit="feature cells"),
-                             "spatial search radius around each position, in feature cells")  # fmt: skip
+    radius: float = _setting(
+        12.0,
+        Range(0, 64, lo_open=True, unit="feature cells"),
+        "spatial search radius around each position, in feature cells",
+    )
     topk: int = _setting(10, Range(1, 1000, integer=True), "context positions averaged per query")
     temperature: float = _setting(0.05, Range(0, 100, lo_open=True), "softmax temperature of the top-k affinities")
-    restrict_first: bool = field(default=False, metadata=dict(
-        help="apply the spatial radius to the first frame too (CRW searches it globally)"))  # fmt: skip
+    restrict_first: bool = field(
+        default=False, metadata=dict(help="apply the spatial radius to the first frame too (CRW searches it globally)")
+    )
 
     def __post_init__(self):
         for f in fields(self):
@@ -73,8 +78,16 @@ class PropagationConfig:
                 out.append((flag(f.name), dict(action="store_true", help=f.metadata["help"])))
                 continue
             kind = int if f.metadata["range"].integer else float
-            out.append((flag(f.name), dict(type=kind, default=f.default, help=f"{f.metadata['help']} "
-                                           f"(default {f.default:g}; {f.metadata['range'].describe()})")))  # fmt: skip
+            out.append(
+                (
+                    flag(f.name),
+                    dict(
+                        type=kind,
+                        default=f.default,
+                        help=f"{f.metadata['help']} (default {f.default:g}; {f.metadata['range'].describe()})",
+                    ),
+                )
+            )
         return out
 
     @classmethod
@@ -108,8 +121,12 @@ def resize_labels(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     dtype = maps.dtype
-    out = F.interpolate(maps[None].float() if not maps.is_floating_point() else maps[None], size=tuple(size),
-                        mode="bilinear", align_corners=False)
+    out = F.interpolate(
+        maps[None].float() if not maps.is_floating_point() else maps[None],
+        size=tuple(size),
+        mode="bilinear",
+        align_corners=False,
+    )
     return out[0].to(dtype) if dtype.is_floating_point else out[0]
 
 
@@ -161,7 +178,8 @@ class _Geometry:
         """``(N, TT, P)`` additive mask: 0 for keys inside the image, -inf for keys off its edge."""
         if dtype not in self._penalty:
             self._penalty[dtype] = torch.zeros(self.valid.shape, dtype=dtype, device=self.valid.device).masked_fill(
-                ~self.valid, float("-inf"))
+                ~self.valid, float("-inf")
+            )
         return self._penalty[dtype]
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:

@@ -191,8 +191,11 @@ def run_davis(
     print(f"DAVIS layout: {ds.describe_layout()}", file=sys.stderr)
     for seq in ds.sequences:
         frames = dict(zip(ds.frame_names(seq), ds.frame_paths(seq)))
-        _check_annotations((ds.annotation_path(seq, n), lambda p, s=seq, n=n: ds.load_annotation(s, n), frames[n])
-                           for n in ds.annotation_names(seq) if n in frames)  # fmt: skip
+        _check_annotations(
+            (ds.annotation_path(seq, n), lambda p, s=seq, n=n: ds.load_annotation(s, n), frames[n])
+            for n in ds.annotation_names(seq)
+            if n in frames
+        )
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
         name0, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))

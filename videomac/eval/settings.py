@@ -83,8 +83,9 @@ def resolve_device(device: Optional[str]) -> str:
     try:
         kind = torch.device(device).type
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"--device {device!r} is not a device ({str(e).splitlines()[0][:80]}...); use cpu, cuda "
-                         "or cuda:N") from None  # fmt: skip
+        raise ValueError(
+            f"--device {device!r} is not a device ({str(e).splitlines()[0][:80]}...); use cpu, cuda or cuda:N"
+        ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} requested but CUDA is not available")
     return device

@@ -152,14 +152,25 @@ def propagate_video(
             bar.close()
     seconds = time.perf_counter() - start
     summary = {
-        "video": video, "frames": t, "size": [H, W], "processing_size": list(proc), "objects": ids[1:].tolist(),
-        "last_frame_area": areas, "seconds": round(seconds, 3), "frames_per_second": round(t / max(seconds, 1e-9), 3),
-        "encoder": extractor.describe(), "masks": mask_dir, "overlay": writer.path if writer else None,
+        "video": video,
+        "frames": t,
+        "size": [H, W],
+        "processing_size": list(proc),
+        "objects": ids[1:].tolist(),
+        "last_frame_area": areas,
+        "seconds": round(seconds, 3),
+        "frames_per_second": round(t / max(seconds, 1e-9), 3),
+        "encoder": extractor.describe(),
+        "masks": mask_dir,
+        "overlay": writer.path if writer else None,
         "skipped": [{"path": p, "reason": r} for p, r in reader.skipped],
-    }  # fmt: skip
+    }
     if reader.skipped:
-        print(f"skipped {len(reader.skipped)} unreadable frame(s) (listed in summary.json): "
-              + "; ".join(p for p, _ in reader.skipped[:5]), file=sys.stderr)  # fmt: skip
+        print(
+            f"skipped {len(reader.skipped)} unreadable frame(s) (listed in summary.json): "
+            + "; ".join(p for p, _ in reader.skipped[:5]),
+            file=sys.stderr,
+        )
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -206,8 +217,11 @@ def track_video(
     except WeightsNotPublishedError as e:
         raise ValueError(str(e)) from None
     if not (weights or pretrained):
-        print(f"note: no --weights: {model} is randomly initialised; pass --weights encoder.safetensors "
-              "(from `videomac pretrain`) for real tracking quality", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: no --weights: {model} is randomly initialised; pass --weights encoder.safetensors "
+            "(from `videomac pretrain`) for real tracking quality",
+            file=sys.stderr,
+        )
     dtype = torch.bfloat16 if half and device.startswith("cuda") else torch.float32
     extractor = FeatureExtractor(encoder, stage=stage, stride=stride, device=device, dtype=dtype)
     extractor.model_name = model

@@ -21,6 +21,7 @@ from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, is_image, natur
 
 __all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "resize_frame", "image_to_rgb"]
 
+
 def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a ``(H, W, 3)`` uint8 frame to ``size = (h, w)`` (no-op when equal)."""
     if frame.shape[:2] == tuple(size):

@@ -16,4 +16,3 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown model {name!r}{hint} (VideoMAC encoders: {', '.join(timm.list_models('videomac_*'))})")
-

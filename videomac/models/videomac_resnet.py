@@ -243,14 +243,20 @@ class VideoMACResNet(nn.Module):
 register_sparse_container(VideoMACResNet)
 register_block(
     BasicBlock,
-    lambda b: BlockParts([b.conv1, b.norm1, b.act1, b.conv2, b.norm2], None, b.drop_path, layer_list(b.downsample),
-                         [b.act2]),
-)  # fmt: skip
+    lambda b: BlockParts(
+        [b.conv1, b.norm1, b.act1, b.conv2, b.norm2], None, b.drop_path, layer_list(b.downsample), [b.act2]
+    ),
+)
 register_block(
     Bottleneck,
-    lambda b: BlockParts([b.conv1, b.norm1, b.act1, b.conv2, b.norm2, b.act2, b.conv3, b.norm3], None, b.drop_path,
-                         layer_list(b.downsample), [b.act3]),
-)  # fmt: skip
+    lambda b: BlockParts(
+        [b.conv1, b.norm1, b.act1, b.conv2, b.norm2, b.act2, b.conv3, b.norm3],
+        None,
+        b.drop_path,
+        layer_list(b.downsample),
+        [b.act3],
+    ),
+)
 
 
 def create_videomac_resnet(variant: str, pretrained: bool = False, **kwargs) -> VideoMACResNet:

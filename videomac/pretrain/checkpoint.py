@@ -43,11 +43,27 @@ from videomac.pretrain.config import CHECKPOINT, CONFIG, METRICS, SUMMARY, Pretr
 from videomac.pretrain.model import VideoMAC
 
 __all__ = [
-    "atomic_save", "save_encoder", "load_checkpoint", "load_latest", "write_checkpoint", "state_digest",
-    "check_schema", "build_model", "load_pretrainer", "encoder_from_checkpoint", "is_run_folder", "run_lock",
-    "earlier_run", "close_inherited_locks",
-    "CheckpointError", "UntrustedCheckpointError", "RunFolderBusy", "FORMAT_VERSION", "RESUME_SCHEMA", "LOCK",
-]  # fmt: skip
+    "atomic_save",
+    "save_encoder",
+    "load_checkpoint",
+    "load_latest",
+    "write_checkpoint",
+    "state_digest",
+    "check_schema",
+    "build_model",
+    "load_pretrainer",
+    "encoder_from_checkpoint",
+    "is_run_folder",
+    "run_lock",
+    "earlier_run",
+    "close_inherited_locks",
+    "CheckpointError",
+    "UntrustedCheckpointError",
+    "RunFolderBusy",
+    "FORMAT_VERSION",
+    "RESUME_SCHEMA",
+    "LOCK",
+]
 
 FORMAT_VERSION = 2  # 2: weights-only (no pickled Python objects), per-rank RNG states, sha256 digest
 _DIGEST = "sha256"
@@ -86,8 +102,9 @@ def _torch_save(obj, tmp: str, path: str) -> None:
         if cause is None:
             raise
         if cause.errno == errno.EFBIG:
-            raise OSError(errno.EFBIG, f"file size limit reached (ulimit -f) while writing {path}; "
-                          "the previous file is intact") from e  # fmt: skip
+            raise OSError(
+                errno.EFBIG, f"file size limit reached (ulimit -f) while writing {path}; the previous file is intact"
+            ) from e
         raise cause from e  # atomic_file turns ENOSPC / EDQUOT into its one-line message
 
 
@@ -228,8 +245,10 @@ def check_schema(ck: Dict, path: str, schema: Optional[Dict[str, type]] = None) 
             raise CheckpointError(f"{path} is not a usable videomac checkpoint: it has no {key!r} entry")
         value = ck[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise CheckpointError(f"{path} is not a usable videomac checkpoint: its {key!r} entry is "
-                                  f"{type(value).__name__}, expected {kind.__name__}")  # fmt: skip
+            raise CheckpointError(
+                f"{path} is not a usable videomac checkpoint: its {key!r} entry is "
+                f"{type(value).__name__}, expected {kind.__name__}"
+            )
 
 
 def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tuple[Dict, str, List[str]]:

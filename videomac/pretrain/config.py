@@ -12,9 +12,18 @@ from typing import Dict, List, Optional
 from videomac.presets import PRESETS
 
 __all__ = [
-    "PretrainConfig", "resolve_config", "check_config", "videomac_stride", "checkpoint_candidates", "CHECKPOINT",
-    "ENCODER", "METRICS", "CONFIG", "SUMMARY", "SKIPPED",
-]  # fmt: skip
+    "PretrainConfig",
+    "resolve_config",
+    "check_config",
+    "videomac_stride",
+    "checkpoint_candidates",
+    "CHECKPOINT",
+    "ENCODER",
+    "METRICS",
+    "CONFIG",
+    "SUMMARY",
+    "SKIPPED",
+]
 
 CHECKPOINT = "checkpoint.pt"  # the newest checkpoint; older ones kept are checkpoint-<step>.pt
 ENCODER = "encoder.safetensors"
@@ -111,14 +120,32 @@ def checkpoint_candidates(run_dir: str) -> List[str]:
 
 # Settings a resumed run may change: how long it runs, how it is fed, logged and saved, and how its kernels
 # run. Every other setting (the method, the schedule's shape, the data) is the checkpoint's.
-MAY_CHANGE_ON_RESUME = frozenset({
-    "max_steps", "epochs", "stop_after", "num_workers", "log_every", "save_every", "keep_checkpoints", "vis_every",
-    "progress", "export", "device", "compile", "compile_mode", "gpu_decode", "deterministic", "output_dir", "resume",
-})  # fmt: skip
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "stop_after",
+        "num_workers",
+        "log_every",
+        "save_every",
+        "keep_checkpoints",
+        "vis_every",
+        "progress",
+        "export",
+        "device",
+        "compile",
+        "compile_mode",
+        "gpu_decode",
+        "deterministic",
+        "output_dir",
+        "resume",
+    }
+)
 
 
-def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[str] = None,
-                   trust_pickle: bool = False) -> PretrainConfig:  # fmt: skip
+def resolve_config(
+    values: Dict, preset: Optional[str] = None, resume: Optional[str] = None, trust_pickle: bool = False
+) -> PretrainConfig:
     """A run's config from explicit ``values`` (None = unset), over ``preset``'s recipe, over the defaults.
 
     ``resume``: a checkpoint, a run folder, or ``"auto"`` (the output folder's checkpoint). The config
@@ -165,8 +192,11 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
 
     ck, used, _ = load_latest(path, trust_pickle=trust_pickle)
     saved = {k: v for k, v in ck["config"].items() if k in fields}
-    differ = [f"{k}: {saved[k]!r} in the checkpoint, {v!r} given" for k, v in merged.items()
-              if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != v]  # fmt: skip
+    differ = [
+        f"{k}: {saved[k]!r} in the checkpoint, {v!r} given"
+        for k, v in merged.items()
+        if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != v
+    ]
     if differ:
         raise ValueError(
             f"--resume {resume}: a resumed run keeps the settings of its checkpoint {used}, and these differ: "
@@ -175,8 +205,12 @@ def resolve_config(values: Dict, preset: Optional[str] = None, resume: Optional[
     return PretrainConfig(**{**saved, **merged, "resume": path, "output_dir": run_dir})
 
 
-_BOUNDS = dict(ge=("at least", lambda v, b: v >= b), gt=("above", lambda v, b: v > b),
-               le=("at most", lambda v, b: v <= b), lt=("below", lambda v, b: v < b))  # fmt: skip
+_BOUNDS = dict(
+    ge=("at least", lambda v, b: v >= b),
+    gt=("above", lambda v, b: v > b),
+    le=("at most", lambda v, b: v <= b),
+    lt=("below", lambda v, b: v < b),
+)
 
 
 def _flag(name: str) -> str:
@@ -219,14 +253,18 @@ def check_config(cfg: PretrainConfig) -> None:
     if cfg.lr is not None and cfg.min_lr > cfg.lr:
         raise ValueError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the lr to the min-lr")
     if cfg.data is None and cfg.synthetic_frames <= cfg.gap:
-        raise ValueError(f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
-                         f"use at least {cfg.gap + 1}")  # fmt: skip
+        raise ValueError(
+            f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
+            f"use at least {cfg.gap + 1}"
+        )
     if cfg.model.startswith("videomac_"):
         patch = videomac_stride(cfg.model)
         if cfg.input_size % patch:
             ok = max(patch, round(cfg.input_size / patch) * patch)
-            raise ValueError(f"--input-size {cfg.input_size} must be a positive multiple of {cfg.model}'s patch size "
-                             f"{patch} (e.g. {ok})")  # fmt: skip
+            raise ValueError(
+                f"--input-size {cfg.input_size} must be a positive multiple of {cfg.model}'s patch size "
+                f"{patch} (e.g. {ok})"
+            )
         from videomac.masking import check_visible
 
         check_visible((cfg.input_size // patch,) * 2, cfg.mask_ratio, patch)

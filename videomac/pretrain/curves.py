@@ -59,8 +59,10 @@ def loss_curve_figure(records: Sequence[Dict], baseline: Optional[float] = 1.0, 
     x0, x1 = min(steps), max(max(steps), min(steps) + 1)
 
     def px(step, v):
-        return (left + (step - x0) / (x1 - x0) * (W - left - right),
-                top + (1 - (v - ymin) / (ymax - ymin)) * (H - top - bottom))  # fmt: skip
+        return (
+            left + (step - x0) / (x1 - x0) * (W - left - right),
+            top + (1 - (v - ymin) / (ymax - ymin)) * (H - top - bottom),
+        )
 
     d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
     for v in _nice_ticks(ymin, ymax):

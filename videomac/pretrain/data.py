@@ -361,8 +361,7 @@ class FrameFolderClip(Clip):
             return None
         cur.frames[t + g] = (d, b, im2)
         box, exact = crop_box(crop, (H, W), a.shape[:2]), not ds.jpeg_draft
-        pair = ds._out(crop_resize(a, box, ds.input_size, flip, exact),
-                       crop_resize(b, box, ds.input_size, flip, exact))  # fmt: skip
+        pair = ds._out(crop_resize(a, box, ds.input_size, flip, exact), crop_resize(b, box, ds.input_size, flip, exact))
         ds._release(key, cur, t, end)
         return pair
 
@@ -378,9 +377,7 @@ class VideoFileClip(Clip):
         self.decoded = False
 
     @classmethod
-    def probe(
-        cls, path: str, gap: int, short_side: Optional[int], skipped: Dict[str, str]
-    ) -> Optional[VideoFileClip]:
+    def probe(cls, path: str, gap: int, short_side: Optional[int], skipped: Dict[str, str]) -> Optional[VideoFileClip]:
         """Count the frames without decoding (:func:`decode.probe_video`); the clip, or ``None`` with the
         reason recorded in ``skipped``."""
         try:
@@ -467,8 +464,7 @@ class VideoFileClip(Clip):
         if len(got) < 2:
             return None
         box = crop_box(crop, (H, W), got[t].shape[:2])
-        return ds._out(crop_resize(got[t], box, ds.input_size, flip),
-                       crop_resize(got[t + g], box, ds.input_size, flip))  # fmt: skip
+        return ds._out(crop_resize(got[t], box, ds.input_size, flip), crop_resize(got[t + g], box, ds.input_size, flip))
 
     def _unit_pair(self, ds: FramePairDataset, c: int, t: int):
         """Pair ``t`` from its unit's open reader (decoding forward)."""

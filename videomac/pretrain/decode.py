@@ -98,8 +98,7 @@ def crop_resize(
         x = torch.from_numpy(a[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # channels-last view, no copy
     if (y1 - y0, x1 - x0) != tuple(out_hw):
         # torch's uint8 antialiased bicubic is PIL's (a = -0.5, support scaled on downscale)
-        x = torch.nn.functional.interpolate(x, size=tuple(out_hw), mode="bicubic", align_corners=False,
-                                            antialias=True)  # fmt: skip
+        x = torch.nn.functional.interpolate(x, size=tuple(out_hw), mode="bicubic", align_corners=False, antialias=True)
     if flip:
         x = x.flip(-1)
     return x[0].permute(1, 2, 0).numpy()
@@ -445,8 +444,9 @@ def decode_jpeg_crops(
     for n, (img, (i, j, h, w), flip) in enumerate(zip(imgs, crops, flips)):
         x = img[:, i : i + h, j : j + w].unsqueeze(0)
         if (h, w) != tuple(out_hw):
-            x = torch.nn.functional.interpolate(x.float(), size=out_hw, mode="bicubic", align_corners=False,
-                                                antialias=True)  # fmt: skip
+            x = torch.nn.functional.interpolate(
+                x.float(), size=out_hw, mode="bicubic", align_corners=False, antialias=True
+            )
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         if flip:
             x = x.flip(-1)

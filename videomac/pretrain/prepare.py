@@ -89,8 +89,11 @@ def _video_to_frames(src: str, dst_dir: str, short_side: int, quality: int) -> i
         stream.thread_type = "AUTO"
         for frame in c.decode(stream):
             tw, th = _target(frame.width, frame.height, short_side)
-            img = frame.to_image() if (tw, th) == (frame.width, frame.height) else frame.reformat(
-                width=tw, height=th, format="rgb24", interpolation="AREA").to_image()  # fmt: skip
+            img = (
+                frame.to_image()
+                if (tw, th) == (frame.width, frame.height)
+                else frame.reformat(width=tw, height=th, format="rgb24", interpolation="AREA").to_image()
+            )
             img.save(os.path.join(dst_dir, f"{n:05d}.jpg"), quality=quality)
             n += 1
     if n == 0:
@@ -115,8 +118,11 @@ def _video_to_mp4(src: str, dst: str, short_side: int, gop: int) -> int:
                 enc = out.add_stream(codec, rate=rate)
                 enc.width, enc.height, enc.pix_fmt = tw, th, "yuv420p"
                 if codec == "libx264":
-                    enc.options = {"crf": "18", "preset": "veryfast",
-                                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}  # fmt: skip
+                    enc.options = {
+                        "crf": "18",
+                        "preset": "veryfast",
+                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+                    }
                 else:
                     enc.options = {"g": str(gop), "qscale": "3"}
             f = frame.reformat(width=tw, height=th, format="yuv420p", interpolation="AREA")

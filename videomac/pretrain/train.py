@@ -154,8 +154,9 @@ def _uses_units(dataset) -> bool:
     return units is not None and any(hi - lo > 1 for lo, hi in units)
 
 
-def _epoch_plan(dataset, seed: int, world: int, rank: int, batch_size: int, workers: int,
-                usable: int) -> Callable[[int], List[int]]:  # fmt: skip
+def _epoch_plan(
+    dataset, seed: int, world: int, rank: int, batch_size: int, workers: int, usable: int
+) -> Callable[[int], List[int]]:
     """This rank's full batches of each epoch, with the epoch order dealt to ``workers`` (the resumed run's).
     A closure without a reference to the trainer: the loader holds it through its sampler, and a cycle back
     to the loader would keep its workers alive after the run."""
@@ -179,8 +180,9 @@ def _make_loader(dataset, sampler: EpochSampler, batch_size: int, num_workers: O
     # workers (None: from the CPU count), persistent + prefetching, pinned memory on CUDA, uint8 batches;
     # its own generator: creating an iterator must not draw from the global RNG, or a resumed epoch
     # (new iterator mid-epoch) would diverge from an uninterrupted one.
-    return make_loader(dataset, sampler, batch_size, num_workers, seed, device=device,
-                       worker_init_fn=_ignore_stop_signals)  # fmt: skip
+    return make_loader(
+        dataset, sampler, batch_size, num_workers, seed, device=device, worker_init_fn=_ignore_stop_signals
+    )
 
 
 def _rng_state() -> Dict:
@@ -189,10 +191,15 @@ def _rng_state() -> Dict:
     version, mt, gauss_next = random.getstate()
     state = dict(
         torch=torch.get_rng_state(),
-        numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
-                   has_gauss=int(has_gauss), cached_gaussian=float(gauss)),
+        numpy=dict(
+            kind=kind,
+            keys=torch.from_numpy(keys.astype(np.int64)),
+            pos=int(pos),
+            has_gauss=int(has_gauss),
+            cached_gaussian=float(gauss),
+        ),
         python=dict(version=version, state=torch.tensor(mt, dtype=torch.int64), gauss_next=gauss_next),
-    )  # fmt: skip
+    )
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -310,15 +317,18 @@ class _Trainer:
         self.warmup_steps = min(self.warmup_steps, self.total_steps // 2)
         self.base_lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
         if cfg.min_lr > self.base_lr:
-            raise ValueError(f"--min-lr {cfg.min_lr} is above the lr {self.base_lr:g} (--blr {cfg.blr} x "
-                             f"effective batch {self.eff_batch} / 256): the schedule decays from the lr to the min-lr")
+            raise ValueError(
+                f"--min-lr {cfg.min_lr} is above the lr {self.base_lr:g} (--blr {cfg.blr} x "
+                f"effective batch {self.eff_batch} / 256): the schedule decays from the lr to the min-lr"
+            )
         half = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
         self._autocast = dict(device_type=env.device.type, dtype=half, enabled=cfg.amp != "none")
 
         self.model = build_model(cfg).to(env.device)
         # no visible patch: the encoder would see nothing and get no gradient
-        check_visible(grid_size((cfg.input_size, cfg.input_size), self.model.patch_size), cfg.mask_ratio,
-                      self.model.patch_size)  # fmt: skip
+        check_visible(
+            grid_size((cfg.input_size, cfg.input_size), self.model.patch_size), cfg.mask_ratio, self.model.patch_size
+        )
         self.optimizer = build_optimizer(self.model, self.base_lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
         self.ddp = self.model
@@ -393,17 +403,22 @@ class _Trainer:
             self.optimizer.load_state_dict(ck["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             keys = ("decoder_dim", "decoder_depth", "motion_weight", "backend")
-            diff = [f"{k}: {saved.get(k)!r} there, {getattr(self.cfg, k)!r} here" for k in keys
-                    if k in saved and saved.get(k) != getattr(self.cfg, k)]  # fmt: skip
+            diff = [
+                f"{k}: {saved.get(k)!r} there, {getattr(self.cfg, k)!r} here"
+                for k in keys
+                if k in saved and saved.get(k) != getattr(self.cfg, k)
+            ]
             why = "; ".join(diff) if diff else str(e).strip().splitlines()[0][:300]
             raise ValueError(f"checkpoint {used} does not fit this run's model ({why})") from None
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch, self.micro_done = ck["step"], ck["epoch"], ck["micro_done"]
         saved_workers = int(ck.get("order_workers", self.order_workers))
         if saved_workers != self.order_workers and self.env.main and _uses_units(self.dataset):
-            print(f"note: keeping the epoch order of the saved run, dealt to {saved_workers} DataLoader worker(s); "
-                  f"with {self.order_workers} here some units are decoded by two workers (slower, same samples)",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"note: keeping the epoch order of the saved run, dealt to {saved_workers} DataLoader worker(s); "
+                f"with {self.order_workers} here some units are decoded by two workers (slower, same samples)",
+                file=sys.stderr,
+            )
         self.order_workers = saved_workers
         self.saved_step = ck["step"] if os.path.basename(used) == CHECKPOINT else None
         rng = ck.get("rng")
@@ -412,8 +427,11 @@ class _Trainer:
         elif isinstance(rng, list) and len(rng) == self.env.world:
             _set_rng_state(rng[self.env.rank])
         elif self.env.main:
-            print(f"note: {used} was written by {ck.get('world_size', 1)} process(es), this run has "
-                  f"{self.env.world}: the RNG streams restart (the run is not bit-exact)", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {used} was written by {ck.get('world_size', 1)} process(es), this run has "
+                f"{self.env.world}: the RNG streams restart (the run is not bit-exact)",
+                file=sys.stderr,
+            )
 
     # -- the loop: named steps -----------------------------------------------------------------------
     def run(self) -> Dict:
@@ -463,8 +481,9 @@ class _Trainer:
         self._metrics = open(os.path.join(self.out, METRICS), "a") if env.main else None
         self.tb = _tensorboard(self.out) if env.main else None
         # a bar on a terminal; one plain line per logging interval in batch jobs (stderr a file or pipe)
-        self._bar = ProgressLog(self.total_steps, self.step, f"pretrain {cfg.model}",
-                                mode="auto" if (env.main and cfg.progress) else "off")  # fmt: skip
+        self._bar = ProgressLog(
+            self.total_steps, self.step, f"pretrain {cfg.model}", mode="auto" if (env.main and cfg.progress) else "off"
+        )
 
     def _close_outputs(self) -> None:
         self._bar.close()
@@ -561,8 +580,9 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        momentum = ema_momentum(self.step, self.total_steps, cfg.ema_base, cfg.ema_final, cfg.ema_schedule,
-                                self.steps_per_epoch)  # fmt: skip
+        momentum = ema_momentum(
+            self.step, self.total_steps, cfg.ema_base, cfg.ema_final, cfg.ema_schedule, self.steps_per_epoch
+        )
         self.model.update_target(momentum)
         self.step += 1
         self._bar.update(1)
@@ -578,8 +598,15 @@ class _Trainer:
         if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
             w = self._window
             elapsed = max(time.perf_counter() - w.t0, 1e-9)
-            self._log(self._metrics, self._bar, dict(w.sums, n=w.micro), self._lr, momentum, w.pairs / elapsed,
-                      min(1.0, w.waited / elapsed))  # fmt: skip
+            self._log(
+                self._metrics,
+                self._bar,
+                dict(w.sums, n=w.micro),
+                self._lr,
+                momentum,
+                w.pairs / elapsed,
+                min(1.0, w.waited / elapsed),
+            )
             self._window = _Window()
 
     def _done(self) -> bool:
@@ -591,8 +618,11 @@ class _Trainer:
         if self.stop_requested and not name:
             msg = "stop requested by another process"
         if self.env.main:
-            print(f"{msg}: stopped at step {self.step}/{self.total_steps} with a checkpoint; "
-                  f"resume with --resume {self.out}", file=sys.stderr)  # fmt: skip
+            print(
+                f"{msg}: stopped at step {self.step}/{self.total_steps} with a checkpoint; "
+                f"resume with --resume {self.out}",
+                file=sys.stderr,
+            )
         out = dict(step=self.step, stopped=True, checkpoint=self.ckpt_path, signal=name)
         out.update(self._skipped_summary())
         return out
@@ -606,7 +636,6 @@ class _Trainer:
         lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
         what = lines[-1][:300] if lines else type(e).__name__  # a worker's error: its last line is the cause
         return f"loading training data failed at step {self.step} (epoch {self.epoch}): {what}. {self._where()}"
-
 
     def _skipped(self) -> Dict[str, str]:
         """Inputs skipped so far: at dataset construction, and while loading (any process's log)."""
@@ -644,8 +673,11 @@ class _Trainer:
         self.stop_requested, self.stop_signal = True, signum
         if self.env.main:
             again = " (Ctrl-C again to abort without one)" if signum == signal.SIGINT else ""
-            print(f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a checkpoint{again}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a checkpoint{again}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _should_stop(self, start_step: int) -> bool:
         stop = self.stop_requested or (
@@ -659,8 +691,9 @@ class _Trainer:
 
     def _log(self, log, bar, sums: Dict, lr: float, momentum: float, rate: float, data_wait: float) -> None:
         n = max(1, sums.pop("n", 1))
-        means = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.env.device) / n
-                             for k in sorted(sums)])  # fmt: skip
+        means = torch.stack(
+            [torch.as_tensor(sums[k], dtype=torch.float64, device=self.env.device) / n for k in sorted(sums)]
+        )
         means = self.env.mean(means).cpu()
         rec = dict(step=self.step, epoch=self.epoch)
         rec.update({k: float(v) for k, v in zip(sorted(sums), means)})
@@ -718,16 +751,19 @@ class _Trainer:
                 summary["figure"] = self._figure(last_batch, "reconstruction.png")
             metrics = os.path.join(self.out, METRICS)
             if os.path.exists(metrics) and os.path.getsize(metrics):
-                summary["loss_curve"] = save_loss_curve(metrics, os.path.join(self.out, "loss.png"),
-                                                        self.cfg.norm_pix_loss)  # fmt: skip
+                summary["loss_curve"] = save_loss_curve(
+                    metrics, os.path.join(self.out, "loss.png"), self.cfg.norm_pix_loss
+                )
             if self.cfg.export:
                 summary["encoder"] = os.path.join(self.out, ENCODER)
                 save_encoder(self.model, summary["encoder"])
             with open(os.path.join(self.out, SUMMARY), "w") as f:
                 json.dump(summary, f, indent=2)
             if summary["skipped_count"]:
-                print(f"skipped {summary['skipped_count']} unusable input(s); see {os.path.join(self.out, SUMMARY)}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"skipped {summary['skipped_count']} unusable input(s); see {os.path.join(self.out, SUMMARY)}",
+                    file=sys.stderr,
+                )
         if not in_sync:
             raise RuntimeError("online weights differ across ranks at the end of training")
         env.barrier()

@@ -19,9 +19,12 @@ from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
 from videomac.pretrain.model import patch_mean_std
 
 __all__ = [
-    "COLUMN_TITLES", "reconstruction_panels", "reconstruction_figure", "save_reconstruction_figure",
+    "COLUMN_TITLES",
+    "reconstruction_panels",
+    "reconstruction_figure",
+    "save_reconstruction_figure",
     "visualize_checkpoint",
-]  # fmt: skip
+]
 
 COLUMN_TITLES = ("frame 1", "frame 2", "masked input", "online recon", "target recon")
 _PAD = 4
@@ -125,8 +128,9 @@ def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
     return fig
 
 
-def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0,
-                         trust_pickle: bool = False) -> str:  # fmt: skip
+def visualize_checkpoint(
+    checkpoint: str, video: str, out: str, rows: int = 4, input_size=None, seed: int = 0, trust_pickle: bool = False
+) -> str:
     """Reconstruction figure of ``rows`` random frame pairs of ``video`` under a checkpoint's model
     (loaded weights-only unless ``trust_pickle``)."""
     from videomac.pretrain.checkpoint import load_pretrainer
@@ -143,7 +147,14 @@ def visualize_checkpoint(checkpoint: str, video: str, out: str, rows: int = 4, i
     with torch.no_grad():
         result = model(frame1, frame2)
     save_reconstruction_figure(
-        out, frame1, frame2, result["mask"], result["pred_online"], result["pred_target"],
-        patch_size=model.patch_size, norm_pix_loss=cfg.norm_pix_loss, max_rows=rows,
-    )  # fmt: skip
+        out,
+        frame1,
+        frame2,
+        result["mask"],
+        result["pred_online"],
+        result["pred_target"],
+        patch_size=model.patch_size,
+        norm_pix_loss=cfg.norm_pix_loss,
+        max_rows=rows,
+    )
     return out

@@ -20,9 +20,15 @@ from timm.layers import DropPath
 from timm.layers import activations as timm_act
 
 __all__ = [
-    "BlockParts", "register_sparse_container", "register_block", "is_container", "block_parts", "dense_class",
-    "layer_list", "ZERO_PRESERVING",
-]  # fmt: skip
+    "BlockParts",
+    "register_sparse_container",
+    "register_block",
+    "is_container",
+    "block_parts",
+    "dense_class",
+    "layer_list",
+    "ZERO_PRESERVING",
+]
 
 
 class BlockParts(NamedTuple):
@@ -37,10 +43,25 @@ class BlockParts(NamedTuple):
 
 # Position-wise layers that map 0 to 0: they keep masked positions at zero unconverted.
 ZERO_PRESERVING = (
-    nn.Identity, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Tanh, nn.Hardswish, nn.Mish, nn.Dropout,
-    DropPath, timm_act.GELU, timm_act.GELUTanh, timm_act.Swish, timm_act.Mish, timm_act.QuickGELU,
-    timm_act.HardSwish, timm_act.Tanh,
-)  # fmt: skip
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Dropout,
+    DropPath,
+    timm_act.GELU,
+    timm_act.GELUTanh,
+    timm_act.Swish,
+    timm_act.Mish,
+    timm_act.QuickGELU,
+    timm_act.HardSwish,
+    timm_act.Tanh,
+)
 
 _CONTAINERS = {nn.Sequential, nn.ModuleList, nn.ModuleDict}
 _BLOCKS: Dict[Type[nn.Module], Callable[[nn.Module], Optional[BlockParts]]] = {}

@@ -45,9 +45,18 @@ from torch import Tensor
 from videomac.sparse.context import MaskContext
 
 __all__ = [
-    "Layout", "layout", "ConvGeom", "conv_geom", "plan", "conv2d", "max_pool2d", "gemm_conv", "gemm_conv_backward",
-    "tile_conv", "tile_conv_backward",
-]  # fmt: skip
+    "Layout",
+    "layout",
+    "ConvGeom",
+    "conv_geom",
+    "plan",
+    "conv2d",
+    "max_pool2d",
+    "gemm_conv",
+    "gemm_conv_backward",
+    "tile_conv",
+    "tile_conv_backward",
+]
 
 HW = Tuple[int, int]
 
@@ -451,9 +460,17 @@ def _(x, weight, bias, tidx, block, tile, groups):
 
 @torch.library.custom_op("videomac::tile_conv_backward", mutates_args=())
 def tile_conv_backward(
-    g: Tensor, x: Tensor, weight: Tensor, tidx: Tensor, block: List[int], tile: List[int], groups: int,
-    dw_method: str, need_input: bool, need_weight: bool,
-) -> Tuple[Tensor, Tensor]:  # fmt: skip
+    g: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    tidx: Tensor,
+    block: List[int],
+    tile: List[int],
+    groups: int,
+    dw_method: str,
+    need_input: bool,
+    need_weight: bool,
+) -> Tuple[Tensor, Tensor]:
     """The input and weight gradients of :func:`tile_conv` (each empty where not needed)."""
     (bh, bw), (th, tw) = block, tile
     m = tidx.numel() // (th * tw)
