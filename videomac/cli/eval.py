@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from videomac.eval.propagation import PropagationConfig
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -30,12 +32,8 @@ def register(subparsers) -> None:
         )
         b.add_argument("--stride", type=int, default=None, help="output stride (default 8)")
         b.add_argument("--half", action="store_true", help="bf16 features on CUDA")
-        b.add_argument("--n-context", type=int, default=20)
-        b.add_argument("--radius", type=float, default=12.0)
-        b.add_argument("--topk", type=int, default=10)
-        b.add_argument("--temperature", type=float, default=0.05)
-        b.add_argument("--restrict-first", action="store_true",
-                       help="apply the spatial radius to the first frame too (CRW searches it globally)")  # fmt: skip
+        for flag, kwargs in PropagationConfig.options():
+            b.add_argument(flag, **kwargs)
         b.add_argument("--batch-size", type=int, default=8, help="frames per encoder forward")
         b.add_argument("--overlay-frames", type=int, default=6, help="frames per overlay contact sheet (0: none)")
         b.add_argument("--no-progress", action="store_true")
@@ -60,8 +58,7 @@ def main(args: argparse.Namespace) -> int:
     stage = None if args.stage in (None, "", "auto") else args.stage
     metrics, keys = run_benchmark(
         args.benchmark, args.model, args.root, args.out, weights=args.weights, device=args.device,
-        stage=stage, stride=args.stride, half=args.half, n_context=args.n_context, radius=args.radius,
-        topk=args.topk, temperature=args.temperature, restrict_first=args.restrict_first,
+        stage=stage, stride=args.stride, half=args.half, config=PropagationConfig.from_args(args),
         batch_size=args.batch_size, overlay_frames=args.overlay_frames, progress=not args.no_progress, **extra,
     )  # fmt: skip
     print(json.dumps({k: round(float(metrics[k]), 6) for k in keys}))

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Tuple, Union
 
+from videomac.eval.propagation import PropagationConfig
 from videomac.eval.track import DEFAULT_MODEL
 
 
@@ -51,10 +52,8 @@ def register(subparsers) -> None:
         "--stage", default=None, help="feature module (default: the last stage, layer4 / stages.3, at stride 8)"
     )
     p.add_argument("--stride", type=int, default=None, help="feature stride (default 8)")
-    p.add_argument("--n-context", type=int, default=20)
-    p.add_argument("--radius", type=float, default=12.0)
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--temperature", type=float, default=0.05)
+    for flag, kwargs in PropagationConfig.options():
+        p.add_argument(flag, **kwargs)
     p.add_argument("--batch-size", type=int, default=4, help="frames per encoder forward")
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
     p.add_argument("--no-overlay", action="store_true", help="write the PNGs only")
@@ -68,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
 
     s = track_video(
         args.video, args.mask, args.out, model=args.model, weights=args.weights, pretrained=args.pretrained,
-        device=args.device, half=args.half, stage=args.stage, stride=args.stride, n_context=args.n_context,
-        radius=args.radius, topk=args.topk, temperature=args.temperature, size=args.size,
+        device=args.device, half=args.half, stage=args.stage, stride=args.stride,
+        config=PropagationConfig.from_args(args), size=args.size,
         batch_size=args.batch_size, overlay=not args.no_overlay, alpha=args.alpha, max_frames=args.max_frames,
         progress=not args.no_progress,
     )  # fmt: skip

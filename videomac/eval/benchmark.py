@@ -25,18 +25,16 @@ def run_benchmark(
     stage: Optional[str] = None,
     stride: Optional[int] = None,
     half: bool = False,
-    n_context: int = 20,
-    radius: float = 12.0,
-    topk: int = 10,
-    temperature: float = 0.05,
-    restrict_first: bool = False,
+    config=None,
     **kwargs,
 ) -> Tuple[Dict[str, float], List[str]]:
     """Label propagation with a frozen encoder on ``benchmark`` (``davis``, ``vip`` or ``jhmdb``).
 
+    ``config``: a :class:`~videomac.eval.propagation.PropagationConfig` (default: CRW's protocol).
     ``device`` None: CUDA when available; ``half``: bf16 features on CUDA. ``kwargs`` go to the
-    benchmark's runner (``run_davis``, ``run_vip``, ``run_jhmdb``). Returns the metrics and the keys
-    that benchmark reports.
+    benchmark's runner (``run_davis``, ``run_vip``, ``run_jhmdb``); numeric ones are range-checked
+    (:data:`videomac.eval.settings.RUN_SETTINGS`) before anything is built. Returns the metrics and the
+    keys that benchmark reports.
     """
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; available: {', '.join(BENCHMARKS)}")
@@ -46,15 +44,14 @@ def run_benchmark(
     from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import PropagationConfig
     from videomac.eval.runner import run_davis, run_jhmdb, run_vip
+    from videomac.eval.settings import check_settings, resolve_device
 
+    check_settings(stride=stride, **kwargs)
     check_output_folder(out, [root])  # before the encoder is built; the runner also checks the dataset's folders
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    device = resolve_device(device)
     dtype = torch.bfloat16 if half and device.startswith("cuda") else torch.float32
     extractor = FeatureExtractor(model, stage=stage, stride=stride, weights=weights, device=device, dtype=dtype)
-    config = PropagationConfig(n_context=n_context, radius=radius, topk=topk, temperature=temperature,
-                               restrict_first=restrict_first)  # fmt: skip
+    config = config or PropagationConfig()
     print(f"encoder: {extractor.describe()}  device: {device}", file=sys.stderr)
     runner = dict(davis=run_davis, vip=run_vip, jhmdb=run_jhmdb)[benchmark]
     return runner(extractor, root, out, config=config, **kwargs), BENCHMARKS[benchmark]

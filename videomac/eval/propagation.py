@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+
+from videomac.eval.settings import Range, check_number, flag
 
 __all__ = [
     "PropagationConfig",
@@ -37,19 +39,48 @@ __all__ = [
 ]
 
 
+def _setting(default, rng: Range, help: str):
+    return field(default=default, metadata=dict(range=rng, help=help))
+
+
 @dataclass(frozen=True)
 class PropagationConfig:
-    """CRW's label-propagation hyper-parameters (``--videoLen 20 --radius 12 --topk 10 --temperature 0.05``)."""
+    """CRW's label-propagation hyper-parameters (``--videoLen 20 --radius 12 --topk 10 --temperature 0.05``).
 
-    n_context: int = 20
-    radius: float = 12.0
-    topk: int = 10
-    temperature: float = 0.05
-    restrict_first: bool = False
+    The one definition of their defaults and ranges: ``videomac eval`` and ``videomac propagate`` build
+    their options from these fields (:meth:`options`). An out-of-range value is a ``ValueError`` naming
+    the flag (the radius is capped because the search window grows with its square)."""
+
+    n_context: int = _setting(20, Range(0, 200, integer=True, unit="frames"), "previous frames used as context")
+    radius: float = _setting(12.0, Range(0, 64, lo_open=True, unit="feature cells"),
+                             "spatial search radius around each position, in feature cells")  # fmt: skip
+    topk: int = _setting(10, Range(1, 1000, integer=True), "context positions averaged per query")
+    temperature: float = _setting(0.05, Range(0, 100, lo_open=True), "softmax temperature of the top-k affinities")
+    restrict_first: bool = field(default=False, metadata=dict(
+        help="apply the spatial radius to the first frame too (CRW searches it globally)"))  # fmt: skip
 
     def __post_init__(self):
-        if self.n_context < 0 or self.topk < 1 or self.temperature <= 0 or self.radius <= 0:
-            raise ValueError(f"invalid propagation config: {self}")
+        for f in fields(self):
+            if "range" in f.metadata:
+                check_number(f.name, getattr(self, f.name), f.metadata["range"])
+
+    @classmethod
+    def options(cls) -> List[Tuple[str, Dict]]:
+        """``(flag, argparse keyword arguments)`` for each field, defaults and help from the fields."""
+        out = []
+        for f in fields(cls):
+            if f.type in (bool, "bool"):
+                out.append((flag(f.name), dict(action="store_true", help=f.metadata["help"])))
+                continue
+            kind = int if f.metadata["range"].integer else float
+            out.append((flag(f.name), dict(type=kind, default=f.default, help=f"{f.metadata['help']} "
+                                           f"(default {f.default:g}; {f.metadata['range'].describe()})")))  # fmt: skip
+        return out
+
+    @classmethod
+    def from_args(cls, args) -> PropagationConfig:
+        """The config of parsed :meth:`options` (an ``argparse.Namespace``)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 def context_indices(t: int, n_context: int) -> List[int]:
@@ -266,17 +297,6 @@ def propagate(
     first = next(it)
     prop = LabelPropagator(first, first_labels, config, **kwargs)
     return torch.stack([first_labels.to(prop.device)] + [prop.step(f) for f in it])
-
-
-def iter_propagate(
-    feats: Iterable[torch.Tensor], first_labels: torch.Tensor, config: Optional[PropagationConfig] = None, **kwargs
-) -> Iterator[torch.Tensor]:
-    """Streaming form of :func:`propagate`: yields ``first_labels`` then each frame's maps."""
-    it = iter(feats)
-    prop = LabelPropagator(next(it), first_labels, config, **kwargs)
-    yield first_labels.to(prop.device)
-    for f in it:
-        yield prop.step(f)
 
 
 @torch.no_grad()

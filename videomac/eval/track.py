@@ -176,28 +176,27 @@ def track_video(
     half: bool = False,
     stage: Optional[str] = None,
     stride: Optional[int] = None,
-    n_context: int = 20,
-    radius: float = 12.0,
-    topk: int = 10,
-    temperature: float = 0.05,
+    config=None,
     **kwargs,
 ) -> Dict[str, object]:
     """:func:`propagate_video` with the encoder built from a name: checks the video and mask first (so
     mistakes fail in a second, not after model setup), then builds the feature extractor
-    (``device`` None: CUDA when available; ``half``: bf16 features on CUDA). ``kwargs`` go to
-    :func:`propagate_video`."""
+    (``device`` None: CUDA when available; ``half``: bf16 features on CUDA). ``config``: a
+    :class:`~videomac.eval.propagation.PropagationConfig` (default: CRW's protocol). ``kwargs`` go to
+    :func:`propagate_video`; numeric ones are range-checked first (:data:`videomac.eval.settings.RUN_SETTINGS`)."""
     import torch
 
     from videomac.eval.annotations import read_mask
     from videomac.eval.features import FeatureExtractor, create_encoder
     from videomac.eval.outputs import check_output_folder
     from videomac.eval.propagation import PropagationConfig
+    from videomac.eval.settings import check_settings, resolve_device
     from videomac.eval.video import FrameReader
     from videomac.pretrained import WeightsNotPublishedError
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but CUDA is not available")
+    check_settings(stride=stride, **{k: v for k, v in kwargs.items() if k != "size"})  # size: processing_size
+    config = config or PropagationConfig()
+    device = resolve_device(device)
     reader = FrameReader(video)
     check_output_folder(out_dir, [video, mask])
     read_mask(mask)
@@ -212,5 +211,4 @@ def track_video(
     dtype = torch.bfloat16 if half and device.startswith("cuda") else torch.float32
     extractor = FeatureExtractor(encoder, stage=stage, stride=stride, device=device, dtype=dtype)
     extractor.model_name = model
-    config = PropagationConfig(n_context=n_context, radius=radius, topk=topk, temperature=temperature)
     return propagate_video(video, mask, out_dir, extractor=extractor, config=config, **kwargs)
