@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -306,8 +306,3 @@ class FeatureExtractor(nn.Module):
             out["post_norm"] = self.post_norm
         out["natural_stride"] = self.natural_stride
         return out
-
-
-def feature_size(size: Sequence[int], stride: int) -> Tuple[int, int]:
-    """Nominal feature-map size ``ceil(H / stride), ceil(W / stride)``."""
-    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)
