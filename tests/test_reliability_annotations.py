@@ -157,3 +157,23 @@ def test_a_video_or_sequence_listed_twice_is_refused(davis, tmp_path, capsys):
         == 2
     )
     assert "val_videos.txt:2: video 'v1' is listed twice (first at line 1)" in one_line_error(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--radius", "1e9"),
+        ("--radius", "nan"),
+        ("--n-context", "-1"),
+        ("--topk", "0"),
+        ("--temperature", "inf"),
+        ("--batch-size", "0"),
+        ("--stride", "0"),
+        ("--device", "foo"),
+    ],
+)
+def test_out_of_range_numeric_flags_are_one_line(davis, tmp_path, capsys, flag, value):
+    root, _ = davis
+    args = ["eval", "davis", "--model", "resnet18", "--root", str(root), "--out", str(tmp_path / "o")]
+    assert main([*args, "--no-progress", flag, value]) == 2
+    assert flag in one_line_error(capsys.readouterr().err)
