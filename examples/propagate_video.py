@@ -15,10 +15,11 @@ import os
 import numpy as np
 import torch
 
+from videomac.eval.annotations import read_mask
 from videomac.eval.datasets import write_label_png
 from videomac.eval.features import FeatureExtractor
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
-from videomac.eval.video import FrameReader, read_mask
+from videomac.eval.video import FrameReader
 
 
 def main():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from videomac.eval.propagation import PropagationConfig
+from videomac.eval.settings import PropagationConfig
 
 
 def register(subparsers) -> None:

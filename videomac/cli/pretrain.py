@@ -193,7 +193,12 @@ def main(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = resolve_config(values, preset=args.preset, resume=args.resume_from, trust_pickle=args.trust_pickle)
+    if args.resume_from:
+        from videomac.pretrain.checkpoint import resume_config  # torch: only to resume
+
+        cfg = resume_config(values, preset=args.preset, resume=args.resume_from, trust_pickle=args.trust_pickle)
+    else:
+        cfg = resolve_config(values, preset=args.preset)
     check_config(cfg)  # before any model or data is built (torch only if resuming)
 
     from videomac.pretrain.train import pretrain

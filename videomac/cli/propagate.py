@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Tuple, Union
 
-from videomac.eval.propagation import PropagationConfig
+from videomac.eval.settings import PropagationConfig
 from videomac.eval.track import DEFAULT_MODEL
 
 

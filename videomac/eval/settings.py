@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
 
-__all__ = ["Range", "RUN_SETTINGS", "check_number", "check_settings", "flag", "resolve_device"]
+__all__ = ["PropagationConfig", "Range", "RUN_SETTINGS", "check_number", "check_settings", "flag", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,59 @@ def resolve_device(device: Optional[str]) -> str:
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device} requested but CUDA is not available")
     return device
+
+
+def _setting(default, rng: Range, help: str):
+    return field(default=default, metadata=dict(range=rng, help=help))
+
+
+@dataclass(frozen=True)
+class PropagationConfig:
+    """CRW's label-propagation hyper-parameters (``--videoLen 20 --radius 12 --topk 10 --temperature 0.05``).
+
+    The one definition of their defaults and ranges: ``videomac eval`` and ``videomac propagate`` build
+    their options from these fields (:meth:`options`). An out-of-range value is a ``ValueError`` naming
+    the flag (the radius is capped because the search window grows with its square)."""
+
+    n_context: int = _setting(20, Range(0, 200, integer=True, unit="frames"), "previous frames used as context")
+    radius: float = _setting(
+        12.0,
+        Range(0, 64, lo_open=True, unit="feature cells"),
+        "spatial search radius around each position, in feature cells",
+    )
+    topk: int = _setting(10, Range(1, 1000, integer=True), "context positions averaged per query")
+    temperature: float = _setting(0.05, Range(0, 100, lo_open=True), "softmax temperature of the top-k affinities")
+    restrict_first: bool = field(
+        default=False, metadata=dict(help="apply the spatial radius to the first frame too (CRW searches it globally)")
+    )
+
+    def __post_init__(self):
+        for f in fields(self):
+            if "range" in f.metadata:
+                check_number(f.name, getattr(self, f.name), f.metadata["range"])
+
+    @classmethod
+    def options(cls) -> List[Tuple[str, Dict]]:
+        """``(flag, argparse keyword arguments)`` for each field, defaults and help from the fields."""
+        out = []
+        for f in fields(cls):
+            if f.type in (bool, "bool"):
+                out.append((flag(f.name), dict(action="store_true", help=f.metadata["help"])))
+                continue
+            kind = int if f.metadata["range"].integer else float
+            out.append(
+                (
+                    flag(f.name),
+                    dict(
+                        type=kind,
+                        default=f.default,
+                        help=f"{f.metadata['help']} (default {f.default:g}; {f.metadata['range'].describe()})",
+                    ),
+                )
+            )
+        return out
+
+    @classmethod
+    def from_args(cls, args) -> PropagationConfig:
+        """The config of parsed :meth:`options` (an ``argparse.Namespace``)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})

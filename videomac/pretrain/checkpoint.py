@@ -39,10 +39,21 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from videomac.files import atomic_file
-from videomac.pretrain.config import CHECKPOINT, CONFIG, METRICS, SUMMARY, PretrainConfig, checkpoint_candidates
+from videomac.pretrain.config import (
+    CHECKPOINT,
+    CONFIG,
+    MAY_CHANGE_ON_RESUME,
+    METRICS,
+    SUMMARY,
+    PretrainConfig,
+    checkpoint_candidates,
+    merge_settings,
+    resume_target,
+)
 from videomac.pretrain.model import VideoMAC
 
 __all__ = [
+    "resume_config",
     "atomic_save",
     "save_encoder",
     "load_checkpoint",
@@ -398,3 +409,29 @@ def run_lock(folder: str) -> Iterator[str]:
     finally:
         _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+def resume_config(
+    values: Dict, preset: Optional[str] = None, resume: str = "auto", trust_pickle: bool = False
+) -> PretrainConfig:
+    """A resumed run's config: the one saved in the newest intact checkpoint of ``resume`` (a checkpoint, a
+    run folder, or ``"auto"``: the output folder's), not ``config.json``. ``values`` (None = unset) and
+    ``preset`` may change only :data:`~videomac.pretrain.config.MAY_CHANGE_ON_RESUME`; any other setting
+    that differs is refused, naming each. See :func:`~videomac.pretrain.config.resume_target` for the
+    folder rules."""
+    merged = merge_settings(values, preset)
+    path, run_dir = resume_target(merged, resume)
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    ck, used, _ = load_latest(path, trust_pickle=trust_pickle)
+    saved = {k: v for k, v in ck["config"].items() if k in fields}
+    differ = [
+        f"{k}: {saved[k]!r} in the checkpoint, {v!r} given"
+        for k, v in merged.items()
+        if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != v
+    ]
+    if differ:
+        raise ValueError(
+            f"--resume {resume}: a resumed run keeps the settings of its checkpoint {used}, and these differ: "
+            f"{'; '.join(differ)} (drop them, or start a new run in another --output-dir)"
+        )
+    return PretrainConfig(**{**saved, **merged, "resume": path, "output_dir": run_dir})

@@ -7,13 +7,15 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from videomac.presets import PRESETS
 
 __all__ = [
     "PretrainConfig",
     "resolve_config",
+    "merge_settings",
+    "resume_target",
     "check_config",
     "videomac_stride",
     "checkpoint_candidates",
@@ -143,19 +145,15 @@ MAY_CHANGE_ON_RESUME = frozenset(
 )
 
 
-def resolve_config(
-    values: Dict, preset: Optional[str] = None, resume: Optional[str] = None, trust_pickle: bool = False
-) -> PretrainConfig:
-    """A run's config from explicit ``values`` (None = unset), over ``preset``'s recipe, over the defaults.
+def resolve_config(values: Dict, preset: Optional[str] = None) -> PretrainConfig:
+    """A fresh run's config from explicit ``values`` (None = unset), over ``preset``'s recipe, over the
+    defaults. A resumed run's config is :func:`videomac.pretrain.checkpoint.resume_config` (the
+    checkpoint's own config is the truth; reading it needs torch, which this module does not import)."""
+    return PretrainConfig(**merge_settings(values, preset))
 
-    ``resume``: a checkpoint, a run folder, or ``"auto"`` (the output folder's checkpoint). The config
-    saved in the newest intact checkpoint is the truth (not ``config.json``): ``values`` may change only
-    :data:`MAY_CHANGE_ON_RESUME`; any other differing setting is refused, naming each. An older
-    ``checkpoint-<step>.pt`` while a newer checkpoint exists is refused (resuming it would overwrite the
-    newer one). The folder holding the checkpoint is the run: it is where the resumed run writes,
-    whatever ``output_dir`` was recorded (a copied or moved run stays where it is); an explicit,
-    different ``output_dir`` is refused.
-    """
+
+def merge_settings(values: Dict, preset: Optional[str] = None) -> Dict:
+    """The given ``values`` (None = unset) over ``preset``'s recipe, as a dict of settings."""
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -164,10 +162,16 @@ def resolve_config(
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
     merged = dict(PRESETS[preset], preset=preset) if preset else {}
     merged.update({k: v for k, v in values.items() if v is not None})
-    if not resume:
-        return PretrainConfig(**merged)
+    return merged
+
+
+def resume_target(values: Dict, resume: str) -> Tuple[str, str]:
+    """``(checkpoint or folder, run folder)`` of ``--resume`` (a checkpoint, a run folder, or ``"auto"``:
+    the output folder's), refusing an older checkpoint while a newer one exists (resuming it would
+    overwrite the newer one) and an explicit ``output_dir`` other than the run's own folder (the folder
+    holding the checkpoint is the run, wherever it was first written)."""
     if resume == "auto":
-        run_dir = path = merged.get("output_dir", PretrainConfig.output_dir)
+        run_dir = path = values.get("output_dir") or PretrainConfig.output_dir
     elif os.path.isdir(resume):
         run_dir = path = resume
     else:
@@ -188,21 +192,7 @@ def resolve_config(
             f"--resume {resume} continues the run in its own folder {run_dir}, not --output-dir {out}; "
             f"to continue in {out}, copy the run folder there and resume {out}"
         )
-    from videomac.pretrain.checkpoint import load_latest  # torch: only to resume
-
-    ck, used, _ = load_latest(path, trust_pickle=trust_pickle)
-    saved = {k: v for k, v in ck["config"].items() if k in fields}
-    differ = [
-        f"{k}: {saved[k]!r} in the checkpoint, {v!r} given"
-        for k, v in merged.items()
-        if k in saved and k not in MAY_CHANGE_ON_RESUME and saved[k] != v
-    ]
-    if differ:
-        raise ValueError(
-            f"--resume {resume}: a resumed run keeps the settings of its checkpoint {used}, and these differ: "
-            f"{'; '.join(differ)} (drop them, or start a new run in another --output-dir)"
-        )
-    return PretrainConfig(**{**saved, **merged, "resume": path, "output_dir": run_dir})
+    return path, run_dir
 
 
 _BOUNDS = dict(
