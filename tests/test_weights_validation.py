@@ -99,9 +99,9 @@ def test_propagate_weights_one_line_for_unusable_files(clip, tmp_path, capsys):
     files["evil.pth"] = "holds the Python object 'posix.system'"
     with zipfile.ZipFile(tmp_path / "plain.pth", "w") as z:
         z.writestr("hello.txt", "not a checkpoint")
-    files["plain.pth"] = "is not a readable PyTorch checkpoint"
+    files["plain.pth"] = "not a PyTorch checkpoint or safetensors file"
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}")
-    files["bad.safetensors"] = "is not a valid .safetensors file"
+    files["bad.safetensors"] = "not a PyTorch checkpoint or safetensors file"
     save_file(broken("nan"), str(tmp_path / "nan.safetensors"))
     files["nan.safetensors"] = "NaN/inf"
     save_file(
@@ -142,7 +142,7 @@ def test_convert_official_one_line_exit_2(tmp_path, capsys):
     cases = {}
     with zipfile.ZipFile(tmp_path / "plain.zip", "w") as z:
         z.writestr("a.txt", "x")
-    cases["plain.zip"] = "is not a readable PyTorch checkpoint"
+    cases["plain.zip"] = "not a PyTorch checkpoint or safetensors file"
     (tmp_path / "empty.pth").write_bytes(b"")
     cases["empty.pth"] = "is empty (0 bytes)"
     as_int = {"online_without_ddp": {k: (v * 100).to(torch.int32) for k, v in ck["online_without_ddp"].items()}}

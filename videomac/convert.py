@@ -12,6 +12,7 @@ from videomac.pretrained import (
     _select,
     convert_official,
     download_cached,
+    forget,
     kernel_to_dense,
     load_checkpoint,
     official_state_dict,
@@ -44,11 +45,17 @@ def convert_official_file(path: str, model_name: str, out_path: str, trust_pickl
     if os.path.isdir(out_path):
         raise WeightsError(f"--out {out_path} is a directory; pass a file name such as {model_name}.safetensors")
     meta = {}
-    if path.startswith(("http://", "https://")):
+    downloaded = path.startswith(("http://", "https://"))
+    if downloaded:
         url = path
         path, digest = download_cached(url, what=model_name, model=model_name)
         meta.update(source_url=url, source_sha256=digest)
-    obj = load_checkpoint(path, trust_pickle=trust_pickle)
+    try:
+        obj = load_checkpoint(path, trust_pickle=trust_pickle)
+    except WeightsError:
+        if downloaded:
+            forget(path)  # a download that does not load is not kept for the next try
+        raise
     meta.setdefault("source_sha256", sha256_file(path))
     _, source = _select(obj)
     sd, filled = convert_official(obj, model_name)

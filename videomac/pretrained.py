@@ -72,7 +72,7 @@ import torch
 
 from videomac.files import atomic_file
 from videomac.presets import preset_for_model
-from videomac.registry import WeightEntry, find_entry, registry_path
+from videomac.registry import WeightEntry, find_entry, is_plain_file_name, registry_path
 
 __all__ = [
     "WeightsError",
@@ -131,84 +131,179 @@ _TRUST_HINT = (
     " If you trust this file, pass --trust-pickle (trust_pickle=True) to load it with weights_only=False: "
     "unpickling can run arbitrary code."
 )
+_LEGACY = (
+    " Checkpoints written by videomac before the weights-only format (numpy RNG state in the pickle) look like "
+    "this; resuming such a run once with --trust-pickle rewrites its checkpoint in the safe format."
+)
+_NOT_A_CHECKPOINT = "not a PyTorch checkpoint or safetensors file"
 
 
-def load_checkpoint(path: str, trust_pickle: bool = False, trust_hint: bool = True):
-    """``torch.load`` a checkpoint safely: ``weights_only=True`` with ``argparse.Namespace`` allowed.
-
-    A file holding any other Python object is refused with :class:`UntrustedCheckpointError` naming it
-    (``trust_hint``: mention ``--trust-pickle``); ``trust_pickle=True`` loads it with ``weights_only=False``
-    (only for files you trust). A file that is not a torch checkpoint at all (empty, truncated, a plain
-    zip, text) is a :class:`WeightsError`: no Python object in it to trust.
-    """
+def file_format(path: str) -> Optional[str]:
+    """What the bytes of ``path`` are, whatever its name: ``"torch"`` (torch.save's zip), ``"torch-legacy"``
+    (a pickle stream, torch's format before 1.6), ``"safetensors"`` (an 8-byte little-endian header length
+    that fits the file, then ``{``) or None. Raises :class:`WeightsError` for a directory, an empty or
+    unreadable file; FileNotFoundError for a missing one."""
     if os.path.isdir(path):
         raise WeightsError(f"{path} is a directory, expected a weights file (.pth/.pt/.safetensors)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch the file again")
-    if trust_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
-        if not found:
-            raise _unreadable(path, e) from None
-        raise UntrustedCheckpointError(
-            f"{path} holds the Python object {found[0]!r}, which torch.load(weights_only=True) refuses (only "
-            f"tensors and argparse.Namespace are allowed), so it was not loaded."
-            + (_TRUST_HINT if trust_hint else " Save its state_dict as .safetensors where you trust it.")
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise _unreadable(path, e) from None
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
+    if size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes): an interrupted download or copy? Fetch the file again")
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "torch"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # PROTO 2..5
+        return "torch-legacy"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    return None
 
 
-def _unreadable(path: str, e: BaseException) -> WeightsError:
-    reason = " ".join(str(e).split())[:200] or type(e).__name__
-    return WeightsError(
-        f"{path} is not a readable PyTorch checkpoint (torch.save .pth/.pt) or .safetensors file "
-        f"(corrupt or truncated?): {reason}"
+def _unreadable(path: str, detail: str) -> WeightsError:
+    return WeightsError(f"{_NOT_A_CHECKPOINT}: {path} ({' '.join(detail.split())[:240]})")
+
+
+def _untrusted(path: str, found: str, trust_hint: bool) -> UntrustedCheckpointError:
+    legacy = _LEGACY if found.startswith(("numpy.", "videomac.")) and trust_hint else ""
+    return UntrustedCheckpointError(
+        f"{path} holds the Python object {found!r}, which torch.load(weights_only=True) refuses (only tensors, "
+        f"plain values and argparse.Namespace are allowed), so it was not loaded.{legacy}"
+        + (_TRUST_HINT if trust_hint else " Save its state_dict as .safetensors where you trust it.")
     )
 
 
-def _read_safetensors(path: str) -> Dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+# safetensors' dtype names (its header) as torch dtypes, for checking a file before reading it
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
 
-    if os.path.isdir(path):
-        raise WeightsError(f"{path} is a directory, expected a weights file (.safetensors)")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
+
+def _read_safetensors(path: str, check: Optional[Callable[[Dict[str, torch.Tensor]], None]], device) -> Dict:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt", device=str(device)) as f:
+        if check is not None:  # keys, dtypes and shapes from the header: refuse before reading any tensor
+            meta = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                if sl.get_dtype() not in _ST_DTYPES:
+                    raise WeightsError(f"{path}: {k} is {sl.get_dtype()}, expected floating point weights")
+                meta[k] = torch.empty(sl.get_shape(), dtype=_ST_DTYPES[sl.get_dtype()], device="meta")
+            check(meta)
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def load_checkpoint(
+    path: str,
+    trust_pickle: bool = False,
+    trust_hint: bool = True,
+    *,
+    map_location="cpu",
+    safetensors: bool = True,
+    check: Optional[Callable[[Dict[str, torch.Tensor]], None]] = None,
+):
+    """Read any file given as weights or checkpoint: THE reader of every route (overlay ``file=``,
+    ``--weights``, ``--resume``, export, visualize, convert-official, downloads).
+
+    The format is taken from the bytes (:func:`file_format`), not the name. A torch file is loaded with
+    ``weights_only=True`` (``argparse.Namespace`` allowed); one holding other Python objects is an
+    :class:`UntrustedCheckpointError` naming the object (``trust_hint``: the route offers
+    ``--trust-pickle``; ``trust_pickle=True`` loads it with ``weights_only=False``, for files you trust).
+    A safetensors file (refused when ``safetensors=False``) gives its dict of tensors; ``check`` is called
+    with its keys, dtypes and shapes as meta tensors before any tensor is read. Anything else (text,
+    an image, a junk zip, a truncated file) is one :class:`WeightsError` starting "not a PyTorch checkpoint
+    or safetensors file: PATH", never the ``--trust-pickle`` advice.
+    """
+    fmt = file_format(path)
+    if fmt is None:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        raise _unreadable(path, f"{os.path.getsize(path)} bytes starting {head!r}")
+    if fmt == "safetensors" and not safetensors:
+        raise WeightsError(
+            f"{path} is a safetensors weights file, not a videomac pretraining checkpoint (a run folder or its "
+            "checkpoint.pt); load safetensors weights with --weights or pretrained_cfg_overlay=dict(file=...)"
+        )
     try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise WeightsError(f"{path} is not a valid .safetensors file (corrupt or truncated?): {reason}") from None
+        if fmt == "safetensors":
+            return _read_safetensors(path, check, map_location)
+        if trust_pickle:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except WeightsError:
+        raise
+    except pickle.UnpicklingError as e:
+        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise _untrusted(path, found[0], trust_hint) from None
+        raise _unreadable(path, f"a damaged {fmt} file: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # the one boundary: whatever a parser raises on damaged bytes is this file's error
+        kind = "a safetensors file" if fmt == "safetensors" else "a torch zip" if fmt == "torch" else "a pickle"
+        raise _unreadable(path, f"{kind}, truncated or damaged: {e or type(e).__name__}") from None
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A dense state_dict from ``path`` (.safetensors, or a weights-only torch file; ``state_dict`` /
-    ``model`` / ``encoder`` containers and ``module.`` prefixes unwrapped). Unreadable files and pickles
-    are one-line :class:`WeightsError`; values are not checked here (see :func:`check_weights`)."""
-    if path.endswith(".safetensors"):
-        sd = _read_safetensors(path)
-    else:
-        sd = load_checkpoint(path, trust_hint=False)
+def _unwrap(sd):
+    """The state_dict inside ``state_dict`` / ``model`` / ``encoder`` / ``module`` containers, without
+    ``module.`` prefixes."""
     for key in ("state_dict", "model", "encoder", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
-    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
-        what = f"a dict with keys {sorted(sd)[:8]}" if isinstance(sd, dict) else type(sd).__name__
-        raise WeightsError(f"{path} does not hold a state dict of tensors (found {what})")
-    if all(k.startswith("module.") for k in sd):
+    if isinstance(sd, dict) and sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
-def check_values(sd: Dict[str, torch.Tensor], source: str, expected: Optional[Dict[str, torch.Tensor]] = None) -> None:
+def read_state_dict(
+    path: str,
+    expected: Optional[Dict[str, torch.Tensor]] = None,
+    source: Optional[str] = None,
+    optional: Callable[[str], bool] = lambda k: False,
+) -> Dict[str, torch.Tensor]:
+    """A dense state_dict from ``path`` (safetensors or a weights-only torch file, whatever its name;
+    ``state_dict`` / ``model`` / ``encoder`` containers and ``module.`` prefixes unwrapped). With
+    ``expected`` (a model's state_dict, meta tensors will do) it is checked by :func:`check_weights`; a
+    safetensors file's keys, dtypes and shapes before any tensor is read. All errors are one-line
+    :class:`WeightsError`."""
+    source = source or f"weights file {path}"
+
+    def header(meta):
+        check_weights(_unwrap(meta), expected, source, optional, values=False)
+
+    sd = _unwrap(load_checkpoint(path, trust_hint=False, check=header if expected is not None else None))
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        what = f"a dict with keys {sorted(map(str, sd))[:8]}" if isinstance(sd, dict) else type(sd).__name__
+        raise WeightsError(f"{path} does not hold a state dict of tensors (found {what})")
+    if expected is not None:
+        check_weights(sd, expected, source, optional)
+    return sd
+
+
+def check_values(
+    sd: Dict[str, torch.Tensor], source: str, expected: Optional[Dict[str, torch.Tensor]] = None, finite: bool = True
+) -> None:
     """Every tensor floating point (unless the model's own is not) and finite; names the first bad key."""
     for k, v in sd.items():
         if not torch.is_tensor(v):
@@ -221,7 +316,7 @@ def check_values(sd: Dict[str, torch.Tensor], source: str, expected: Optional[Di
                 f"{source}: {k} is {str(v.dtype).replace('torch.', '')}, expected floating point weights "
                 f"(a quantized, integer or corrupted file; pass the float weights)"
             )
-        if not bool(torch.isfinite(v).all()):
+        if finite and not bool(torch.isfinite(v).all()):
             bad = int((~torch.isfinite(v)).sum())
             raise WeightsError(f"{source}: {k} holds {bad} NaN/inf values of {v.numel()}: the weights are broken")
 
@@ -231,10 +326,12 @@ def check_weights(
     expected: Optional[Dict[str, torch.Tensor]],
     source: str,
     optional: Callable[[str], bool] = lambda k: False,
+    values: bool = True,
 ) -> None:
     """Refuse weights that are not floating point, not finite, or whose keys/shapes differ from
-    ``expected`` (a model's state_dict, meta tensors will do); ``optional`` keys may be missing."""
-    check_values(sd, source, expected)
+    ``expected`` (a model's state_dict, meta tensors will do); ``optional`` keys may be missing.
+    ``values=False``: dtypes, keys and shapes only (``sd`` may be meta tensors, e.g. a file's header)."""
+    check_values(sd, source, expected, finite=values)
     if expected is None:
         return
     unexpected = [k for k in sd if k not in expected]
@@ -468,9 +565,16 @@ def _manual(url: str, model: str) -> str:
     )
 
 
+def _content_length(value: Optional[str]) -> Optional[int]:
+    """The announced size, or None when absent or not a number (as http.client treats it)."""
+    value = (value or "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, progress: bool = True) -> str:
     """Stream ``url`` into ``dest`` through an atomic temporary; returns the sha256. A short body, an HTTP
-    error or a pinned sha256 that differs leaves nothing at ``dest``."""
+    error, a pinned sha256 that differs or a body that is no checkpoint (an error page) leaves nothing at
+    ``dest``."""
     import http.client
 
     from tqdm import tqdm
@@ -479,7 +583,7 @@ def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, pr
     try:
         req = urllib.request.Request(url, headers={"User-Agent": "videomac"})
         with urllib.request.urlopen(req, timeout=60) as r, atomic_file(dest) as tmp, open(tmp, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0) or None
+            total = _content_length(r.headers.get("Content-Length"))
             done = 0
             with tqdm(
                 total=total,
@@ -504,6 +608,14 @@ def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, pr
                     f"{what}: sha256 mismatch for {url}: the registry pins {pinned}, the download has {h.hexdigest()}; "
                     "refused, nothing was cached"
                 )
+            f.flush()
+            if done == 0 or file_format(tmp) is None:  # a proxy's error page, a login form: never cached
+                with open(tmp, "rb") as g:
+                    head = g.read(16)
+                raise WeightsDownloadError(
+                    f"{what}: {url} sent {done} bytes starting {head!r}, {_NOT_A_CHECKPOINT}; nothing was cached. "
+                    + _manual(url, model)
+                )
     except urllib.error.HTTPError as e:
         raise WeightsDownloadError(f"{what}: {url} answered HTTP {e.code} {e.reason}. " + _manual(url, model)) from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -515,35 +627,60 @@ def _fetch(url: str, dest: str, pinned: Optional[str], what: str, model: str, pr
     return h.hexdigest()
 
 
+def _cache_path(url: str, filename: Optional[str], what: str) -> str:
+    """Where ``url`` is cached: ``cache_dir()/downloads/<url hash>/<filename>``, refused unless ``url`` is
+    http(s), ``filename`` a plain file name, and the path inside the cache."""
+    if urllib.parse.urlparse(url).scheme not in ("http", "https") or not urllib.parse.urlparse(url).netloc:
+        raise WeightsDownloadError(f"{what}: {url!r} is not an http(s) URL; only http(s) downloads are cached")
+    if filename is None:
+        filename = os.path.basename(urllib.parse.unquote(urllib.parse.urlparse(url).path))
+        filename = filename if is_plain_file_name(filename) else "download"
+    if not is_plain_file_name(filename):
+        raise WeightsDownloadError(f"{what}: file name {filename!r} is not a plain file name (no '/', '..')")
+    root = os.path.realpath(cache_dir())
+    path = os.path.join(root, "downloads", hashlib.sha256(url.encode()).hexdigest()[:16], filename)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise WeightsDownloadError(f"{what}: the download's path {path} resolves outside the cache {root}")
+    return path
+
+
 def download_cached(
     url: str, filename: Optional[str] = None, pinned: Optional[str] = None, what: str = "weights", model: str = "MODEL"
 ) -> Tuple[str, str]:
     """The file at ``url`` in the cache (downloaded once, with a progress bar) and its sha256, which is
-    printed on download and written beside it as ``<file>.sha256``; ``pinned`` refuses any other file."""
-    filename = filename or os.path.basename(urllib.parse.urlparse(url).path) or "download"
-    folder = os.path.join(cache_dir(), "downloads", hashlib.sha256(url.encode()).hexdigest()[:16])
-    path = os.path.join(folder, filename)
+    printed on download and written beside it as ``<file>.sha256``; ``pinned`` refuses any other file.
+    Only a body that reads as a checkpoint is kept; a cached file that does not (left by an older
+    videomac) is dropped and downloaded again."""
+    path = _cache_path(url, filename, what)
     side = path + ".sha256"
     if os.path.isfile(path) and os.path.isfile(side):
         with open(side) as f:
-            digest = f.read().split()[0]
-        if pinned and digest != pinned:
+            digest = (f.read().split() or [""])[0]
+        try:
+            usable = file_format(path) is not None and len(digest) == 64
+        except WeightsError:
+            usable = False
+        if not usable:
+            forget(path)
+        elif pinned and digest != pinned:
             raise WeightsDownloadError(
                 f"{what}: sha256 mismatch for the cached {path} (from {url}): the registry pins {pinned}, the file has "
                 f"{digest}; delete it to download again"
             )
-        return path, digest
-    os.makedirs(folder, exist_ok=True)
+        else:
+            return path, digest
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     digest = _fetch(url, path, pinned, what, model)
     with atomic_file(side) as tmp, open(tmp, "w") as f:
-        f.write(f"{digest}  {filename}\n")
+        f.write(f"{digest}  {os.path.basename(path)}\n")
     print(f"{what}: downloaded {url} into {path}, sha256 {digest}", file=sys.stderr)
     return path, digest
 
 
-def _forget(path: str) -> None:
+def forget(path: str) -> None:
+    """Remove a cached download and its ``.sha256``: a file that did not load is never taken again."""
     for p in (path, path + ".sha256"):
-        if os.path.exists(p):
+        if os.path.lexists(p):
             os.remove(p)
 
 
@@ -572,7 +709,7 @@ def authors_weights(entry: WeightEntry, model_name: str, url: str) -> str:
         source = _select(obj)[1]
         sd, filled = convert_official(obj, model_name)
     except ValueError as e:
-        _forget(raw)  # a file that is not the model's weights must not be taken by the next load
+        forget(raw)  # a file that is not the model's weights must not be taken by the next load
         raise WeightsDownloadError(
             f"{entry.name}: {url} is not usable weights for {model_name}: {' '.join(str(e).split())}. Nothing was "
             "cached. " + _manual(url, model_name)
@@ -634,7 +771,11 @@ def resolve_pretrained(variant: str, pretrained: bool, kwargs: Dict) -> Dict:
                 f"pretrained_cfg_overlay file {cfg.file!r} does not exist; pass the encoder.safetensors a run wrote "
                 f"(videomac pretrain --model {variant} --output-dir runs/X writes runs/X/encoder.safetensors)"
             )
-        check_weights(read_state_dict(cfg.file), expected_state(variant), f"weights file {cfg.file}", _is_head)
+        read_state_dict(cfg.file, expected_state(variant), f"weights file {cfg.file}", _is_head)
+        is_st = file_format(cfg.file) == "safetensors"
+        if is_st != cfg.file.endswith(".safetensors"):  # timm reads the file again, choosing its reader by the name
+            kind, name = ("a safetensors", "*.safetensors") if is_st else ("a torch", "*.pth")
+            raise WeightsError(f"weights file {cfg.file} is {kind} file: name it {name} for timm to read it")
         return kwargs
     if cfg.state_dict is not None or cfg.source in ("hf-hub", "local-dir"):
         return kwargs

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["WeightEntry", "registry_path", "load_registry", "entries_for", "find_entry"]
+__all__ = ["WeightEntry", "registry_path", "load_registry", "entries_for", "find_entry", "is_plain_file_name"]
 
 ENV_VAR = "VIDEOMAC_WEIGHTS_REGISTRY"
 FORMATS = ("timm", "authors")  # timm: safetensors on the Hugging Face Hub; authors: their .pth, converted on download
@@ -90,6 +91,11 @@ _TYPES = dict(
 )
 
 
+def is_plain_file_name(name: str) -> bool:
+    """A name that stays in the folder it is joined to: no separator, not ``.``/``..``, no NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
 def _check_entry(path: str, i: int, raw) -> None:
     """One clear line naming the entry and field for any schema error."""
     where = f"registry {path}: weights[{i}]"
@@ -107,6 +113,13 @@ def _check_entry(path: str, i: int, raw) -> None:
         if not isinstance(v, ok) or isinstance(v, bool):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in ok)
             raise ValueError(f"{where}: field {k!r} is {type(v).__name__} {v!r}, expected {want}")
+    if not is_plain_file_name(raw["filename"]):
+        raise ValueError(
+            f"{where}: field 'filename' is {raw['filename']!r}, expected a plain file name (no '/', '\\', '..')"
+        )
+    url = raw.get("url")
+    if url is not None and not re.fullmatch(r"https?://[^/\s]+/\S*", url):
+        raise ValueError(f"{where}: field 'url' is {url!r}, expected an http(s) URL")
     fmt = raw.get("format", "timm")
     if fmt not in FORMATS:
         raise ValueError(f"{where}: field 'format' is {fmt!r}, expected one of {FORMATS}")

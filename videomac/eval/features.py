@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from videomac.pretrained import check_weights, read_state_dict
+from videomac.pretrained import read_state_dict
 
 __all__ = [
     "DEFAULT_STAGE",
@@ -92,11 +92,10 @@ def create_encoder(name: str, weights: Optional[str] = None, pretrained: bool = 
 
 def load_weights(model: nn.Module, path: str) -> nn.Module:
     """Load a dense state dict strictly; only the classifier head may be missing (it is never used)."""
-    sd = read_state_dict(path)
     own = model.state_dict()
     head = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or "fc"
     heads = (head,) if isinstance(head, str) else tuple(head)
-    check_weights(sd, own, f"weights {path}", lambda k: any(k == h or k.startswith(h + ".") for h in heads))
+    sd = read_state_dict(path, own, f"weights {path}", lambda k: any(k == h or k.startswith(h + ".") for h in heads))
     missing = [k for k in own if k not in sd]
     model.load_state_dict({**{k: own[k] for k in missing}, **sd}, strict=True)
     return model

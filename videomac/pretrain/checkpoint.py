@@ -4,11 +4,14 @@ Used by the training loop and by publishing (export, push, visualize), so neithe
 
 Safety and integrity (docs/pretraining.md, "Outputs and resuming"):
 
-* Checkpoints hold only tensors and plain values (dicts, lists, tuples, str, int, float, bool, None),
+* Every file is read by :func:`videomac.pretrained.load_checkpoint`, the one reader of weights and
+  checkpoints: its format is taken from its bytes, and checkpoints hold only tensors and plain values,
   so every load is ``torch.load(weights_only=True)``: a file whose pickle would call a function
   (``os.system``...) is refused with :class:`UntrustedCheckpointError`, never unpickled. Files written by
   videomac before this format (numpy RNG state in the pickle) are refused the same way; a user who
   wrote one can pass ``trust_pickle=True`` (``--trust-pickle``) once: resuming rewrites it safely.
+  Anything that is not a checkpoint (text, an image, a safetensors file, a junk zip) is a one-line
+  :class:`CheckpointError` (= :class:`~videomac.pretrained.WeightsError`) that never suggests trusting it.
 * Each checkpoint carries ``sha256``, a digest of its content; :func:`load_checkpoint` recomputes it, so
   a flipped byte is caught (:class:`CheckpointError`) rather than loaded.
 * :func:`write_checkpoint` keeps the newest ``keep`` checkpoints (``checkpoint.pt``, older ones as
@@ -29,11 +32,8 @@ import fcntl
 import hashlib
 import json
 import os
-import pickle
-import re
 import socket
 import time
-import zipfile
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -51,6 +51,8 @@ from videomac.pretrain.config import (
     resume_target,
 )
 from videomac.pretrain.model import VideoMAC
+from videomac.pretrained import UntrustedCheckpointError, WeightsError, check_weights
+from videomac.pretrained import load_checkpoint as read_file
 
 __all__ = [
     "resume_config",
@@ -85,12 +87,9 @@ SCHEMA = dict(model=dict, config=dict)
 RESUME_SCHEMA = dict(SCHEMA, optimizer=dict, scaler=dict, step=int, epoch=int, micro_done=int)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: truncated, damaged (digest mismatch) or not a checkpoint."""
-
-
-class UntrustedCheckpointError(CheckpointError):
-    """A checkpoint whose pickle holds Python objects that ``torch.load(weights_only=True)`` refuses."""
+# One error class for an unusable file, whichever route read it (videomac.pretrained.load_checkpoint);
+# UntrustedCheckpointError (a subclass) is imported from there too.
+CheckpointError = WeightsError
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -194,44 +193,21 @@ def write_checkpoint(state: Dict, run_dir: str, keep: int = 2, previous_step: Op
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _untrusted_message(path: str, error: Exception) -> str:
-    text = str(error)
-    found = re.findall(r"GLOBAL ([\w.]+)", text)
-    what = f"the Python object {found[0]!r}" if found else "Python objects other than tensors and plain values"
-    legacy = ""
-    if found and found[0].startswith(("numpy.", "videomac.", "argparse.")):
-        legacy = (
-            " Checkpoints written by videomac before the weights-only format (numpy RNG state in the "
-            "pickle) look like this."
-        )
-    return (
-        f"refusing to unpickle {path}: it holds {what}, which torch.load(weights_only=True) does not allow "
-        f"(unpickling it could run arbitrary code).{legacy} If you wrote this file yourself and trust it, "
-        "pass --trust-pickle (trust_pickle=True); resuming such a run rewrites its checkpoint in the safe format"
-    )
-
-
 def load_checkpoint(path: str, map_location="cpu", trust_pickle: bool = False, verify: bool = True) -> Dict:
-    """A pretraining checkpoint (``path`` may be the run folder: its ``checkpoint.pt``).
+    """A pretraining checkpoint (``path`` may be the run folder: its ``checkpoint.pt``), read by
+    :func:`videomac.pretrained.load_checkpoint`, the reader of every weights or checkpoint file.
 
     Loaded with ``weights_only=True`` (``trust_pickle=True``: ``weights_only=False``, for files you
     wrote). Raises :class:`UntrustedCheckpointError` for a pickle with other Python objects,
-    :class:`CheckpointError` for a truncated or damaged file (``verify``: the stored ``sha256`` must
-    match the content; checkpoints written before it was stored are not verified).
+    :class:`CheckpointError` (= :class:`~videomac.pretrained.WeightsError`) for any other unusable file:
+    not a checkpoint, truncated, damaged (``verify``: the stored ``sha256`` must match the content;
+    checkpoints written before it was stored are not verified).
     """
     if os.path.isdir(path):
         path = os.path.join(path, CHECKPOINT)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e) or "Unsupported" in str(e):
-            raise UntrustedCheckpointError(_untrusted_message(path, e)) from None
-        raise CheckpointError(f"{path} is damaged (unpickling failed: {str(e).splitlines()[-1][:200]})") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path} is truncated or damaged ({type(e).__name__}: {first})") from e
+    ck = read_file(path, trust_pickle, map_location=map_location, safetensors=False)
     if not isinstance(ck, dict) or "model" not in ck:
         raise CheckpointError(f"{path} is not a videomac pretraining checkpoint (no 'model' entry)")
     check_schema(ck, path)
@@ -318,6 +294,7 @@ def load_pretrainer(path: str, map_location="cpu", trust_pickle: bool = False) -
     ck = load_checkpoint(path, map_location, trust_pickle)
     cfg = _config(ck)
     model = build_model(cfg)
+    check_weights(ck["model"], model.state_dict(), f"checkpoint {path}")  # names the key that does not fit
     model.load_state_dict(ck["model"])
     return model, cfg
 
@@ -332,6 +309,7 @@ def encoder_from_checkpoint(path: str, trust_pickle: bool = False) -> torch.nn.M
     if not state:
         raise ValueError(f"{path} holds no online encoder weights (keys {prefix}*)")
     model = timm.create_model(ck["config"]["model"])
+    check_weights(state, model.state_dict(), f"checkpoint {path}")
     model.load_state_dict(state, strict=True)
     model.videomac_config = ck["config"]
     model.videomac_step = ck.get("step")

@@ -408,7 +408,7 @@ class _Trainer:
                 for k in keys
                 if k in saved and saved.get(k) != getattr(self.cfg, k)
             ]
-            why = "; ".join(diff) if diff else str(e).strip().splitlines()[0][:300]
+            why = "; ".join(diff) if diff else " ".join(str(e).split())[:400]  # torch names the key on line 2
             raise ValueError(f"checkpoint {used} does not fit this run's model ({why})") from None
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch, self.micro_done = ck["step"], ck["epoch"], ck["micro_done"]
