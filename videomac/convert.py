@@ -57,7 +57,10 @@ def convert_official_file(path: str, model_name: str, out_path: str, trust_pickl
             forget(path)  # a download that does not load is not kept for the next try
         raise
     meta.setdefault("source_sha256", sha256_file(path))
-    _, source = _select(obj)
-    sd, filled = convert_official(obj, model_name)
+    try:
+        _, source = _select(obj)
+        sd, filled = convert_official(obj, model_name)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
     meta.update(source=source, filled_from_init=",".join(filled))
     return save_converted(sd, out_path, model_name, meta)
