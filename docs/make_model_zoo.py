@@ -25,7 +25,10 @@ data). timm, torch.hub, model cards and this page are all generated from it. Two
   authors published on their GitHub releases page (YouTube-VOS 2018, mask ratio 0.75, MIT).
   `pretrained=True` downloads the `.pth` into torch.hub's cache (`torch.hub.get_dir()/checkpoints`),
   reads it with `torch.load(weights_only=True)`, converts it to timm weights (cached beside it, keyed
-  by the download's sha256, which is printed) and loads them. Verified here: the conversion, against
+  by the download's sha256, which is printed) and loads them. Only a body that reads as a checkpoint is
+  kept: an error page answered with 200, or a file that fails to load or convert, is removed with its
+  `.sha256` before the one-line error, so the next load after the server is fixed downloads again. The
+  registry's `filename` must be a plain file name and `url` http(s). Verified here: the conversion, against
   the authors' forward, on files in both of their layouts. Not verified: these particular files (the
   development machines cannot reach the release), so no sha256 is pinned yet.
 - **videomac's own weights** on the Hugging Face Hub: **published** once the entry has a sha256;

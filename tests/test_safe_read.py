@@ -240,7 +240,7 @@ def test_a_safetensors_file_with_wrong_keys_is_refused_before_its_tensors_are_re
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
     msg, peak_mb = r.stdout.strip().splitlines()
     assert "does not match the model" in msg and "unexpected keys: big" in msg, r.stdout + r.stderr
-    assert int(peak_mb) < 1000, peak_mb  # reading the tensor alone would take 1536 MB
+    assert int(peak_mb) < 1200, peak_mb  # about 700 here; reading the tensor alone would take 1536 MB more
     # a header whose dtype is not float is refused from the header too, naming the key
     sd = {k: v.half() for k, v in _atto().items()}
     sd["stem.0.weight"] = sd["stem.0.weight"].to(torch.int8)

@@ -7,8 +7,16 @@
   ``torch.load(weights_only=True)``, converted in memory and kept there as safetensors keyed by the
   download's sha256. ``VIDEOMAC_WEIGHTS_BASE_URL`` or ``pretrained_cfg_overlay=dict(url=...)`` point
   elsewhere.
-* Every file (``pretrained_cfg_overlay=dict(file=...)``, ``--weights``, ``convert-official`` input) is
-  checked before any work: floating point, finite, keys and shapes matching the model.
+* Every file given as weights or checkpoint (``pretrained_cfg_overlay=dict(file=...)``, ``--weights``,
+  ``--resume``, export, visualize, ``convert-official`` input, downloads) is read by one function,
+  :func:`load_checkpoint`: the format from the bytes (torch zip, legacy torch pickle, safetensors),
+  one error class (:class:`WeightsError`; :class:`UntrustedCheckpointError`, with the ``--trust-pickle``
+  advice, only for a real pickle that needs other Python objects), a safetensors file's keys, dtypes
+  and shapes checked from its header before any tensor is read. Weights are then checked before any
+  work: floating point, finite, keys and shapes matching the model (:func:`check_weights`).
+* A download is cached only when its body reads as a checkpoint; a cached file that fails to load is
+  removed with its ``.sha256`` (:func:`forget`); URLs must be http(s), file names plain, and the
+  cache path inside the cache.
 
 Conversion of the authors' MinkowskiEngine checkpoints into videomac's dense timm encoders, without
 MinkowskiEngine. Their pretraining checkpoint (``checkpoint-{epoch}.pth`` of their
@@ -50,9 +58,9 @@ ResNets (their ``models/resnetv2_sparse.py``) use videomac's names already (``st
 ``layer{i}.{j}.conv{k}`` / ``norm{k}`` / ``downsample.{0,1}``); torchvision's (``conv1``/``bn1`` for the
 stem, ``bn*``/``ln*`` for norms) are accepted too. Any key that fits neither is reported, never guessed.
 
-Files are read with ``torch.load(weights_only=True)``, allowing exactly one non-tensor type,
+Torch files are read with ``torch.load(weights_only=True)``, allowing exactly one non-tensor type,
 ``argparse.Namespace`` (the ``args`` their checkpoints hold). Anything else is refused naming the type;
-``convert-official --trust-pickle`` loads such a file you trust (unpickling can run arbitrary code).
+``--trust-pickle`` loads such a file you trust (unpickling can run arbitrary code).
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ __all__ = [
     "check_weights",
     "expected_state",
     "load_checkpoint",
+    "file_format",
+    "forget",
     "official_state_dict",
     "convert_official",
     "kernel_to_dense",
