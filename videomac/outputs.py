@@ -101,6 +101,11 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
+def _via(path: str) -> str:
+    r = _real(path)
+    return f" (which resolves to {r})" if r != os.path.abspath(path) else ""
+
+
 def _local(path: Optional[str]) -> bool:
     return bool(path) and "://" not in str(path)
 
@@ -137,8 +142,8 @@ def check_outputs(
         run = run_file(out)
         if run:
             raise OutputError(
-                f"{flag} {out} is a file of the pretraining run {run}; writing there would replace the run's "
-                f"{os.path.basename(_real(out))}: choose a path outside the run's files"
+                f"{flag} {out}{_via(out)} is a file of the pretraining run {run}; writing there would replace "
+                f"the run's {os.path.basename(_real(out))}: choose a path outside the run's files"
             )
         if kind != "run" and is_run_folder(_real(out)):
             raise OutputError(
@@ -150,9 +155,7 @@ def check_outputs(
             if how == "is inside" and is_run_folder(_real(inp)):
                 continue  # the run's own files are guarded above; a new subfolder of it is fine
             if how:
-                r = _real(inp)
-                via = f" (which resolves to {r})" if r != os.path.abspath(inp) else ""
                 raise OutputError(
-                    f"{flag} {out} {how} the input {inp}{via}; writing there could overwrite it: "
-                    f"choose an output outside the inputs"
+                    f"{flag} {out}{_via(out)} {how} the input {inp}{_via(inp)}; writing there could overwrite it: "
+                    "choose an output outside the inputs"
                 )
