@@ -129,6 +129,18 @@ def test_a_symlinked_output_is_replaced_not_written_through(world, tmp_path, cap
     assert main(["visualize", str(world / "run"), str(world / "clip.mp4"), "--rows", "1", "--out", str(link)]) == 0
     assert not link.is_symlink() and Image.open(link).format == "PNG" and victim.read_text() == "keep me"
     assert main(["bench", "propagate", "--quick", "--out", str(tmp_path / "b.json")]) == 0
+    # inside an output folder too: links planted at the names propagate writes are replaced
+    out = tmp_path / "track"
+    (out / "masks").mkdir(parents=True)
+    for name in ("summary.json", "overlay.mp4", "masks/00001.png"):
+        os.symlink(victim, out / name)
+    argv = ["propagate", str(world / "clip.mp4"), "--mask", str(world / "mask.png"), "--size", "0", "--out", str(out)]
+    assert main(argv + ["--no-progress"]) == 0
+    assert victim.read_text() == "keep me"
+    for name in ("summary.json", "overlay.mp4", "masks/00001.png"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 100, name
+    with av.open(str(out / "overlay.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 6
     assert snapshot(world / "run") == run_before
     # push's default folder lies inside the run it reads (RUN/hub/ORG--NAME): allowed, the run's files untouched
     assert main(["push", str(world / "run"), "--repo-id", "me/x", "--dry-run"]) == 0
