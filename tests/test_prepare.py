@@ -74,7 +74,7 @@ def test_prepare_short_gop_mp4(tmp_path):
 
 def test_prepare_refuses_dst_inside_src_and_reports(tmp_path, capsys):
     src = _src(tmp_path)
-    with pytest.raises(ValueError, match="outside SRC"):
+    with pytest.raises(ValueError, match="DST .* is inside the input"):
         prepare_dataset(str(src), str(src / "out"), progress=False)
     (src / "broken.mp4").write_bytes(b"\0" * 100)
     code = main(["prepare", str(src), str(tmp_path / "o"), "--short-side", "50", "--no-progress"])

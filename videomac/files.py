@@ -38,19 +38,22 @@ def no_space_error(path: str, cause: BaseException) -> OSError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, before_replace: Optional[Callable[[], None]] = None) -> Iterator[str]:
+def atomic_file(path: str, before_replace: Optional[Callable[[], None]] = None, durable: bool = True) -> Iterator[str]:
     """Yields the path of a new, empty, exclusively created file beside ``path``; once the body has
-    written it, it is fsynced and renamed over ``path``. ``before_replace`` runs after the fsync, just
-    before the rename. On any error the temporary is removed and ``path`` is untouched; a full disk
-    (or quota) raises ``OSError(ENOSPC, "no space left on <mount> ... while writing <path>")``."""
+    written it, it is fsynced and renamed over ``path`` (a symlink at ``path`` is replaced, never written
+    through). ``before_replace`` runs after the fsync, just before the rename. ``durable=False`` skips the
+    fsync, for the many small files of one result (a crash of the process still leaves no partial file).
+    On any error the temporary is removed and ``path`` is untouched; a full disk (or quota) raises
+    ``OSError(ENOSPC, "no space left on <mount> ... while writing <path>")``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.tmp-{os.getpid()}-")
     os.close(fd)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)

@@ -189,25 +189,15 @@ def _converted_from(model: torch.nn.Module) -> str:
 PUBLISHED_FILES = ("model.safetensors", "config.json", "README.md")
 
 
-def _check_destination(out_dir: str, source) -> None:
-    """Refuse an export folder that a pretraining run owns, the source run itself, or one in a dataset."""
+def _check_destination(out_dir: str, source, flag: str = "--out") -> None:
+    """The output rule (:mod:`videomac.outputs`: not over the source, not into a run), and not into a dataset."""
     from videomac.eval.outputs import OutputFolderError, dataset_marker
-    from videomac.pretrain.checkpoint import is_run_folder
+    from videomac.outputs import check_outputs
 
-    run = (
-        None
-        if isinstance(source, torch.nn.Module)
-        else (source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source)))
-    )
-    if is_run_folder(out_dir) or (run and os.path.realpath(out_dir) == os.path.realpath(run)):
-        raise OutputFolderError(
-            f"--out {out_dir} is a pretraining run folder (it holds a checkpoint, videomac.lock or "
-            "config.json + metrics.jsonl); writing there would replace the run's config.json and break resuming: "
-            "export into a new folder"
-        )
+    check_outputs([None if isinstance(source, torch.nn.Module) else source], folders={flag: out_dir})
     data = dataset_marker(out_dir)
     if data:
-        raise OutputFolderError(f"--out {out_dir} is inside the dataset {data}; export into a folder outside it")
+        raise OutputFolderError(f"{flag} {out_dir} is inside the dataset {data}; export into a folder outside it")
 
 
 def _publish(src: str, dst: str) -> None:
@@ -314,6 +304,7 @@ def push(
     if folder is None:
         base = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
         folder = os.path.join(base, "hub", repo_id.replace("/", "--"))
+    _check_destination(folder, source, "--folder")  # before export_folder, whose messages say --out
     summary = export_folder(source, folder, repo_id, False, tag, trust_pickle=trust_pickle)
     summary["repo_id"] = repo_id
     summary["upload"] = upload_list(folder, summary["files"])

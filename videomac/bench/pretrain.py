@@ -19,6 +19,7 @@ import torch.nn as nn
 import videomac.models  # noqa: F401  (registers the videomac encoders with timm)
 from videomac.bench import CONFIGS, DEFAULT_MODELS, QUICK_MODELS, VIT
 from videomac.bench.common import device_name, maxrss_mb, rss_mb, sync
+from videomac.files import atomic_file
 from videomac.masking import num_visible, random_mask
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
@@ -269,7 +270,7 @@ def profile_steps(step, device: torch.device, path: str, steps: int = 2) -> Dict
     else:
         out["ops_per_step"] = sum(e.count for e in ka if e.key.startswith("aten::")) / steps
         table = ka.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
-    with open(path, "w") as f:
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         f.write(table)
     return out
 

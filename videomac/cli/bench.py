@@ -7,6 +7,8 @@ import json
 import os
 
 from videomac import bench
+from videomac.files import atomic_file
+from videomac.outputs import check_outputs
 
 
 def register(subparsers) -> None:
@@ -97,12 +99,13 @@ def register(subparsers) -> None:
 def _write(result, path) -> None:
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as fh:
+        with atomic_file(path) as tmp, open(tmp, "w") as fh:
             json.dump(result, fh, indent=2, default=str)
         print(f"wrote {path}")
 
 
 def pretrain(args: argparse.Namespace) -> int:
+    check_outputs(files={"--out": args.out}, folders={"--profile": args.profile})
     from videomac.bench.pretrain import bench_pretrain, format_table, resolve_options
 
     kw = resolve_options(
@@ -139,6 +142,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
 
 def data(args: argparse.Namespace) -> int:
+    check_outputs(args.data, files={"--out": args.out})
     from videomac.bench.data import bench_data, format_table, to_json
 
     kw = dict(
@@ -164,6 +168,7 @@ def data(args: argparse.Namespace) -> int:
 
 
 def propagate(args: argparse.Namespace) -> int:
+    check_outputs(files={"--out": args.out})
     from videomac.bench.propagate import bench_propagation
 
     kw = dict(device=args.device)

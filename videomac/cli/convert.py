@@ -23,6 +23,9 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.checkpoint], files={"--out": args.out})
     from videomac.convert import convert_official_file
 
     out = convert_official_file(args.checkpoint, args.model, args.out, trust_pickle=args.trust_pickle)

@@ -53,6 +53,9 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.root, args.weights, getattr(args, "list_file", None)], folders={"--out": args.out})
     from videomac.eval.benchmark import run_benchmark
 
     extra = (

@@ -22,6 +22,9 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.checkpoint], folders={"--out": args.out})
     from videomac.hub import export_folder
 
     s = export_folder(

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.src], folders={"DST": args.dst})
     from videomac.pretrain.prepare import prepare_dataset
 
     result = prepare_dataset(

@@ -200,6 +200,9 @@ def main(args: argparse.Namespace) -> int:
     else:
         cfg = resolve_config(values, preset=args.preset)
     check_config(cfg)  # before any model or data is built (torch only if resuming)
+    from videomac.outputs import check_outputs
+
+    check_outputs([cfg.data], runs={"--output-dir": cfg.output_dir})  # the run owns its folder
 
     from videomac.pretrain.train import pretrain
 

@@ -63,6 +63,9 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.video, args.mask, args.weights], folders={"--out": args.out})
     from videomac.eval.track import track_video
 
     s = track_video(

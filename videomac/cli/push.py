@@ -29,6 +29,9 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.run], folders={"--folder": args.folder})  # the default folder is RUN/hub/ORG--NAME
     from videomac.hub import push
 
     s = push(

@@ -26,6 +26,9 @@ def register(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from videomac.outputs import check_outputs
+
+    check_outputs([args.checkpoint, args.video], files={"--out": args.out})
     from videomac.pretrain.visualize import visualize_checkpoint
 
     path = visualize_checkpoint(

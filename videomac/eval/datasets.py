@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from videomac.eval.annotations import AnnotationError, read_annotation
+from videomac.files import atomic_file
 from videomac.media import IMAGE_EXTS, JPEG_EXTS, image_to_rgb, natural_key
 from videomac.palette import davis_palette as default_palette
 
@@ -77,7 +78,8 @@ def write_label_png(label_map: np.ndarray, path: str, palette: Optional[np.ndarr
     im = Image.fromarray(np.ascontiguousarray(lab, dtype=np.uint8), mode="L").convert("P")
     im.putpalette((default_palette() if palette is None else palette).reshape(-1).tolist())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    im.save(path)
+    with atomic_file(path, durable=False) as tmp:
+        im.save(tmp, format="PNG")
     return path
 
 

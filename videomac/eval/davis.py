@@ -30,6 +30,7 @@ import numpy as np
 from videomac.eval.annotations import check_annotation_size
 from videomac.eval.datasets import DatasetLayoutError, DavisDataset
 from videomac.eval.metrics import db_eval_boundary, db_eval_iou, db_statistics
+from videomac.files import atomic_file
 
 __all__ = ["GLOBAL_KEYS", "evaluate", "evaluate_sequence", "sequence_problem", "write_csvs"]
 
@@ -208,18 +209,18 @@ def write_csvs(metrics: Dict[str, object], out_dir: str, split: str = "val") -> 
     header when none was)."""
     os.makedirs(out_dir, exist_ok=True)
     g = os.path.join(out_dir, f"global_results-{split}.csv")
-    with open(g, "w", newline="") as f:
+    with atomic_file(g) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(GLOBAL_KEYS)
         w.writerow([f"{metrics[k]:.6f}" for k in GLOBAL_KEYS])
     s = os.path.join(out_dir, f"per-sequence_results-{split}.csv")
-    with open(s, "w", newline="") as f:
+    with atomic_file(s) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Sequence", "J-Mean", "F-Mean"])
         for r in metrics["per_sequence"]:
             w.writerow([r["name"], f"{r['J-Mean']:.6f}", f"{r['F-Mean']:.6f}"])
     x = os.path.join(out_dir, f"excluded-sequences-{split}.csv")
-    with open(x, "w", newline="") as f:
+    with atomic_file(x) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Sequence", "Reason"])
         for e in metrics.get("excluded_sequences", []):

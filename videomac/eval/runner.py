@@ -36,6 +36,7 @@ from videomac.eval.features import FeatureExtractor
 from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
 from videomac.eval.outputs import check_output_folder
 from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
+from videomac.files import atomic_file
 
 __all__ = [
     "run_davis",
@@ -143,7 +144,8 @@ def contact_sheet(
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * width, (i // cols) * th))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sheet.save(path)
+    with atomic_file(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return path
 
 
@@ -234,7 +236,7 @@ def _write_json(metrics, extractor, config, path, benchmark) -> None:
     cfg = config or PropagationConfig()
     blob = {"benchmark": benchmark, "encoder": extractor.describe(), "propagation": cfg.__dict__, **metrics}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
         json.dump(blob, f, indent=1, default=float)
 
 
@@ -321,7 +323,7 @@ def _resize_nearest(lab: np.ndarray, size) -> np.ndarray:
 
 def _write_rows(rows: List[dict], keys: List[str], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
         for r in rows:

@@ -16,6 +16,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from videomac.files import atomic_file
+
 __all__ = ["propagate_video", "track_video", "processing_size", "MIN_SIDE"]
 
 DEFAULT_MODEL = "videomac_rn18"
@@ -171,7 +173,7 @@ def propagate_video(
             + "; ".join(p for p, _ in reader.skipped[:5]),
             file=sys.stderr,
         )
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+    with atomic_file(os.path.join(out_dir, "summary.json")) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
     return summary
 

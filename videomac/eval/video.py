@@ -17,9 +17,12 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from videomac.files import atomic_file
 from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, is_image, natural_key
 
 __all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "resize_frame", "image_to_rgb"]
+
+_MUXERS = {"mkv": "matroska", "m4v": "mp4", "mpg": "mpeg"}  # PyAV muxer names that are not the extension
 
 
 def resize_frame(frame: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -137,7 +140,14 @@ class VideoWriter:
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._container = av.open(path, mode="w")
+        # written beside the target and renamed over it on close (a link at ``path`` is replaced)
+        self._atomic = atomic_file(path)
+        ext = os.path.splitext(path)[1].lower().lstrip(".")
+        try:
+            self._container = av.open(self._atomic.__enter__(), mode="w", format=_MUXERS.get(ext, ext or "mp4"))
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
         rate = Fraction(fps).limit_denominator(1001)
         self._stream = None
         for codec in ("libx264", "h264", "mpeg4"):
@@ -148,7 +158,9 @@ class VideoWriter:
                 continue
         if self._stream is None:
             self._container.close()
-            raise RuntimeError("PyAV has neither an h264 nor an mpeg4 encoder")
+            err = RuntimeError("PyAV has neither an h264 nor an mpeg4 encoder")
+            self._atomic.__exit__(RuntimeError, err, None)  # removes the temporary
+            raise err
         self._stream.pix_fmt = "yuv420p"
         if self._stream.codec_context.name in ("libx264", "h264"):
             self._stream.options = {"crf": str(crf), "preset": "veryfast"}
@@ -170,17 +182,24 @@ class VideoWriter:
             self._container.mux(packet)
         self.frames += 1
 
-    def close(self) -> None:
+    def close(self, exc=(None, None, None)) -> None:
+        """Finish the file and put it in place; with ``exc`` (an error while writing) discard it."""
         if self._container is None:
             return
-        if self._hw is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
-        self._container = None
+        try:
+            if self._hw is not None and exc[0] is None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+            self._container.close()
+        except BaseException as e:
+            exc = (type(e), e, e.__traceback__)
+            raise
+        finally:
+            self._container = None
+            self._atomic.__exit__(*exc)
 
     def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        self.close(exc)

@@ -20,7 +20,7 @@ Safety and integrity (docs/pretraining.md, "Outputs and resuming"):
   renamed); a full disk is reported as such, even from inside ``torch.save``, whose zip writer hides it.
 * Every key a resume needs is checked for presence and type (:data:`RESUME_SCHEMA`) before it is used.
 * A run folder is owned by one run at a time: :func:`run_lock` (``videomac.lock``); :func:`is_run_folder`
-  tells other commands not to write into one.
+  (:mod:`videomac.outputs`) tells other commands not to write into one.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 
 from videomac.files import atomic_file
+from videomac.outputs import LOCK, is_run_folder  # re-exported: the output rule owns what a run folder is
 from videomac.pretrain.config import (
     CHECKPOINT,
-    CONFIG,
     MAY_CHANGE_ON_RESUME,
     METRICS,
     SUMMARY,
@@ -80,7 +80,6 @@ __all__ = [
 
 FORMAT_VERSION = 2  # 2: weights-only (no pickled Python objects), per-rank RNG states, sha256 digest
 _DIGEST = "sha256"
-LOCK = "videomac.lock"  # the run folder's lock file (holder's pid, host, start time)
 
 # Keys of a checkpoint and their types: every checkpoint has the first two; a resume needs them all.
 SCHEMA = dict(model=dict, config=dict)
@@ -319,17 +318,6 @@ def encoder_from_checkpoint(path: str, trust_pickle: bool = False) -> torch.nn.M
 # ------------------------------------------------------------------------------------------- run folders
 class RunFolderBusy(ValueError):
     """The run folder is locked by another live run."""
-
-
-def is_run_folder(path: str) -> bool:
-    """Whether ``path`` is a pretraining run folder (a run's lock, checkpoints, or config + metrics), which
-    other commands (export, push) must not write into."""
-    if not os.path.isdir(path):
-        return False
-    names = set(os.listdir(path))
-    if LOCK in names or checkpoint_candidates(path):
-        return True
-    return {CONFIG, METRICS} <= names
 
 
 def earlier_run(path: str) -> List[str]:

@@ -5,10 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from videomac.outputs import (  # the run folder's names live with the output rule that guards them
+    CHECKPOINT,
+    CONFIG,
+    ENCODER,
+    METRICS,
+    SKIPPED,
+    SUMMARY,
+    checkpoint_candidates,
+)
 from videomac.presets import PRESETS
 
 __all__ = [
@@ -26,14 +34,6 @@ __all__ = [
     "SUMMARY",
     "SKIPPED",
 ]
-
-CHECKPOINT = "checkpoint.pt"  # the newest checkpoint; older ones kept are checkpoint-<step>.pt
-ENCODER = "encoder.safetensors"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-SKIPPED = "skipped.jsonl"  # inputs the data loader skipped (one JSON object per line, any process)
-_OLDER = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 def _f(default, ge=None, gt=None, le=None, lt=None, choices=None):
@@ -106,18 +106,6 @@ class PretrainConfig:
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
-
-
-def checkpoint_candidates(run_dir: str) -> List[str]:
-    """The checkpoints of a run folder that exist, newest first: ``checkpoint.pt``, then the older ones
-    kept (``checkpoint-<step>.pt``, highest step first)."""
-    out = [os.path.join(run_dir, CHECKPOINT)] if os.path.isfile(os.path.join(run_dir, CHECKPOINT)) else []
-    try:
-        names = os.listdir(run_dir)
-    except OSError:
-        return out
-    older = sorted(((int(m.group(1)), n) for n in names if (m := _OLDER.match(n))), reverse=True)
-    return out + [os.path.join(run_dir, n) for _, n in older if os.path.isfile(os.path.join(run_dir, n))]
 
 
 # Settings a resumed run may change: how long it runs, how it is fed, logged and saved, and how its kernels

@@ -25,6 +25,7 @@ from PIL import Image
 
 from videomac.files import atomic_file, stale_temporaries
 from videomac.media import IMAGE_EXTS, JPEG_EXTS, VIDEO_EXTS, image_to_rgb, is_video, list_frames
+from videomac.outputs import check_outputs
 from videomac.pretrain.data import _frames_root
 
 __all__ = ["destination", "prepare_dataset", "list_items"]
@@ -214,9 +215,7 @@ def prepare_dataset(
         raise ValueError(f"videos must be 'frames' or 'mp4', got {videos!r}")
     if short_side < 1 or not 1 <= quality <= 100 or gop < 1:
         raise ValueError("short_side and gop must be >= 1, quality in 1..100")
-    s, d = os.path.realpath(src), os.path.realpath(dst)
-    if d == s or d.startswith(s.rstrip(os.sep) + os.sep) or s.startswith(d.rstrip(os.sep) + os.sep):
-        raise ValueError(f"prepare: DST ({dst}) must be outside SRC ({src}) and not contain it")
+    check_outputs([src], folders={"DST": dst})
     items = list_items(src)
     if not items:
         raise ValueError(f"prepare: no frame folders or video files under {src} ({' '.join(IMAGE_EXTS + VIDEO_EXTS)})")

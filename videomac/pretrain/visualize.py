@@ -8,14 +8,18 @@ predicted masked patches).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from videomac.files import atomic_file
 from videomac.masking import PATCH_SIZE, check_images, check_mask, patchify, unpatchify, upsample_mask
-from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+from videomac.media import is_video
+from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_params
+from videomac.pretrain.decode import crop_box, crop_resize
 from videomac.pretrain.model import patch_mean_std
 
 __all__ = [
@@ -120,12 +124,79 @@ def reconstruction_figure(
 
 
 def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
-    """Render :func:`reconstruction_figure` (same arguments) and save it as a PNG at ``path``."""
+    """Render :func:`reconstruction_figure` (same arguments) and save it as a PNG at ``path``, atomically
+    (a symlink at ``path`` is replaced, not written through)."""
     fig = reconstruction_figure(*args, **kwargs)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    fig.save(path, format="PNG")
+    with atomic_file(path) as tmp:
+        fig.save(tmp, format="PNG")
     return fig
+
+
+def _decode_packets(path: str, on_frame) -> List[Optional[int]]:
+    """Demux ``path``'s video stream, decoding packet by packet so that a corrupt packet loses only its own
+    frames; ``on_frame(frame)`` for each frame that decodes. Returns every packet's pts (its frame's place)."""
+    import av
+
+    pts = []
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        for packet in c.demux(stream):
+            if packet.size:
+                pts.append(packet.pts)
+            try:
+                for frame in packet.decode():
+                    on_frame(frame)
+            except (av.error.FFmpegError, ValueError):
+                continue
+    return pts
+
+
+def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``rows`` random pairs of frames ``gap`` apart of a video file, drawn among the frames that decode
+    (a corrupt middle loses its own frames, not the figure). Frames are placed by timestamp when the
+    stream has them, else in decoding order."""
+    decoded: List[Optional[int]] = []
+    try:
+        every = _decode_packets(path, lambda f: decoded.append(f.pts))
+    except Exception as e:  # PyAV raises many error types for a file it cannot open
+        raise ValueError(f"cannot read video {path}: {e}") from None
+    stamped = None not in every and None not in decoded
+    order = {p: k for k, p in enumerate(sorted(every))} if stamped else {}
+    good = sorted({order[p] for p in decoded if p in order}) if stamped else list(range(len(decoded)))
+    total = len(every) if stamped else len(decoded)
+    have = set(good)
+    starts = [t for t in good if t + gap in have]
+    if not starts:
+        raise ValueError(
+            f"{path}: {len(good)} of {total} frames decode and no two of them are {gap} (the run's gap) apart: "
+            "no frame pair to show"
+        )
+    if len(good) < total:
+        warnings.warn(f"{path}: {len(good)} of {total} frames decode; the figure is made from those", stacklevel=3)
+    chosen = [starts[int(i)] for i in torch.randint(0, len(starts), (rows,))]
+    keep = set(chosen) | {t + gap for t in chosen}
+    frames: Dict[int, np.ndarray] = {}
+
+    seen = [0]
+
+    def take(f) -> None:
+        k = order.get(f.pts) if stamped else seen[0]
+        seen[0] += 1
+        if k in keep:
+            frames[k] = f.to_ndarray(format="rgb24")
+
+    _decode_packets(path, take)
+    return [(frames[t], frames[t + gap]) for t in chosen]
+
+
+def _crop_pair(a: np.ndarray, b: np.ndarray, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One random resized crop and flip for both frames, as pretraining draws them; uint8 ``(3, s, s)``."""
+    H, W = a.shape[:2]
+    box = crop_box(random_resized_crop_params(H, W, (0.2, 1.0), (3 / 4, 4 / 3)), (H, W), (H, W))
+    flip = bool(torch.rand(1).item() < 0.5)
+    return tuple(torch.from_numpy(crop_resize(x, box, (size, size), flip).copy()).permute(2, 0, 1) for x in (a, b))
 
 
 def visualize_checkpoint(
@@ -136,12 +207,17 @@ def visualize_checkpoint(
     from videomac.pretrain.checkpoint import load_pretrainer
     from videomac.pretrain.data import FramePairDataset, normalize_frames
 
+    if int(rows) < 1:
+        raise ValueError(f"--rows must be at least 1, got {rows}")
     model, cfg = load_pretrainer(checkpoint, trust_pickle=trust_pickle)
     model.eval()
     size = input_size or cfg.input_size
     torch.manual_seed(seed)
-    data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
-    pairs = [data[i] for i in range(rows)]
+    if os.path.isfile(video) and is_video(video):
+        pairs = [_crop_pair(a, b, size) for a, b in _video_pairs(video, rows, cfg.gap)]
+    else:  # frame folders: the dataset skips unreadable images, and no pair spans one
+        data = FramePairDataset(video, input_size=size, gap=cfg.gap, pairs_per_video=rows)
+        pairs = [data[i] for i in range(rows)]
     frame1 = normalize_frames(torch.stack([p[0] for p in pairs]))  # uint8 -> normalised float
     frame2 = normalize_frames(torch.stack([p[1] for p in pairs]))
     with torch.no_grad():
