@@ -80,7 +80,9 @@ def test_frame_folder_binary_mask_and_downscaling(clip, tmp_path):
 def test_errors_are_clear(clip, tmp_path, capsys, case, message):
     video, mask = clip["video"], clip["mask"]
     if case == "size":
-        mask = write_palette_png(np.ones((48, 64), np.uint8), str(tmp_path / "small.png"))
+        small = np.zeros((48, 64), np.uint8)
+        small[8:24, 8:24] = 1  # one object on background 0
+        mask = write_palette_png(small, str(tmp_path / "small.png"))
     elif case == "empty":
         mask = write_palette_png(np.zeros(SIZE, np.uint8), str(tmp_path / "empty.png"))
     elif case == "missing":

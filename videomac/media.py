@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,6 +21,7 @@ __all__ = [
     "image_to_rgb",
     "is_image",
     "is_video",
+    "frame_names",
     "list_frames",
     "natural_key",
 ]
@@ -47,10 +48,28 @@ def natural_key(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def list_frames(folder: str) -> List[str]:
-    """Paths of the frame images in ``folder`` (not recursive), in natural order."""
-    names = sorted((n for n in os.listdir(folder) if is_image(n)), key=natural_key)
-    return [os.path.join(folder, n) for n in names]
+def frame_names(folder: str, exts: Sequence[str] = IMAGE_EXTS) -> List[str]:
+    """Names of the frame images (``exts``) in ``folder`` (not recursive), in natural order.
+
+    A frame's index is its name without the extension, so two files with one index (``00001.jpg`` and
+    ``00001.png``) are refused with a ``ValueError`` naming them: both would be "frame 00001" (one
+    output mask for two frames, or one frame read twice)."""
+    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(tuple(exts))), key=natural_key)
+    by_index: Dict[str, List[str]] = {}
+    for n in names:
+        by_index.setdefault(os.path.splitext(n)[0], []).append(n)
+    clashes = [group for group in by_index.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(", ".join(group) for group in clashes[:5]) + (" ..." if len(clashes) > 5 else "")
+        raise ValueError(
+            f"{folder}: {len(clashes)} frame index(es) held by more than one file ({shown}); keep one file per frame"
+        )
+    return names
+
+
+def list_frames(folder: str, exts: Sequence[str] = IMAGE_EXTS) -> List[str]:
+    """Paths of the frame images in ``folder`` (:func:`frame_names`: natural order, one file per index)."""
+    return [os.path.join(folder, n) for n in frame_names(folder, exts)]
 
 
 def image_to_rgb(im: Image.Image, path: str = "image") -> np.ndarray:

@@ -14,7 +14,8 @@ from videomac.pretrain.config import PretrainConfig
 _DEFAULT = PretrainConfig()
 
 EXIT_CODES = """exit codes:
-  0        the run finished, or stopped with a checkpoint by --stop-after
+  0        the run finished, or stopped with a checkpoint by --stop-after, or had already finished (a
+           resume of a finished run changes nothing)
   1        training failed: a non-finite loss, a DataLoader worker that died, inputs that vanished, a full
            disk; the last good checkpoint is intact (resume with --resume)
   2        bad input or usage: a setting out of its range, a missing or unusable checkpoint or data, a
@@ -207,6 +208,8 @@ def main(args: argparse.Namespace) -> int:
     from videomac.pretrain.train import pretrain
 
     summary = pretrain(cfg, args.trust_pickle)
+    if summary.get("nothing_to_do"):  # a finished run resumed: its one line is said, nothing changed
+        return 0
     if int(os.environ.get("RANK", "0")) == 0:
         shown = dict(summary)
         skipped = shown.pop("skipped", {})

@@ -63,11 +63,19 @@ def read_annotation(path: str, what: str = "annotation") -> Tuple[np.ndarray, Op
 def read_mask(path: str) -> np.ndarray:
     """A ``propagate`` first-frame mask as ``(H, W)`` uint8 object ids (0 = background).
 
-    Indexed PNGs keep their indices; 255 (DAVIS "void") becomes background. Grayscale or 1-bit masks
-    with only two values (0 and anything) are binary: one object, id 1; with more values the values
-    are the ids."""
+    Pixel values are object ids on background 0, so a mask must hold 0 (one without is refused:
+    tracking would follow the background as an object). Indexed PNGs keep their indices; 255 (DAVIS
+    "void") becomes background. A grayscale or 1-bit mask with exactly two values, 0 and another, is
+    binary: one object, id 1 (``{0, 255}`` is object 1, not void)."""
     lab, pal = read_annotation(path, "mask")
-    if pal is None and len(np.unique(lab)) <= 2:
+    values = np.unique(lab)
+    if values.size and values[0] != 0:
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if values.size > 8 else "")
+        raise AnnotationError(
+            f"mask {path} has no background: its values are {shown} and none is 0; object ids are 1..N on "
+            "background 0 (a binary mask: 0 and one other value)"
+        )
+    if pal is None and values.size == 2:
         lab = (lab > 0).astype(np.uint8)
     lab[lab == 255] = 0
     return lab

@@ -14,7 +14,7 @@ from PIL import Image
 
 from videomac.eval.annotations import AnnotationError, read_annotation
 from videomac.files import atomic_file
-from videomac.media import IMAGE_EXTS, JPEG_EXTS, image_to_rgb, natural_key
+from videomac.media import IMAGE_EXTS, JPEG_EXTS, frame_names, image_to_rgb, natural_key
 from videomac.palette import davis_palette as default_palette
 
 __all__ = [
@@ -45,7 +45,7 @@ def _fail(name: str, root: str, problems: List[str], limit: int = 12) -> None:
 
 
 def _list_files(folder: str, exts: Sequence[str]) -> List[str]:
-    return sorted((f for f in os.listdir(folder) if f.lower().endswith(tuple(exts))), key=natural_key)
+    return frame_names(folder, exts)  # one file per frame index, as everywhere
 
 
 def read_image(path: str) -> np.ndarray:
@@ -245,7 +245,7 @@ class DavisDataset:
 
     def _read_2017(self) -> List[str]:
         listed: List[str] = []
-        with open(self.split_file) as f:
+        with open(self.split_file, encoding="utf-8-sig") as f:  # a byte-order mark is not a name
             for i, ln in enumerate(f, 1):
                 s = ln.strip()
                 if not s:
@@ -264,7 +264,7 @@ class DavisDataset:
 
     def _read_2016(self) -> List[str]:
         res = self.resolution
-        with open(self.split_file) as f:
+        with open(self.split_file, encoding="utf-8-sig") as f:  # a byte-order mark is not a name
             for i, ln in enumerate(f, 1):
                 cols = ln.split()
                 if not cols:
@@ -360,7 +360,7 @@ def _read_list(list_file: str, root: str, one_col, nested: bool = False) -> List
     name becomes an output path, so it is checked (:func:`check_name`; ``nested``: a relative
     ``a/b`` of such names, as JHMDB's ``<action>/<video>``); a bad line raises naming ``file:line``."""
     out, seen = [], {}
-    with open(list_file) as f:
+    with open(list_file, encoding="utf-8-sig") as f:  # a byte-order mark is not a name
         for i, ln in enumerate(f, 1):
             cols = ln.split()
             if not cols:

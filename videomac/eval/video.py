@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from videomac.files import atomic_file
-from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, is_image, natural_key
+from videomac.media import IMAGE_EXTS, VIDEO_EXTS, image_to_rgb, list_frames
 
 __all__ = ["VIDEO_EXTS", "IMAGE_EXTS", "FrameReader", "VideoWriter", "resize_frame", "image_to_rgb"]
 
@@ -52,10 +52,9 @@ class FrameReader:
             raise FileNotFoundError(f"video not found: {source} (expected a video file or a folder of frames)")
         self.paths = None
         if os.path.isdir(source):
-            names = sorted((n for n in os.listdir(source) if is_image(n)), key=natural_key)
-            if not names:
+            self.paths = list_frames(source)
+            if not self.paths:
                 raise ValueError(f"{source}: folder holds no frames (expected images {', '.join(IMAGE_EXTS)})")
-            self.paths = [os.path.join(source, n) for n in names]
             with Image.open(self.paths[0]) as im:
                 self.size = (im.height, im.width)
             self.num_frames: Optional[int] = len(self.paths)

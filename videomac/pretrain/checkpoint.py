@@ -18,7 +18,8 @@ Safety and integrity (docs/pretraining.md, "Outputs and resuming"):
   ``checkpoint-<step>.pt``); :func:`load_latest` takes the newest intact one and says which it skipped.
 * Writes go through :func:`videomac.files.atomic_file` (an exclusively created temporary, fsynced and
   renamed); a full disk is reported as such, even from inside ``torch.save``, whose zip writer hides it.
-* Every key a resume needs is checked for presence and type (:data:`RESUME_SCHEMA`) before it is used.
+* Every key a resume needs is checked for presence and type (:data:`RESUME_SCHEMA`), and its position
+  (``step``, ``epoch``, ``micro_done``) for a range its run can reach (:func:`check_progress`), before it is used.
 * A run folder is owned by one run at a time: :func:`run_lock` (``videomac.lock``); :func:`is_run_folder`
   (:mod:`videomac.outputs`) tells other commands not to write into one.
 """
@@ -33,6 +34,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -63,6 +65,7 @@ __all__ = [
     "write_checkpoint",
     "state_digest",
     "check_schema",
+    "check_progress",
     "build_model",
     "load_pretrainer",
     "encoder_from_checkpoint",
@@ -237,6 +240,49 @@ def check_schema(ck: Dict, path: str, schema: Optional[Dict[str, type]] = None) 
             )
 
 
+def check_progress(ck: Dict, path: str, total_steps: Optional[int] = None, limit: Optional[str] = None) -> None:
+    """A resumable checkpoint's position is one its run can have reached, else :class:`CheckpointError`
+    naming the entry (a digest proves a file intact, not sensible): ``step`` in ``[0, total_steps]``, the
+    length of the run that wrote it; each complete ``epoch`` took at least one step (``0 <= epoch <=
+    step``); ``micro_done``, the micro-batches into the current epoch, in ``[0, epoch_micro_batches)``
+    (recorded since this check; >= 0 before); ``order_workers`` and ``world_size`` >= 1.
+
+    With ``total_steps`` (the resumed run's length), also ``step <= total_steps``; ``limit`` names the
+    setting of the resume that made that length (``--max-steps 3``) for the message."""
+    step, epoch, micro = ck["step"], ck["epoch"], ck["micro_done"]
+    problem = None
+    planned = ck.get("total_steps")  # the length of the run that wrote it: its loop ends there
+    if step < 0:
+        problem = f"its step {step} is negative"
+    elif isinstance(planned, int) and step > planned:
+        problem = f"its step {step} is beyond the {planned} steps of the run that wrote it (total_steps)"
+    elif not 0 <= epoch <= step:
+        problem = f"its epoch {epoch} is not in [0, step {step}] (every epoch takes at least one step)"
+    elif micro < 0:
+        problem = f"its micro_done {micro} is negative"
+    else:
+        for key, low in (("epoch_micro_batches", 1), ("order_workers", 1), ("world_size", 1)):
+            value = ck.get(key, low)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                problem = f"its {key} {value!r} is not an integer >= {low}"
+                break
+        else:
+            per_epoch = ck.get("epoch_micro_batches")
+            if per_epoch is not None and micro >= per_epoch:
+                problem = f"its micro_done {micro} is not below the {per_epoch} micro-batches of its epoch"
+    if problem:
+        raise CheckpointError(f"{path} is not a usable videomac checkpoint: {problem}")
+    if total_steps is not None and step > total_steps:
+        if limit:
+            raise CheckpointError(
+                f"{limit} ends the run at step {total_steps}, before the {step} steps {path} has already done; "
+                "ask for a longer run (or leave it out to keep the run's own length)"
+            )
+        raise CheckpointError(
+            f"{path} is not a usable videomac checkpoint: its step {step} is beyond the run's {total_steps} steps"
+        )
+
+
 def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tuple[Dict, str, List[str]]:
     """The newest intact checkpoint of a run that a resume can use (:data:`RESUME_SCHEMA`):
     ``(checkpoint, its path, problems with newer ones)``.
@@ -257,6 +303,7 @@ def load_latest(path: str, map_location="cpu", trust_pickle: bool = False) -> Tu
         try:
             ck = load_checkpoint(c, map_location, trust_pickle)
             check_schema(ck, c, RESUME_SCHEMA)
+            check_progress(ck, c)
             return ck, c, problems
         except (CheckpointError, FileNotFoundError) as e:
             problems.append(str(e))
@@ -354,12 +401,27 @@ def _holder(fd: int) -> str:
 @contextlib.contextmanager
 def run_lock(folder: str) -> Iterator[str]:
     """Own the run folder ``folder`` (created if missing) for the duration: an exclusive ``flock`` on
-    ``folder/videomac.lock``, which records this process's pid, host and start time. Another run holding
-    it raises :class:`RunFolderBusy` naming that run; the kernel releases a lock whose process died, so
-    a stale lock is simply taken over. The lock file stays (it marks the folder as a run)."""
+    ``folder/videomac.lock``, which records this process's pid, host and start time while it is held
+    (emptied on release, so a run that changes nothing leaves the folder byte for byte as it was).
+    Another run holding it raises :class:`RunFolderBusy` naming that run; the kernel releases a lock
+    whose process died, so a stale lock is simply taken over. The lock file stays (it marks the folder
+    as a run); one that is not a regular file (a FIFO, a folder, a link) is a ``ValueError`` naming it."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        # O_NONBLOCK: opening a FIFO put there must not wait for a writer
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise ValueError(
+            f"{path} is not a regular file ({_kind(path)}); it is the run folder's lock file: "
+            "remove it, or use another --output-dir"
+        )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -371,10 +433,32 @@ def run_lock(folder: str) -> Iterator[str]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
         _HELD.add(fd)
-        yield path
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # still held: a run waiting for it never reads a half-emptied record
     finally:
         _HELD.discard(fd)
         os.close(fd)  # releases the lock
+
+
+def _kind(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    for test, word in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return word
+    return "not a plain file"
 
 
 def resume_config(

@@ -252,7 +252,11 @@ class FrameFolderClip(Clip):
     def probe(cls, path: str, gap: int, skipped: Dict[str, str]) -> Optional[FrameFolderClip]:
         """Check the folder's frame headers (decoding every frame is too slow); the clip, or ``None``
         with the reasons recorded in ``skipped``."""
-        frames, bad = list_frames(path), set()
+        try:
+            frames, bad = list_frames(path), set()
+        except ValueError as e:  # two files for one frame index: which is the frame is unknown
+            skipped[path] = str(e).removeprefix(f"{path}: ")
+            return None
         for k, f in enumerate(frames):
             if not os.path.isfile(f):
                 bad.add(k)
@@ -684,7 +688,7 @@ class FramePairDataset(torch.utils.data.Dataset):
         base = os.path.dirname(os.path.abspath(path))
         out = []
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Notepad's) is not a name
                 lines = f.read().splitlines()
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is neither a video ({' '.join(VIDEO_EXTS)}) nor a text list") from e

@@ -34,6 +34,7 @@ from videomac.models.names import check_model_name
 from videomac.pretrain.checkpoint import (
     FORMAT_VERSION,
     build_model,
+    check_progress,
     close_inherited_locks,
     earlier_run,
     load_latest,
@@ -231,7 +232,8 @@ def pretrain(cfg: PretrainConfig, trust_pickle: bool = False) -> Dict:
     """Run (or resume) pretraining; returns a summary dict. Only rank 0 writes files.
 
     A run stopped early (``stop_after``, SIGINT, SIGTERM) returns ``stopped=True`` (and ``signal``, the
-    signal's name) after writing its checkpoint. ``trust_pickle``: resume from a checkpoint that a
+    signal's name) after writing its checkpoint; resuming a run that had already finished changes nothing
+    and returns ``nothing_to_do=True``. ``trust_pickle``: resume from a checkpoint that a
     weights-only load refuses (one written by an earlier videomac; only for files you trust).
     """
     check_config(cfg)
@@ -369,6 +371,7 @@ class _Trainer:
             step=self.step,
             epoch=self.epoch,
             micro_done=self.micro_done,
+            epoch_micro_batches=self.steps_per_epoch * self.cfg.accum_iter,
             order_workers=self.order_workers,
             total_steps=self.total_steps,
             warmup_steps=self.warmup_steps,
@@ -396,6 +399,7 @@ class _Trainer:
             print(f"warning: {'; '.join(problems)}", file=sys.stderr)
             print(f"resuming from {used} (step {ck.get('step')}), the newest intact checkpoint", file=sys.stderr)
         saved = ck.get("config", {})
+        check_progress(ck, used, self.total_steps, self._length_setting(saved))
         if saved.get("model") != self.cfg.model:
             raise ValueError(f"checkpoint {used} is for {saved.get('model')}, not --model {self.cfg.model}")
         try:
@@ -433,11 +437,35 @@ class _Trainer:
                 file=sys.stderr,
             )
 
+    def _length_setting(self, saved: Dict) -> Optional[str]:
+        """The flag of this resume that set the run's length, when it differs from the checkpoint's."""
+        cfg = self.cfg
+        if cfg.max_steps is not None and cfg.max_steps != saved.get("max_steps"):
+            return f"--max-steps {cfg.max_steps}"
+        if cfg.max_steps is None and cfg.epochs != saved.get("epochs"):
+            return f"--epochs {cfg.epochs} ({self.steps_per_epoch} steps each)"
+        return None
+
+    def _finished_before(self) -> bool:
+        """Whether the resumed run had already ended: at its last step, with its summary written (a run
+        that failed while writing its outputs is finished again instead). Every rank agrees with rank 0."""
+        done = self.step >= self.total_steps and (not self.env.main or os.path.isfile(os.path.join(self.out, SUMMARY)))
+        flag = torch.tensor([float(done)], device=self.env.device)
+        if self.env.world > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
     # -- the loop: named steps -----------------------------------------------------------------------
     def run(self) -> Dict:
         """Open the run folder, train until the last step or a stop, save, and summarise. Whatever ends the
         loop (an error, a signal, a dead worker), the DataLoader's workers are shut down first, so the
-        process can always exit."""
+        process can always exit. A resumed run that had already finished changes nothing."""
+        if self.cfg.resume:
+            self.resume(self.cfg.resume)  # checked before anything in the folder changes
+            if self._finished_before():
+                if self.env.main:
+                    print(f"{self.out} already finished at step {self.step}; nothing to do", file=sys.stderr)
+                return dict(step=self.step, finished=True, nothing_to_do=True, checkpoint=self.ckpt_path)
         self._open_folder()
         handlers = _catch(self._on_signal)
         try:
@@ -455,7 +483,8 @@ class _Trainer:
             _restore_handlers(handlers)  # failing: give the caller its handlers back now
             raise
         try:
-            self.save()  # a signal during this save is noted, not fatal: the handlers stay until it is done
+            if self.step != self.saved_step:  # a resume that trained no step has its checkpoint already
+                self.save()  # a signal during this save is noted, not fatal: the handlers stay until it is done
         finally:
             _restore_handlers(handlers)
         if self.step < self.total_steps:
@@ -463,10 +492,8 @@ class _Trainer:
         return self._finish(self._last_batch)
 
     def _open_folder(self) -> None:
-        """Resume (checked before anything in the folder changes), then ready the run folder (rank 0)."""
+        """Ready the run folder (rank 0), once a resume's checkpoint was loaded and checked."""
         cfg, env = self.cfg, self.env
-        if cfg.resume:
-            self.resume(cfg.resume)
         if env.main:
             os.makedirs(self.out, exist_ok=True)
             for p in stale_temporaries(self.out):
