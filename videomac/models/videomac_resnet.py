@@ -223,17 +223,29 @@ class VideoMACResNet(nn.Module):
         """
         assert output_fmt in ("NCHW",), "Output shape must be NCHW."
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self._LAYERS), indices)
+        num_layers = 4  # len(self._LAYERS), a literal: TorchScript reads no class attributes
+        take_indices, max_index = feature_take_indices(num_layers, indices)
         x = self.stem(x)
-        names = self._LAYERS[: max_index + 1] if stop_early else self._LAYERS
-        for feat_idx, name in enumerate(names):
-            layer = getattr(self, name)  # not scriptable, as timm's ResNet; forward() does not use it
-            x = checkpoint_seq(layer, x) if self.grad_checkpointing else layer(x)
+        last = max_index if stop_early else num_layers - 1
+        for feat_idx in range(last + 1):
+            x = self._layer(feat_idx, x)
             if feat_idx in take_indices:
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    def _layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``layer{i+1}(x)``, spelled out: TorchScript cannot look a module up by a computed name."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(getattr(self, self._LAYERS[i]), x)
+        if i == 0:
+            return self.layer1(x)
+        if i == 1:
+            return self.layer2(x)
+        if i == 2:
+            return self.layer3(x)
+        return self.layer4(x)
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
