@@ -219,3 +219,30 @@ def test_avgpool_and_maxpool_visible_only():
     x2 = torch.where(upsample_mask(mask, (16, 16)).unsqueeze(1), torch.randn_like(x) + 10, x)
     a, b = enc(x, mask), enc(x2, mask)
     assert (a - b).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["masked", "visible"])
+@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_cnxv2_atto", "resnet18"])
+def test_model_stays_dense_and_shares_its_weights(name, backend):
+    """SparseEncoder(model) leaves ``model`` the dense model it was (same classes, same output bit for bit)
+    and shares its weights: an optimizer step through the encoder changes ``model``; to_dense() works."""
+    model, x = make(name), torch.randn(2, 3, 64, 96)
+    classes = [type(m) for m in model.modules()]
+    with torch.no_grad():
+        before = model(x)
+    enc = videomac.SparseEncoder(model.train(), backend=backend)
+    assert [type(m) for m in model.modules()] == classes
+    assert all(p is q for p, q in zip(model.parameters(), enc.model.parameters()))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), before)
+        model.train()(x)  # train mode too (BatchNorm statistics of resnet18): no "no mask set"
+    mask = random_mask(2, (2, 3), 0.5, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.SGD(enc.parameters(), lr=0.1)
+    enc.train()(x, mask).square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        after = model.eval()(x)
+        assert not torch.equal(after, before)
+        assert torch.equal(enc.to_dense().eval()(x), after)
+        # a second encoder of the same model: the same weights, run sparsely
+        assert torch.equal(videomac.SparseEncoder(model, backend=backend).eval()(x, mask), enc.eval()(x, mask))

@@ -174,3 +174,22 @@ def test_features_only_getter(name):
     assert [x.shape[-1] // t.shape[-1] for t in got] == feats.feature_info.reduction()
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("getter", [False, True], ids=["features_only", "getter"])
+@pytest.mark.parametrize("name", NAMES)
+def test_features_only_scripts_equals_eager(name, getter):
+    """torch.jit.script of a features_only model (timm's default wrapper, and the forward_intermediates
+    getter for every family) runs and gives the eager features bit for bit."""
+    x = inputs(name, batch=1)
+    if getter:
+        n = len(make(name).feature_info)
+        feats = FeatureGetterNet(make(name), out_indices=(0, 1) if n == 4 else (2, 5))
+    else:
+        feats = make(name, features_only=True)
+    scripted = torch.jit.script(feats)
+    with torch.no_grad():
+        want, got = feats(x), scripted(x)
+    assert len(got) == len(want) >= 2
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)

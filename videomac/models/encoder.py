@@ -28,8 +28,11 @@ class SparseEncoder(nn.Module):
     layer-by-layer reference (every layer a module call that runs dense and zeroes masked positions;
     same results); ``'auto'`` (the default) picks, at each forward, the one measured fastest on the
     input's device (:data:`videomac.sparse.AUTO_BACKEND`: visible on CPU, masked on CUDA).
-    The wrapped model keeps its parameter names (under ``model.``); :meth:`to_dense` returns a
-    plain dense copy whose state_dict loads strictly into ``timm.create_model(name)``.
+    ``model`` itself stays the dense model it was: the encoder runs a structural copy of it
+    (:func:`~videomac.sparse.masked.share_structure`) holding the same Parameter and buffer tensors,
+    so training the encoder trains ``model``. The copy keeps the parameter names (under ``model.``);
+    :meth:`to_dense` returns an independent dense copy whose state_dict loads strictly into
+    ``timm.create_model(name)``.
     """
 
     BACKENDS = BACKENDS

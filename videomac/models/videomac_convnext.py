@@ -125,7 +125,11 @@ class VideoMACConvNeXt(ConvNeXt):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         x = self.stem(x)
         last_idx = len(self.stages) - 1
-        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[: max_index + 1]
+        # An if statement, not a conditional expression: TorchScript drops the branch that cannot script.
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
+            stages = self.stages
+        else:
+            stages = self.stages[: max_index + 1]
         feat_idx = 0
         for feat_idx, stage in enumerate(stages):
             x = self._stage_norm(feat_idx, stage(x))

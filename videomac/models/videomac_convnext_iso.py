@@ -119,7 +119,11 @@ class VideoMACConvNeXtIsotropic(nn.Module):
         intermediates = []
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self.stem(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
+        # An if statement, not a conditional expression: TorchScript drops the branch that cannot script.
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
+            blocks = self.blocks
+        else:
+            blocks = self.blocks[: max_index + 1]
         for i, blk in enumerate(blocks):
             x = blk(x)
             if i in take_indices:

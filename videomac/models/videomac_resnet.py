@@ -2,7 +2,8 @@
 
 Differences from torchvision's ResNet (as in the authors' code): a 4x4 stride-4 patchify stem with
 LayerNorm instead of the 7x7 conv + max-pool, LayerNorm (channels-first) instead of BatchNorm and
-GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32.
+GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32, or
+``output_stride`` 16 / 8 with the last stages dilated instead of strided (as timm's ResNet).
 """
 
 # No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
@@ -39,12 +40,17 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         downsample: Optional[nn.Module] = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
+        first_dilation: Optional[int] = None,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        first_dilation = first_dilation or dilation
+        self.conv1 = nn.Conv2d(
+            inplanes, planes, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.norm1 = LayerNorm2d(planes)
         self.act1 = nn.GELU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
         self.norm2 = LayerNorm2d(planes)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.downsample = downsample
@@ -70,13 +76,18 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         downsample: Optional[nn.Module] = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
+        first_dilation: Optional[int] = None,
     ):
         super().__init__()
+        first_dilation = first_dilation or dilation
         outplanes = planes * self.expansion
         self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
         self.norm1 = LayerNorm2d(planes)
         self.act1 = nn.GELU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.norm2 = LayerNorm2d(planes)
         self.act2 = nn.GELU()
         self.conv3 = nn.Conv2d(planes, outplanes, 1, bias=False)
@@ -101,7 +112,9 @@ class VideoMACResNet(nn.Module):
 
     ``feature_info`` / ``forward_intermediates`` indices 0..3 are ``layer1`` .. ``layer4`` (strides 4..32;
     the stem's output is ``layer1``'s stride, so it is not a feature of its own). ``global_pool=''`` keeps
-    the unpooled (B, C, H, W) map.
+    the unpooled (B, C, H, W) map. ``output_stride`` 16 or 8 (timm's argument, what DeepLab asks for):
+    the stages past that stride keep it and dilate their 3x3 convs instead (timm's ``make_blocks``), with
+    the same parameters, so any checkpoint loads.
     """
 
     _LAYERS = ("layer1", "layer2", "layer3", "layer4")
@@ -112,6 +125,7 @@ class VideoMACResNet(nn.Module):
         layers: List[int],
         num_classes: int = 1000,
         in_chans: int = 3,
+        output_stride: int = 32,
         global_pool: str = "avg",
         stem_width: int = 64,
         drop_rate: float = 0.0,
@@ -119,6 +133,8 @@ class VideoMACResNet(nn.Module):
         zero_init_last: bool = True,
     ):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
@@ -127,8 +143,11 @@ class VideoMACResNet(nn.Module):
         n = sum(layers)
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
         inplanes, reduction, idx = stem_width, 4, 0
+        dilation = prev_dilation = 1
         for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
             stride = 1 if i == 0 else 2
+            if reduction >= output_stride:  # timm's make_blocks: dilate instead of striding
+                dilation, stride = dilation * stride, 1
             reduction *= stride
             outplanes = planes * block.expansion
             downsample = None
@@ -138,10 +157,19 @@ class VideoMACResNet(nn.Module):
                 )
             blocks = []
             for d in range(depth):
+                first = d == 0
                 blocks.append(
-                    block(inplanes, planes, stride if d == 0 else 1, downsample if d == 0 else None, dpr[idx])
+                    block(
+                        inplanes,
+                        planes,
+                        stride if first else 1,
+                        downsample if first else None,
+                        dpr[idx],
+                        dilation=dilation,
+                        first_dilation=prev_dilation,
+                    )
                 )
-                inplanes, idx = outplanes, idx + 1
+                inplanes, idx, prev_dilation = outplanes, idx + 1, dilation
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=outplanes, reduction=reduction, module=f"layer{i + 1}"))
         self.num_features = self.head_hidden_size = inplanes
@@ -195,17 +223,29 @@ class VideoMACResNet(nn.Module):
         """
         assert output_fmt in ("NCHW",), "Output shape must be NCHW."
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self._LAYERS), indices)
+        num_layers = 4  # len(self._LAYERS), a literal: TorchScript reads no class attributes
+        take_indices, max_index = feature_take_indices(num_layers, indices)
         x = self.stem(x)
-        names = self._LAYERS[: max_index + 1] if stop_early else self._LAYERS
-        for feat_idx, name in enumerate(names):
-            layer = getattr(self, name)  # not scriptable, as timm's ResNet; forward() does not use it
-            x = checkpoint_seq(layer, x) if self.grad_checkpointing else layer(x)
+        last = max_index if stop_early else num_layers - 1
+        for feat_idx in range(last + 1):
+            x = self._layer(feat_idx, x)
             if feat_idx in take_indices:
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
         return x, intermediates
+
+    def _layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """``layer{i+1}(x)``, spelled out: TorchScript cannot look a module up by a computed name."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(getattr(self, self._LAYERS[i]), x)
+        if i == 0:
+            return self.layer1(x)
+        if i == 1:
+            return self.layer2(x)
+        if i == 2:
+            return self.layer3(x)
+        return self.layer4(x)
 
     def prune_intermediate_layers(
         self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True

@@ -1,8 +1,10 @@
 """Sparse execution of dense ConvNets in pure PyTorch (submanifold-sparse semantics): the ``masked``
 backend, and the conversion both backends start from.
 
-A dense timm model is converted in place by swapping each layer's class for a sparse subclass of
-it: parameters, buffers and names are untouched, so :func:`densify` only swaps the classes back.
+:func:`sparsify` converts a structural copy of a dense timm model (:func:`share_structure`: new module
+objects holding the model's own Parameter and buffer tensors), swapping each layer's class for a sparse
+subclass of it. The model passed in stays the dense model it was and shares its weights with the
+copy; names are untouched, so :func:`densify` only swaps the classes back.
 Every converted layer multiplies its output by the active (visible) mask at its resolution, so
 masked positions hold exact zeros after every layer and never leak into visible ones; layers that
 pool over positions (BatchNorm, max/avg pooling) only see visible positions. Masks must be
@@ -13,6 +15,7 @@ each model family (:mod:`.blocks`).
 
 from __future__ import annotations
 
+import copy
 from typing import Dict, Optional, Type
 
 import torch
@@ -23,7 +26,7 @@ from timm.layers.grn import GlobalResponseNorm
 from videomac.sparse.blocks import ZERO_PRESERVING, is_container
 from videomac.sparse.context import MaskContext, SparseLayer, update_running_stats
 
-__all__ = ["HEAD_NAMES", "sparsify", "densify"]
+__all__ = ["HEAD_NAMES", "share_structure", "sparsify", "densify"]
 
 
 class _SparseConv(SparseLayer):
@@ -120,8 +123,30 @@ def _encoder_modules(model: nn.Module):
                 yield f"{name}.{sub_name}", sub
 
 
+def share_structure(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s module tree that shares its weights: every module is a new object (so its
+    class can be swapped without touching ``model``) whose ``_parameters`` and ``_buffers`` dicts are
+    ``model``'s own. Parameters, buffers, in-place updates (optimizer steps, BatchNorm statistics) and
+    reassignments (``.to()``, ``load_state_dict(assign=True)``) are seen by both; training mode, hooks
+    registered later and other attributes are each module's own. A module reached twice is copied once."""
+    memo: Dict[int, nn.Module] = {}
+
+    def clone(m: nn.Module) -> nn.Module:
+        c = memo.get(id(m))
+        if c is None:
+            c = memo[id(m)] = copy.copy(m)  # a shallow copy: the same dicts until replaced below
+            for key, value in vars(m).items():
+                if "hooks" in key and isinstance(value, dict):
+                    setattr(c, key, type(value)(value))  # hooks registered on one do not reach the other
+            c._modules = {k: None if s is None else clone(s) for k, s in m._modules.items()}
+        return c
+
+    return clone(model)
+
+
 def sparsify(model: nn.Module, ctx: MaskContext) -> nn.Module:
-    """Convert ``model``'s feature layers in place; raises on a layer it cannot run sparsely."""
+    """The sparse form of ``model`` (a :func:`share_structure` copy with its feature layers converted;
+    ``model`` itself is unchanged); raises on a layer it cannot run sparsely."""
     if not is_container(type(model)):
         raise TypeError(f"cannot run {type(model).__name__} sparsely: unsupported model type")
     plan = []
@@ -139,10 +164,13 @@ def sparsify(model: nn.Module, ctx: MaskContext) -> nn.Module:
                 "BatchNorm2d, MaxPool2d, AvgPool2d, zero-preserving activations and dropout; declare "
                 "position-wise containers with videomac.register_sparse_container."
             )
+    sparse = share_structure(model)
+    copies = dict(zip(map(id, model.modules()), sparse.modules()))
     for module, sparse_cls in plan:
+        module = copies[id(module)]
         module.__class__ = sparse_cls
         module._vm_ctx = ctx
-    return model
+    return sparse
 
 
 def densify(model: nn.Module) -> nn.Module:
