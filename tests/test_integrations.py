@@ -225,3 +225,23 @@ def test_lightning_fine_tune_and_checkpoint_reload(tmp_path, one_thread):
     module.eval(), back.eval()
     with torch.no_grad():
         assert torch.equal(module(x), back(x))
+
+
+# ----------------------------------------------------------------------------- the page that shows them
+@pytest.mark.slow  # about 25 s of CPU: it exports with both ONNX exporters and trains
+def test_the_integrations_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
+    """Every Python block of docs/integrations.md, in order, in one namespace and a fresh folder."""
+    import re
+
+    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "integrations.md")
+    with open(page) as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+    assert len(blocks) >= 6
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "integrations_page"}
+    for block in blocks:
+        exec(compile(block, page, "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "tensor(0.)" in out and "True" in out
+    assert (tmp_path / "atto-export" / "config.json").exists() and namespace["trainer"].global_step == 2
+    assert torch.equal(namespace["reloaded"].model.stem[0].weight.cpu(), namespace["trainer"].model.model.stem[0].weight)
