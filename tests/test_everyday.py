@@ -110,11 +110,11 @@ def test_every_option_of_every_subcommand_has_help():
 
 def test_help_texts_say_what_is_accepted_and_defaults_once():
     env = dict(os.environ, COLUMNS="500")
-    run = lambda *a: (
-        subprocess.run(  # noqa: E731
-            [shutil.which("videomac"), *a, "--help"], capture_output=True, text=True, timeout=120, env=env
-        ).stdout
-    )
+
+    def run(*args):
+        cmd = [shutil.which("videomac"), *args, "--help"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
+
     backend = " ".join(run("pretrain").split()).rsplit("--backend {auto,visible,masked}", 1)[1].split(" --", 1)[0]
     assert backend.count("default") == 1 and "(default: auto)" in backend
     mask = " ".join(run("propagate").split()).rsplit("--mask MASK", 1)[1].split(" --", 1)[0]

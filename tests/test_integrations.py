@@ -244,4 +244,5 @@ def test_the_integrations_page_runs_as_written(tmp_path, monkeypatch, capsys, on
     out = capsys.readouterr().out
     assert "tensor(0.)" in out and "True" in out
     assert (tmp_path / "atto-export" / "config.json").exists() and namespace["trainer"].global_step == 2
-    assert torch.equal(namespace["reloaded"].model.stem[0].weight.cpu(), namespace["trainer"].model.model.stem[0].weight)
+    trained, reloaded = namespace["trainer"].model, namespace["reloaded"]
+    assert torch.equal(reloaded.model.stem[0].weight.cpu(), trained.model.stem[0].weight)
