@@ -28,7 +28,19 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff", "import-linter>=2.1", "scipy"],  # scipy: the JHMDB .mat test
+        "dev": [
+            "pytest>=7",
+            "ruff",
+            "import-linter>=2.1",
+            "scipy",  # the JHMDB .mat test
+            # the clients tests/test_integrations.py runs the encoders in (docs/integrations.md)
+            "segmentation-models-pytorch>=0.5",
+            "transformers>=4.47",  # its timm wrapper (AutoModel / pipeline on a timm folder)
+            "onnx",
+            "onnxscript",  # torch.onnx.export(dynamo=True)
+            "onnxruntime",
+            "lightning>=2",
+        ],
     },
     entry_points={"console_scripts": ["videomac=videomac.cli:main"]},
     classifiers=[

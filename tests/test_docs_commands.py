@@ -51,7 +51,7 @@ def test_unmarked_commands_need_no_data():
 def test_command_runs_as_written(page, cmd, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     cwd = tmp_path
-    if cmd.startswith("python examples/") or cmd.startswith("python docs/"):
+    if cmd.startswith(("python examples/", "python docs/", "python benchmarks/")):
         cwd = ROOT
     p = subprocess.Popen(
         cmd,

@@ -79,3 +79,43 @@ def test_bad_settings_fail_before_any_heavy_work(tmp_path):
     ]
     assert not any(line.rsplit("|", 1)[-1].strip() == "torch" for line in r.stderr.splitlines())
     assert not (tmp_path / "r").exists()
+
+
+def _subcommands(parser, path=()):
+    """(path, parser) for every subcommand at any depth of ``parser``."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name), sub
+                yield from _subcommands(sub, (*path, name))
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from videomac.cli import build_parser
+
+    found = list(_subcommands(build_parser()))
+    assert {p[0] for p, _ in found} >= {"pretrain", "visualize", "export", "push", "eval", "propagate", "bench"}
+    missing = [
+        f"videomac {' '.join(path)} {'/'.join(a.option_strings) or a.dest}"
+        for path, sub in found
+        for a in sub._actions
+        if not isinstance(a, argparse._SubParsersAction) and a.help != argparse.SUPPRESS and not (a.help or "").strip()
+    ]
+    assert not missing, f"options without help: {missing}"
+
+
+def test_help_texts_say_what_is_accepted_and_defaults_once():
+    env = dict(os.environ, COLUMNS="500")
+
+    def run(*args):
+        cmd = [shutil.which("videomac"), *args, "--help"]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env).stdout
+
+    backend = " ".join(run("pretrain").split()).rsplit("--backend {auto,visible,masked}", 1)[1].split(" --", 1)[0]
+    assert backend.count("default") == 1 and "(default: auto)" in backend
+    mask = " ".join(run("propagate").split()).rsplit("--mask MASK", 1)[1].split(" --", 1)[0]
+    assert "colour and 16-bit PNGs are refused" in mask and "grayscale or colours" not in mask

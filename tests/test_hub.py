@@ -160,9 +160,15 @@ def test_hf_hub_and_local_dir_loading(published, tmp_path):
     assert "hf-hub:me/rn18-run" in card and "library_name: timm" in card and "@inproceedings" in card
     # every field of the card comes from this run's config: 64 px, 1 step, built-in videos, stride 32
     assert "64×64 crops during pretraining" in card and "224×224" not in card
-    assert "for 1 optimizer step." in card and "the built-in procedural videos" in card and "stride 32" in card
+    # what was trained (the checkpoint's step, epoch and micro-batches), not the config's planned 100 epochs
+    assert "on the built-in procedural videos for 1 optimizer step (" in card and "stride 32" in card
+    assert " epochs of the data)" in card and "| epochs |" not in card and "100 epochs" not in card
+    assert "AutoModel.from_pretrained('me/rn18-run')" in card and "import videomac" in card
     cfg = json.loads((repo / "config.json").read_text())
     assert cfg["architecture"] == "videomac_rn18" and cfg["num_features"] == 512
+    # transformers passes num_classes itself: model_args must not repeat it (timm reads the root key)
+    assert "num_classes" not in cfg.get("model_args", {}) and cfg["num_classes"] == 0
+    assert "tag" not in cfg["pretrained_cfg"]  # not the registry's default tag: these are the run's weights
     cache = tmp_path / "cache"
     put_in_hf_cache(cache, "me/rn18-run", {n: repo / n for n in os.listdir(repo)})
     ref = load_file(str(run / "encoder.safetensors"))
@@ -325,3 +331,19 @@ def test_convert_official_resnet_and_key_errors():
 def test_hubconf_dependencies():
     text = (REPO / "hubconf.py").read_text()
     assert "dependencies = [" in text and '"timm"' in text and '"torch"' in text
+
+
+def test_model_card_says_what_was_trained_not_what_was_planned():
+    from videomac.hub import model_card
+
+    model = timm.create_model("videomac_cnxv2_atto")
+    cfg = dict(model="videomac_cnxv2_atto", epochs=100, max_steps=None, accum_iter=2, data="/data/k400/train")
+    card = lambda progress: model_card(model, None, cfg, progress=progress)  # noqa: E731
+    # steps_per_epoch recorded: 30 steps of 2 micro-batches into an epoch of 40 steps
+    text = card(dict(step=30, epoch=0, micro_done=60, steps_per_epoch=40))
+    assert "on train for 30 optimizer steps (0.75 epochs of the data)" in text
+    # an earlier checkpoint without steps_per_epoch: the finished epochs give the epoch's length
+    assert "(2.5 epochs of the data)" in card(dict(step=100, epoch=2, micro_done=40, steps_per_epoch=None))
+    text = card(dict(step=1, epoch=0, micro_done=2, steps_per_epoch=None))  # not derivable: steps only
+    assert "for 1 optimizer step. " in " ".join(text.split()) and "epochs of the data" not in text
+    assert "for 100 epochs" in card(None)  # a model without a checkpoint: the config's plan

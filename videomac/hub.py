@@ -66,32 +66,66 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def _epochs_done(progress: Dict, accum_iter: int) -> Optional[float]:
+    """Epochs of the data a checkpoint has seen (fractional), from its step, epoch and micro-batch count;
+    None when that is not recorded (a checkpoint without ``steps_per_epoch`` that never finished an epoch)."""
+    step, epoch, micro = (progress.get(k) for k in ("step", "epoch", "micro_done"))
+    if step is None or epoch is None or micro is None:
+        return None
+    if progress.get("steps_per_epoch"):
+        usable = progress["steps_per_epoch"] * accum_iter  # micro-batches per epoch
+    elif epoch:  # earlier checkpoints: every finished epoch had the same length
+        usable = (step * accum_iter - micro) / epoch
+    else:
+        return None
+    return epoch + micro / usable if usable > 0 else None
+
+
+def _trained_for(cfg: Dict, entry: Optional[WeightEntry], progress: Optional[Dict]) -> str:
+    """How long the weights were trained: the checkpoint's steps and epochs done, else the registry's
+    epochs, else the run config's plan."""
+    if entry and entry.epochs:
+        return f"{_md(entry.epochs)} epochs"
+    if progress and progress.get("step") is not None:
+        step = int(progress["step"])
+        text = f"{step} optimizer step{'s' * (step != 1)}"
+        epochs = _epochs_done(progress, int(cfg.get("accum_iter") or 1))
+        if epochs is not None:
+            text += f" ({f'{epochs:.2f}'.rstrip('0').rstrip('.')} epochs of the data)"
+        return text
+    if cfg.get("max_steps"):
+        return f"{_md(cfg['max_steps'])} optimizer step{'s' * (cfg['max_steps'] != 1)}"
+    if cfg.get("epochs"):
+        return f"{_md(cfg['epochs'])} epochs"
+    return "an unrecorded length"
+
+
 def model_card(
-    model: torch.nn.Module, repo_id: Optional[str], config: Optional[Dict] = None, entry: Optional[WeightEntry] = None
+    model: torch.nn.Module,
+    repo_id: Optional[str],
+    config: Optional[Dict] = None,
+    entry: Optional[WeightEntry] = None,
+    progress: Optional[Dict] = None,
 ) -> str:
-    """A README.md model card: what it is, recipe, data, metrics, usage, citation, license. Every value
-    that comes from a user (run config, registry entry) is escaped: front matter values are YAML strings,
-    text is inert markdown (HTML escaped), and local paths are reduced to their last component."""
+    """A README.md model card: what it is, how long on which data, recipe, metrics, usage (timm and
+    transformers), citation, license. ``progress``: the checkpoint's ``step``, ``epoch``, ``micro_done``
+    and ``steps_per_epoch`` (what was trained, not what was planned). Every value that comes from a user
+    (run config, registry entry) is escaped: front matter values are YAML strings, text is inert
+    markdown (HTML escaped), and local paths are reduced to their last component."""
     name = model.pretrained_cfg["architecture"]
     cfg = config or {}
     if repo_id is not None:
         check_repo_id(repo_id)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     load = f"hf-hub:{repo_id}" if repo_id else "local-dir:/path/to/this/folder"
+    hf_load = repo_id or "/path/to/this/folder"
     license_ = entry.license if entry else "apache-2.0"
     data = entry.data if entry else cfg.get("data")
     data = _md(_public(data)) if data else "the built-in procedural videos"
     size = entry.input_size if entry else cfg.get("input_size")
     size = _md(size) if size else None
     stride = int(model.feature_info[-1]["reduction"]) if getattr(model, "feature_info", None) else None
-    if entry and entry.epochs:
-        length = f"{_md(entry.epochs)} epochs"
-    elif cfg.get("max_steps"):
-        length = f"{_md(cfg['max_steps'])} optimizer step{'s' * (cfg['max_steps'] != 1)}"
-    elif cfg.get("epochs"):
-        length = f"{_md(cfg['epochs'])} epochs"
-    else:
-        length = "an unrecorded length"
+    length = _trained_for(cfg, entry, progress)
     preset = f" (preset {_md(_public(cfg['preset']))})" if cfg.get("preset") else ""
     prep = "ImageNet mean/std, bicubic resize"
     prep += f", {size}×{size} crops during pretraining." if size else "; the pretraining input size was not recorded."
@@ -120,7 +154,8 @@ def model_card(
             "batch_size",
             "motion_weight",
         )
-        if k in cfg and cfg[k] is not None
+        # --max-steps overrides --epochs: the epochs setting then describes nothing that ran
+        if k in cfg and cfg[k] is not None and not (k == "epochs" and cfg.get("max_steps"))
     )
     recipe = f"\n## Pretraining recipe\n\n| setting | value |\n| --- | --- |\n{recipe}\n" if recipe else ""
     recipe += _converted_from(model)
@@ -149,6 +184,18 @@ import timm, videomac  # importing videomac registers the architecture with timm
 model = timm.create_model('{load}', pretrained=True)                      # headless backbone
 feats = timm.create_model('{load}', pretrained=True, features_only=True)  # 4 feature maps
 clf = timm.create_model('{load}', pretrained=True, num_classes=10)        # add a classifier
+```
+
+With Hugging Face transformers (its timm wrapper; `import videomac` first, or transformers reports the
+architecture as unknown and suggests upgrading timm):
+
+```python
+import videomac  # registers the architecture with timm, which transformers uses
+from transformers import AutoModel, AutoModelForImageClassification, pipeline
+
+model = AutoModel.from_pretrained('{hf_load}')                                      # headless backbone
+clf = AutoModelForImageClassification.from_pretrained('{hf_load}', num_labels=10)  # add a classifier
+extract = pipeline('image-feature-extraction', model='{hf_load}')                  # PIL image -> feature map
 ```
 
 Preprocessing: {prep}
@@ -248,9 +295,16 @@ def export_folder(
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp:
         save_for_hf(model, tmp, model_config=model_config, safe_serialization=True)
         with open(os.path.join(tmp, "README.md"), "w") as f:
-            f.write(model_card(model, repo_id, config, entry))
+            f.write(model_card(model, repo_id, config, entry, getattr(model, "videomac_progress", None)))
         with open(os.path.join(tmp, "config.json")) as f:
             hf_config = json.load(f)
+        # transformers' timm wrapper passes num_classes itself (0, or num_labels) next to model_args, so a
+        # num_classes there is a duplicate keyword; timm reads the root num_classes, which stays
+        hf_config.get("model_args", {}).pop("num_classes", None)
+        if not tag:  # the architecture's default tag names the registry's weights, not these
+            hf_config["pretrained_cfg"].pop("tag", None)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
         for fname in PUBLISHED_FILES:  # timm's pytorch_model.bin, if any, stays behind: no pickles
             _publish(os.path.join(tmp, fname), os.path.join(out_dir, fname))
     files = list(PUBLISHED_FILES)

@@ -28,9 +28,9 @@ def register(subparsers) -> None:
     pp.add_argument("--input-size", type=int, help="square input size in px (default 224; quick 64)")
     pp.add_argument("--steps", type=int, help="timed steps per row (default 5; quick 2)")
     pp.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
-    pp.add_argument("--mask-ratio", type=float, default=0.75)
+    pp.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches masked (default 0.75)")
     pp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype (default none)")
     pp.add_argument(
         "--compile",
         action="store_true",
@@ -74,8 +74,8 @@ def register(subparsers) -> None:
     )
     pd.add_argument("--workers", type=int, help="DataLoader workers (default: from the CPU count)")
     pd.add_argument("--pairs", type=int, default=512, help="timed pairs per row (default 512)")
-    pd.add_argument("--input-size", type=int, default=224)
-    pd.add_argument("--batch-size", type=int, default=32)
+    pd.add_argument("--input-size", type=int, default=224, help="square crop size in px (default 224)")
+    pd.add_argument("--batch-size", type=int, default=32, help="frame pairs per batch (default 32)")
     pd.add_argument("--warmup", type=int, help="untimed batches first (default: one per worker)")
     pd.add_argument("--no-reference", action="store_true", help="skip the authors' pipeline rows")
     pd.add_argument(
@@ -85,12 +85,12 @@ def register(subparsers) -> None:
     )
     pd.add_argument("--gpu-decode", action="store_true", help="decode JPEGs on --device (CUDA)")
     pd.add_argument("--device", default="cpu", help="where batches go and are normalised (default cpu)")
-    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--seed", type=int, default=0, help="seed of the pair sampling and crops (default 0)")
     pd.add_argument("--out", help="write the results as JSON")
     pd.set_defaults(func=data)
 
     pr = sub.add_parser("propagate", help="label-propagation frames/s: local window vs naive dense affinity")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     pr.add_argument("--quick", action="store_true", help="small sizes")
     pr.add_argument("--out", help="write the results as JSON")
     pr.set_defaults(func=propagate)

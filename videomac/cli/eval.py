@@ -38,10 +38,10 @@ def register(subparsers) -> None:
             b.add_argument(flag, **kwargs)
         b.add_argument("--batch-size", type=int, default=8, help="frames per encoder forward")
         b.add_argument("--overlay-frames", type=int, default=6, help="frames per overlay contact sheet (0: none)")
-        b.add_argument("--no-progress", action="store_true")
+        b.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "davis":
             b.add_argument("--sequences", nargs="+", default=None, help="subset of the split's sequences")
-            b.add_argument("--split", default="val")
+            b.add_argument("--split", default="val", help="ImageSets split to evaluate (default: val)")
             b.add_argument(
                 "--layout", default="auto", choices=["auto", "2016", "2017"], help="DAVIS layout (default: detect)"
             )

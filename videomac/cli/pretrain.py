@@ -100,7 +100,7 @@ def register(sub) -> None:
         "--backend",
         choices=["auto", "visible", "masked"],
         help="encoder execution: every layer on visible positions only, masked-dense (the "
-        "reference), or auto: the one measured fastest on the device (default)",
+        "reference), or auto: the one measured fastest on the device",
     )
     g = p.add_argument_group("schedule")
     g.add_argument("--batch-size", type=int, help="per process")

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--mask",
         required=True,
-        help="first-frame mask PNG: indexed (DAVIS palette; ids 1..N), binary, grayscale ids or colours",
+        help="first-frame mask PNG whose pixel values are the object ids (1..N, 0 = background): indexed "
+        "(palette, as DAVIS), 8-bit grayscale or 1-bit; colour and 16-bit PNGs are refused",
     )
     p.add_argument("--out", required=True, help="output folder (masks/, overlay.mp4, summary.json)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"encoder name (default {DEFAULT_MODEL}) or any timm model")
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
     p.add_argument("--no-overlay", action="store_true", help="write the PNGs only")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
 

@@ -16,9 +16,9 @@ def register(sub) -> None:
         help='build the repo folder and list the files push would upload ("upload"); upload nothing',
     )
     p.add_argument("--folder", default=None, help="where to build the repo folder (default RUN/hub/ORG--NAME)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--tag", default=None)
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private (if it does not exist)")
+    p.add_argument("--revision", default=None, help="branch of the Hub repo to commit to (default: main)")
+    p.add_argument("--tag", default=None, help="registry tag the weights belong to (for the model card)")
     p.add_argument(
         "--trust-pickle",
         action="store_true",

@@ -12,10 +12,10 @@ def register(sub) -> None:
     )
     v.add_argument("checkpoint", help="checkpoint.pt of a pretraining run (or its folder)")
     v.add_argument("video", help="a video file or a folder of frames")
-    v.add_argument("--out", default="reconstruction.png")
-    v.add_argument("--rows", type=int, default=4, help="frame pairs to show")
-    v.add_argument("--input-size", type=int, default=None, help="default: the run's")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default="reconstruction.png", help="the figure's PNG path (default: %(default)s)")
+    v.add_argument("--rows", type=int, default=4, help="frame pairs to show (default: %(default)s)")
+    v.add_argument("--input-size", type=int, default=None, help="crop size in pixels (default: the run's)")
+    v.add_argument("--seed", type=int, default=0, help="seed of the pairs and masks (default: %(default)s)")
     v.add_argument(
         "--trust-pickle",
         action="store_true",

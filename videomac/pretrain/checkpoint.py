@@ -359,6 +359,7 @@ def encoder_from_checkpoint(path: str, trust_pickle: bool = False) -> torch.nn.M
     model.load_state_dict(state, strict=True)
     model.videomac_config = ck["config"]
     model.videomac_step = ck.get("step")
+    model.videomac_progress = {k: ck.get(k) for k in ("step", "epoch", "micro_done", "steps_per_epoch")}
     return model
 
 

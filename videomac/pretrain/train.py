@@ -374,6 +374,7 @@ class _Trainer:
             epoch_micro_batches=self.steps_per_epoch * self.cfg.accum_iter,
             order_workers=self.order_workers,
             total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch,  # for the epochs done an export's model card reports
             warmup_steps=self.warmup_steps,
             base_lr=self.base_lr,
             rng=rng,
