@@ -51,6 +51,8 @@ MODULES = [
     ("videomac.bench.data", "data loading benchmark"),
     ("videomac.synthetic", "procedural videos with exact labels"),
     ("videomac.media", "frame and video files, frame order, 16-bit-safe RGB (every reader)"),
+    ("videomac.outputs", "the one output rule of every writing command; what a run folder is"),
+    ("videomac.files", "atomic writes"),
 ]
 
 

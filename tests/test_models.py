@@ -126,6 +126,45 @@ def test_resnet_architecture(name, out_chs, params_m):
     assert m.stem[0].kernel_size == (4, 4) and m.stem[0].stride == (4, 4)
 
 
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("name,twin", [("videomac_rn18", "resnet18"), ("videomac_rn50", "resnet50")])
+def test_resnet_output_stride(name, twin, output_stride):
+    """output_stride dilates the last stages as timm's ResNet does: the same strides and dilations conv by
+    conv, feature_info reductions that match the maps, and the stride-32 weights load strictly."""
+    m = timm.create_model(name, output_stride=output_stride).eval()
+
+    def geometry(model):
+        convs = model.named_modules()
+        return [
+            (n, c.stride, c.dilation, c.padding)
+            for n, c in convs
+            if n.startswith("layer") and c._get_name() == "Conv2d"
+        ]
+
+    with torch.device("meta"):
+        assert geometry(m) == geometry(timm.create_model(twin, output_stride=output_stride))
+    m.load_state_dict(timm.create_model(name).state_dict(), strict=True)
+    want = [min(r, output_stride) for r in (4, 8, 16, 32)]
+    assert [f["reduction"] for f in m.feature_info] == want
+    feats = timm.create_model(name, features_only=True, output_stride=output_stride)(torch.randn(1, 3, 64, 96))
+    assert [(f.shape[-2], f.shape[-1]) for f in feats] == [(64 // r, 96 // r) for r in want]
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
+        timm.create_model(name, output_stride=4)
+
+
+@pytest.mark.parametrize("arch,size", [("DeepLabV3Plus", 64), ("DeepLabV3", 64), ("PAN", 128)])
+def test_resnet_in_smp_dilated_decoders(arch, size):
+    """segmentation_models_pytorch's decoders that ask timm for output_stride 16 / 8, forward and backward."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    net = getattr(smp, arch)("tu-videomac_rn18", encoder_weights=None, classes=2)
+    y = net(torch.randn(2, 3, size, size))
+    assert y.shape == (2, 2, size, size)
+    y.square().mean().backward()
+    assert net.encoder.model.layer4[1].conv2.dilation in ((2, 2), (4, 4))
+    # the dilated stage learns (its convs' gradients are 0 until norm2's zero-initialised weight moves)
+    assert net.encoder.model.layer4[1].norm2.weight.grad.abs().max() > 0
+
+
 @pytest.mark.parametrize("name", SMALL)
 def test_timm_interface(name):
     m = timm.create_model(name).eval()

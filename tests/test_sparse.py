@@ -16,9 +16,9 @@ FAMILIES = ["videomac_rn18", "videomac_rn50", "videomac_cnxv2_atto", "videomac_c
 SIZES = [(64, 96), (96, 64)]
 
 
-def make(name, train=False, seed=0):
+def make(name, train=False, seed=0, **kwargs):
     torch.manual_seed(seed)
-    model = timm.create_model(name, num_classes=0)
+    model = timm.create_model(name, num_classes=0, **kwargs)
     # Non-trivial norm/GRN parameters so the checks are not passed by zero-initialised layers.
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -221,8 +221,15 @@ def test_avgpool_and_maxpool_visible_only():
     assert (a - b).abs().max() < 1e-6
 
 
-@pytest.mark.parametrize("backend", ["masked", "visible"])
-@pytest.mark.parametrize("name", ["videomac_rn18", "videomac_cnxv2_atto", "resnet18"])
+@pytest.mark.parametrize(
+    "name,backend",
+    [
+        ("videomac_rn18", "masked"),
+        ("videomac_rn18", "visible"),
+        ("videomac_cnxv2_atto", "visible"),
+        ("resnet18", "visible"),
+    ],
+)
 def test_model_stays_dense_and_shares_its_weights(name, backend):
     """SparseEncoder(model) leaves ``model`` the dense model it was (same classes, same output bit for bit)
     and shares its weights: an optimizer step through the encoder changes ``model``; to_dense() works."""
@@ -246,3 +253,38 @@ def test_model_stays_dense_and_shares_its_weights(name, backend):
         assert torch.equal(enc.to_dense().eval()(x), after)
         # a second encoder of the same model: the same weights, run sparsely
         assert torch.equal(videomac.SparseEncoder(model, backend=backend).eval()(x, mask), enc.eval()(x, mask))
+
+
+# output_stride 16 / 8: the last stages dilated (smp's DeepLab); the mask grid is then the output stride
+DILATED = [
+    ("videomac_rn18", 16),
+    ("videomac_rn18", 8),
+    ("videomac_rn50", 8),
+    ("resnet18", 16),
+    ("videomac_cnxv2_atto", 16),
+]
+
+
+@pytest.mark.parametrize("name,output_stride", DILATED)
+def test_dilated_obligations(name, output_stride):
+    """Dilated models, both backends: (a) nothing masked == dense (the masked backend bit for bit),
+    (b) masked pixels never change visible outputs, (c) masked cells exactly zero at every stage,
+    (d) to_dense() loads strictly into timm's model of the same output_stride."""
+    dense, hw = make(name, output_stride=output_stride), (64, 96)
+    grid = (hw[0] // output_stride, hw[1] // output_stride)
+    encs = [videomac.SparseEncoder(make(name, output_stride=output_stride), backend=b) for b in ("masked", "visible")]
+    assert [e.patch_size for e in encs] == [output_stride] * 2
+    x = torch.randn(2, 3, *hw)
+    mask = random_mask(2, grid, 0.5, generator=torch.Generator().manual_seed(1))
+    x2 = torch.where(upsample_mask(mask, hw).unsqueeze(1), torch.randn_like(x) * 5, x)
+    with torch.no_grad():
+        want = stage_outputs(dense, x)
+        for enc, tol in zip(encs, (0.0, 1e-4)):
+            got = stage_outputs(enc, x, torch.zeros(2, *grid, dtype=torch.bool))
+            assert max((a - b).abs().max().item() for a, b in zip(got, want)) <= tol
+            for fa, fb in zip(stage_outputs(enc, x, mask), stage_outputs(enc, x2, mask)):
+                visible = ~upsample_mask(mask, fa.shape[-2:]).unsqueeze(1)
+                assert ((fa - fb).abs() * visible).max() < 1e-5
+                assert (fa * visible).abs().max() > 0 and (fa * ~visible).abs().max() == 0
+    ref = timm.create_model(name, num_classes=0, output_stride=output_stride)
+    ref.load_state_dict(encs[1].to_dense().state_dict(), strict=True)

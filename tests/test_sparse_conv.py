@@ -27,7 +27,8 @@ CONVS = [
     ("5x5", lambda: nn.Conv2d(4, 5, 5, 1, 2), ["gemm", "tile"]),
     ("3x3_s2", lambda: nn.Conv2d(4, 5, 3, 2, 1, bias=False), []),  # ResNet's strided 3x3: one-sided halo
     ("7x7_s2", lambda: nn.Conv2d(4, 5, 7, 2, 3, bias=False), []),  # timm ResNet's stem
-    ("3x3_dilated", lambda: nn.Conv2d(4, 5, 3, 1, 2, dilation=2), []),
+    ("3x3_dilated", lambda: nn.Conv2d(4, 5, 3, 1, 2, dilation=2), []),  # ResNet's output_stride 16 / 8
+    ("3x3_dilated4", lambda: nn.Conv2d(4, 5, 3, 1, 4, dilation=4, bias=False), []),  # reads blocks 4 away
     ("dw7", lambda: nn.Conv2d(4, 4, 7, 1, 3, groups=4), []),  # ConvNeXt's depthwise
     ("dw3", lambda: nn.Conv2d(4, 4, 3, 1, 1, groups=4, bias=False), []),
     ("2x2_s2", lambda: nn.Conv2d(4, 6, 2, 2), []),  # ConvNeXt's downsample

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from test_sparse import FAMILIES, make
+from test_sparse import DILATED, FAMILIES, make
 
 import videomac
 from videomac.masking import random_mask
@@ -26,10 +26,10 @@ RAGGED = torch.tensor([[[0, 1, 1], [1, 0, 0]], [[1, 1, 1], [1, 1, 1]], [[1, 1, 0
 TOL = {torch.float64: dict(out=1e-10, grad_rel=1e-9, buf=1e-10), torch.float32: dict(out=1e-4, grad_rel=1e-3, buf=1e-5)}
 
 
-def pair(name, train=True, dtype=torch.float32):
+def pair(name, train=True, dtype=torch.float32, **kwargs):
     return (
-        videomac.SparseEncoder(make(name, train=train).to(dtype), backend="masked"),
-        videomac.SparseEncoder(make(name, train=train).to(dtype), backend="visible"),
+        videomac.SparseEncoder(make(name, train=train, **kwargs).to(dtype), backend="masked"),
+        videomac.SparseEncoder(make(name, train=train, **kwargs).to(dtype), backend="visible"),
     )
 
 
@@ -92,8 +92,11 @@ def test_visible_equals_masked(name, dtype):
         torch.testing.assert_close(dense.forward_features(x), a.to_dense().eval().forward_features(x))
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, "videomac_cnxv2_iso_s"])
-def test_packed_from_stem_to_last_stage(name, monkeypatch):
+@pytest.mark.parametrize(
+    "name,output_stride",
+    [*((n, 32) for n in FAMILIES), ("videomac_cnxv2_iso_s", 16), ("videomac_rn18", 8), ("resnet18", 16)],
+)
+def test_packed_from_stem_to_last_stage(name, output_stride, monkeypatch):
     """Every conv and pooling layer runs packed (no dense fallback); the only dense->packed gather is
     the input image's and the only packed->dense scatter the output's (the model's forward_features and
     its stages are traced chains of modules)."""
@@ -116,12 +119,38 @@ def test_packed_from_stem_to_last_stage(name, monkeypatch):
     monkeypatch.setattr(visible, "gather", counting_gather)
     monkeypatch.setattr(visible, "scatter", counting_scatter)
     monkeypatch.setattr(packed, "plan", counting_plan)
-    enc = videomac.SparseEncoder(make(name, train=True), backend="visible")
+    kwargs = {} if output_stride == 32 or "iso" in name else dict(output_stride=output_stride)
+    enc = videomac.SparseEncoder(make(name, train=True, **kwargs), backend="visible")
     p = enc.patch_size
+    assert p == output_stride
     x, mask = torch.randn(3, 3, 2 * p, 3 * p), RAGGED
     enc(x, mask).sum().backward()
     assert calls["gather"] == 1 and calls["scatter"] == 1 and calls["dense"] == 0, calls
     assert sum(calls.values()) > 5
+
+
+@pytest.mark.parametrize("name,output_stride", DILATED)
+def test_visible_equals_masked_dilated(name, output_stride):
+    """Dilated last stages (output_stride 16 / 8), float64: outputs, input and parameter gradients and
+    BatchNorm statistics of the visible backend equal the masked reference's, random and ragged masks."""
+    tol = TOL[torch.float64]
+    a, b = pair(name, dtype=torch.float64, output_stride=output_stride)
+    p = output_stride
+    masks = [random_mask(2, (64 // p, 96 // p), 0.5, generator=torch.Generator().manual_seed(1)), RAGGED]
+    for mask in masks:
+        gh, gw = mask.shape[1:]
+        x = torch.randn(
+            mask.shape[0], 3, gh * p, gw * p, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+        )
+        a.zero_grad(), b.zero_grad()
+        ya, yb, ga, gb = run_both(a, b, x, mask)
+        assert ya.shape[-2:] == (gh, gw)
+        assert (ya - yb).abs().max() < tol["out"] * max(1.0, ya.abs().max().item())
+        assert (yb * mask.unsqueeze(1)).abs().max() == 0
+        assert (ga - gb).abs().max() <= tol["grad_rel"] * ga.abs().max()
+        assert max_grad_diff(a, b, relative=True) < tol["grad_rel"]
+        for (n, s), t in zip(a.named_buffers(), b.buffers()):
+            torch.testing.assert_close(s, t, rtol=tol["buf"], atol=tol["buf"], msg=n)
 
 
 def test_handover_needs_the_same_unmodified_tensor():

@@ -110,7 +110,7 @@ def _local(path: Optional[str]) -> bool:
     return bool(path) and "://" not in str(path)
 
 
-def overlap(out: str, inp: str) -> Optional[str]:
+def _overlap(out: str, inp: str) -> Optional[str]:
     """How output ``out`` overlaps input ``inp`` ("is", "is inside", "contains"), or None; resolved paths."""
     o, r = _real(out), _real(inp)
     if o == r:
@@ -151,7 +151,7 @@ def check_outputs(
                 f"{METRICS}); writing there could replace the run's files: choose a new folder"
             )
         for inp in ins:
-            how = overlap(out, inp)
+            how = _overlap(out, inp)
             if how == "is inside" and is_run_folder(_real(inp)):
                 continue  # the run's own files are guarded above; a new subfolder of it is fine
             if how:

@@ -178,7 +178,6 @@ def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.nd
     chosen = [starts[int(i)] for i in torch.randint(0, len(starts), (rows,))]
     keep = set(chosen) | {t + gap for t in chosen}
     frames: Dict[int, np.ndarray] = {}
-
     seen = [0]
 
     def take(f) -> None:
@@ -188,7 +187,10 @@ def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.nd
             frames[k] = f.to_ndarray(format="rgb24")
 
     _decode_packets(path, take)
-    return [(frames[t], frames[t + gap]) for t in chosen]
+    pairs = [(frames[t], frames[t + gap]) for t in chosen if t in frames and t + gap in frames]
+    if not pairs:  # the second decode lost what the first found (a file changing under us)
+        raise ValueError(f"{path}: the frames chosen for the figure no longer decode")
+    return pairs
 
 
 def _crop_pair(a: np.ndarray, b: np.ndarray, size: int) -> Tuple[torch.Tensor, torch.Tensor]:

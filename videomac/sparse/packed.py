@@ -17,7 +17,8 @@ Algorithms (all exact: masked inputs read as zeros, the masked backend's semanti
   zero row where the input is masked or outside) and one matrix product runs over the ``(N, k*k*C)``
   columns. Backward: the input gradient folds the column gradient back with an index-add (an input
   is read by several outputs); the weight gradient gathers the columns again (only the packed input
-  is saved). Also ResNet's strided 3x3 convs (a one-sided halo) and timm's 7x7/2 stem. Max-pooling
+  is saved). Also ResNet's strided 3x3 convs (a one-sided halo), timm's 7x7/2 stem and dilated convs
+  (ResNets at output_stride 16 / 8: the neighbourhood is spread by the dilation). Max-pooling
   gathers the same neighbourhoods (masked inputs read as -inf) and takes the max.
 - ``tile`` (stride-1 convs with 'same' padding): each visible block and its (k-1)/2 halo is gathered
   into a tile, and the dense conv (oneDNN / cuDNN) runs on the batch of tiles without padding: it
@@ -555,7 +556,7 @@ def plan(m: nn.Conv2d, hw: HW, block: HW, device) -> str:
     if m.groups == m.in_channels == m.out_channels and same:
         return "tile"  # depthwise: the dense depthwise conv on tiles (im2col would be memory-bound)
     if m.groups != 1:
-        return "dense"
+        return "dense"  # grouped, and dilated depthwise (ConvNeXt at output_stride 16 / 8)
     # Tiles cost (block + halo)^2 / block^2 times the visible work but run the fast dense conv; the
     # im2col product does only visible work. Measured on CPU (docs/performance.md): tiles win for 3x3
     # convs on 8x8 blocks (overhead 1.56), tie on 4x4 (2.25), lose on 2x2 and 1x1.
