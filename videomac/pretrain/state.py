@@ -74,6 +74,7 @@ class RunState:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global RNGs."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)

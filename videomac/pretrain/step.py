@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-__all__ = ["TrainingError", "NonFiniteLossError", "DataLoadingError", "Trainable", "train_step"]
+__all__ = ["Trainable", "train_step"]  # the errors: videomac.pretrain.train
 
 
 class TrainingError(RuntimeError):
@@ -25,10 +25,6 @@ class NonFiniteLossError(TrainingError, FloatingPointError):
 
 class DataLoadingError(TrainingError):
     """Loading a batch failed: a DataLoader worker died (out of memory, killed) or raised, inputs vanished."""
-
-
-def _finite_here(finite: torch.Tensor) -> bool:
-    return bool(finite.item())
 
 
 @dataclass
@@ -47,7 +43,7 @@ class Trainable:
     clip_grad: Optional[float] = None
     cuda_graphs: bool = False
     ddp: Optional[torch.nn.parallel.DistributedDataParallel] = None
-    all_finite: Callable[[torch.Tensor], bool] = _finite_here
+    all_finite: Optional[Callable[[torch.Tensor], bool]] = None  # None: this process only
 
     def __post_init__(self) -> None:
         self.forward = self.forward or self.model
@@ -72,7 +68,7 @@ def train_step(t: Trainable, inputs, lr: float, momentum: float, update: bool = 
         t.scaler.scale(loss / t.accum_iter).backward()
     # checked once the backward is queued, so the device is not left idle while we wait;
     # still before the optimizer step: a non-finite loss never reaches the weights
-    if not t.all_finite(finite):
+    if not (t.all_finite(finite) if t.all_finite else bool(finite.item())):
         raise NonFiniteLossError(f"loss is {loss.item()}")
     if update:
         if t.clip_grad:
