@@ -46,6 +46,14 @@ class SkipLog:
         return dict(skipped_count=len(skipped), skipped=skipped)
 
 
+class _Window:
+    """What one logging interval accumulates: summed losses (on the device), micro-batches, pairs, wait."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.micro, self.pairs, self.waited, self.t0 = 0, 0, 0.0, time.perf_counter()
+
+
 class MetricsLog:
     """The losses of each logging interval, averaged over its micro-batches and the ranks (a collective:
     every rank logs), and the run's throughput. Rank 0 (``main``) writes them to ``out_dir``."""
@@ -59,37 +67,31 @@ class MetricsLog:
         self.last_loss: Optional[float] = None  # the last logged mean loss (summary.json)
         self.last_batch: Optional[Tuple] = None  # (frame1, frame2, outputs) of the last micro-batch (figures)
         self.run_pairs, self.run_t0 = 0, time.perf_counter()
-        self._new_window()
-
-    def _new_window(self) -> None:
-        self.sums: Dict[str, torch.Tensor] = {}
-        self.micro, self.pairs, self.waited, self.t0 = 0, 0, 0.0, time.perf_counter()
+        self.window = _Window()
 
     def micro_batch(self, frames: Tuple[torch.Tensor, torch.Tensor], out: Dict, waited: float) -> None:
         """Add one micro-batch's losses (summed on the device: read once per interval) and pairs."""
+        w = self.window
         for k, v in out.items():
             if k.startswith("loss"):
-                self.sums[k] = self.sums.get(k, 0.0) + v.detach().double()
+                w.sums[k] = w.sums.get(k, 0.0) + v.detach().double()
         pairs = frames[0].shape[0] * self.env.world
-        self.micro, self.pairs, self.waited = self.micro + 1, self.pairs + pairs, self.waited + waited
+        w.micro, w.pairs, w.waited = w.micro + 1, w.pairs + pairs, w.waited + waited
         self.run_pairs += pairs
         self.last_batch = (frames[0], frames[1], out)
 
     def interval(self, step: int, epoch: int, lr: float, momentum: float) -> None:
         """Write the record of the interval ending at optimizer step ``step`` and start a new one."""
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        keys = sorted(self.sums)
-        n = max(1, self.micro)
-        means = torch.stack(
-            [torch.as_tensor(self.sums[k], dtype=torch.float64, device=self.env.device) / n for k in keys]
-        )
+        w = self.window
+        elapsed = max(time.perf_counter() - w.t0, 1e-9)
+        keys = sorted(w.sums)
+        n = max(1, w.micro)
+        means = torch.stack([torch.as_tensor(w.sums[k], dtype=torch.float64, device=self.env.device) / n for k in keys])
         means = self.env.mean(means).cpu()
         rec = dict(step=step, epoch=epoch)
         rec.update({k: float(v) for k, v in zip(keys, means)})
         self.last_loss = rec.get("loss")
-        rec.update(
-            lr=lr, momentum=momentum, pairs_per_sec=self.pairs / elapsed, data_wait=min(1.0, self.waited / elapsed)
-        )
+        rec.update(lr=lr, momentum=momentum, pairs_per_sec=w.pairs / elapsed, data_wait=min(1.0, w.waited / elapsed))
         if self.file is not None:
             rec["skipped"] = len(self.skips.read())  # inputs skipped so far (their list: summary.json)
             self.file.write(json.dumps(rec) + "\n")
@@ -99,7 +101,7 @@ class MetricsLog:
                     if k not in ("step", "epoch"):
                         self.tb.add_scalar(f"pretrain/{k}", v, step)
             self.bar.log(rec)
-        self._new_window()
+        self.window = _Window()  # timed from here: the next interval's rate leaves out this logging
 
     def wall_time(self) -> float:
         return time.perf_counter() - self.run_t0
