@@ -15,6 +15,7 @@ from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.data import FramePairDataset
 from videomac.pretrain.loader import EpochSampler, batch_to_device, epoch_indices, make_loader, shutdown_workers
 from videomac.pretrain.schedule import RunPlan
+from videomac.pretrain.state import RunState
 from videomac.pretrain.step import DataLoadingError
 from videomac.pretrain.stop import ignore_stop_signals
 
@@ -106,16 +107,16 @@ class Feed:
         return self.loader.num_workers
 
     def batches(
-        self, epoch: int, micro_done: int, order_workers: int, plan: RunPlan, failure: Callable[[BaseException], str]
+        self, run: RunState, plan: RunPlan, failure: Callable[[BaseException], str]
     ) -> Iterator[Tuple[Tuple[torch.Tensor, torch.Tensor], float]]:
-        """``((frame1, frame2), seconds waited)`` on the device from micro-batch ``micro_done`` of ``epoch``
-        through the run's last epoch; a load that fails raises :class:`DataLoadingError` (``failure(e)``: its
-        message)."""
+        """``((frame1, frame2), seconds waited)`` on the device from where ``run`` is through the run's last
+        epoch; a load that fails raises :class:`DataLoadingError` (``failure(e)``: its message)."""
         cfg, env = self.cfg, self.env
         epochs = _epoch_plan(
-            self.dataset, cfg.seed, env.world, env.rank, cfg.batch_size, order_workers, plan.epoch_micro_batches
+            self.dataset, cfg.seed, env.world, env.rank, cfg.batch_size, run.order_workers, plan.epoch_micro_batches
         )
-        self.sampler.set_span(epochs, epoch, micro_done * cfg.batch_size, max(plan.last_epoch, epoch + 1))
+        epoch = run.epoch
+        self.sampler.set_span(epochs, epoch, run.micro_done * cfg.batch_size, max(plan.last_epoch, epoch + 1))
         batches, t_wait = iter(self.loader), time.perf_counter()
         while True:
             try:

@@ -59,7 +59,7 @@ class MetricsLog:
     every rank logs), and the run's throughput. Rank 0 (``main``) writes them to ``out_dir``."""
 
     def __init__(self, out_dir: str, env, skips: SkipLog, total_steps: int, step: int, title: str, progress: bool):
-        self.env, self.skips = env, skips
+        self.out_dir, self.env, self.skips = out_dir, env, skips
         self.file = open(os.path.join(out_dir, METRICS), "a") if env.main else None
         self.tb = _tensorboard(out_dir) if env.main else None
         # a bar on a terminal; one plain line per logging interval in batch jobs (stderr a file or pipe)
@@ -103,6 +103,10 @@ class MetricsLog:
             self.bar.log(rec)
         self.window = _Window()  # timed from here: the next interval's rate leaves out this logging
 
+    def figure(self, name: str, patch_size: int, norm_pix_loss: bool) -> str:
+        """The reconstruction figure of the last micro-batch, as ``name`` in the run folder."""
+        return save_figure(os.path.join(self.out_dir, name), self.last_batch, patch_size, norm_pix_loss)
+
     def wall_time(self) -> float:
         return time.perf_counter() - self.run_t0
 
@@ -130,13 +134,12 @@ def save_figure(path: str, batch: Tuple, patch_size: int, norm_pix_loss: bool) -
     return path
 
 
-def write_summary(summary: Dict, out_dir: str, cfg, model, last_batch: Optional[Tuple]) -> None:
+def write_summary(summary: Dict, log: MetricsLog, cfg, model) -> None:
     """Rank 0's end of a finished run: the last figure, the loss curve, the encoder (``cfg.export``), and
     ``summary.json`` (``summary`` gains their paths)."""
-    if last_batch is not None:
-        summary["figure"] = save_figure(
-            os.path.join(out_dir, "reconstruction.png"), last_batch, model.patch_size, cfg.norm_pix_loss
-        )
+    out_dir = log.out_dir
+    if log.last_batch is not None:
+        summary["figure"] = log.figure("reconstruction.png", model.patch_size, cfg.norm_pix_loss)
     metrics = os.path.join(out_dir, METRICS)
     if os.path.exists(metrics) and os.path.getsize(metrics):
         summary["loss_curve"] = save_loss_curve(metrics, os.path.join(out_dir, "loss.png"), cfg.norm_pix_loss)

@@ -32,7 +32,7 @@ from videomac.pretrain.checkpoint import (
 from videomac.pretrain.config import CHECKPOINT, CONFIG, SKIPPED, SUMMARY, PretrainConfig, check_config
 from videomac.pretrain.distributed import Dist, is_main_process
 from videomac.pretrain.feed import Feed, build_dataset, uses_units
-from videomac.pretrain.metrics import MetricsLog, SkipLog, save_figure, write_summary
+from videomac.pretrain.metrics import MetricsLog, SkipLog, write_summary
 from videomac.pretrain.schedule import RunPlan, build_optimizer, ema_momentum, learning_rate
 from videomac.pretrain.state import RunState, seed_everything
 from videomac.pretrain.step import DataLoadingError, NonFiniteLossError, Trainable, TrainingError, train_step
@@ -113,10 +113,13 @@ def _train(cfg, env, plan: RunPlan, t: Trainable, run: RunState, feed: Feed, log
     """MAE's ``train_one_epoch`` over every epoch left: steps until the last one or a stop."""
     t.model.train()
     start = run.step
-    if run.micro_done >= plan.epoch_micro_batches:  # a checkpoint written at the end of an epoch by an earlier version
-        run.end_epoch_if_complete(plan.epoch_micro_batches)
+    run.end_epoch_if_complete(plan.epoch_micro_batches)  # a checkpoint written at an epoch's end by an earlier version
+
+    def failure(e: BaseException) -> str:
+        return _load_failure(e, run, ckpt)
+
     while run.step < plan.total_steps:
-        for frames, waited in feed.batches(run.epoch, run.micro_done, run.order_workers, plan, _failure(run, ckpt)):
+        for frames, waited in feed.batches(run, plan, failure):
             lr = learning_rate(run.step, plan.total_steps, plan.warmup_steps, plan.base_lr, cfg.min_lr)
             momentum = ema_momentum(
                 run.step, plan.total_steps, cfg.ema_base, cfg.ema_final, cfg.ema_schedule, plan.steps_per_epoch
@@ -135,14 +138,9 @@ def _train(cfg, env, plan: RunPlan, t: Trainable, run: RunState, feed: Feed, log
                 continue  # gradients accumulate until the micro-batch that ends the step
             run.step += 1
             log.bar.update(1)
-            if run.end_epoch_if_complete(plan.epoch_micro_batches) and env.main and cfg.vis_every:
-                if run.epoch % cfg.vis_every == 0:
-                    save_figure(
-                        os.path.join(cfg.output_dir, f"recon_epoch{run.epoch:04d}.png"),
-                        log.last_batch,
-                        t.model.patch_size,
-                        cfg.norm_pix_loss,
-                    )
+            new_epoch = run.end_epoch_if_complete(plan.epoch_micro_batches)
+            if new_epoch and env.main and cfg.vis_every and run.epoch % cfg.vis_every == 0:
+                log.figure(f"recon_epoch{run.epoch:04d}.png", t.model.patch_size, cfg.norm_pix_loss)
             if run.step % cfg.log_every == 0 or run.step == plan.total_steps:
                 log.interval(run.step, run.epoch, lr, momentum)
             if run.step % cfg.save_every == 0 and run.step < plan.total_steps:
@@ -305,10 +303,6 @@ def _open_folder(cfg: PretrainConfig, env: Dist, skipped_log: str) -> None:
     env.barrier()
 
 
-def _failure(run: RunState, ckpt: _Checkpoints):
-    return lambda e: _load_failure(e, run, ckpt)
-
-
 def _load_failure(e: BaseException, run: RunState, ckpt: _Checkpoints) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     what = lines[-1][:300] if lines else type(e).__name__  # a worker's error: its last line is the cause
@@ -342,7 +336,7 @@ def _finish(cfg, env: Dist, plan: RunPlan, model, run: RunState, log: MetricsLog
         **skips.summary(env.main),
     )
     if env.main:
-        write_summary(summary, cfg.output_dir, cfg, model, log.last_batch)
+        write_summary(summary, log, cfg, model)
     if not in_sync:
         raise RuntimeError("online weights differ across ranks at the end of training")
     env.barrier()
