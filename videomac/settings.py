@@ -138,11 +138,10 @@ def add_options(
         rule = _rule(f)
         default = defaults.get(name, f.default)
         off_switch = kind is bool and default is False and not unset  # a plain switch: its default goes unsaid
-        said = [] if off_switch else [f"default: {_shown(default)}"]
-        said = "; ".join(s for s in (*said, note(name) if note else "", describe(cls, name)) if s)
-        kwargs = dict(default=None if unset else default, help=f"{rule['help']} ({said})" if rule["help"] else said)
-        if not said:
-            kwargs["help"] = rule["help"]
+        said = "" if off_switch else f"default: {_shown(default)}"
+        said = "; ".join(s for s in (said, note(name) if note else "", describe(cls, name)) if s)
+        text = f"{rule['help']} ({said})" if rule["help"] and said else rule["help"] or said
+        kwargs = dict(default=None if unset else default, help=text)
         if off_switch:
             kwargs["action"] = "store_true"
         elif kind is bool:
