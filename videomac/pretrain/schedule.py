@@ -9,6 +9,9 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from videomac.pretrain.config import PretrainConfig
+from videomac.settings import choices
+
 __all__ = ["RunPlan", "learning_rate", "ema_momentum", "EMA_SCHEDULES", "param_groups", "build_optimizer"]
 
 
@@ -21,7 +24,7 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-EMA_SCHEDULES = ("cosine", "authors")
+EMA_SCHEDULES = choices(PretrainConfig, "ema_schedule")
 
 
 def ema_momentum(
@@ -104,8 +107,8 @@ class RunPlan:
     base_lr: float
 
     @classmethod
-    def of(cls, cfg, pairs: int, world: int) -> RunPlan:
-        """The plan of ``cfg`` (a :class:`~videomac.pretrain.config.PretrainConfig`) over ``pairs`` pairs
+    def of(cls, cfg: PretrainConfig, pairs: int, world: int) -> RunPlan:
+        """The plan of ``cfg`` over ``pairs`` pairs
         on ``world`` processes; a dataset with no full step per epoch or a min-lr above the lr is refused."""
         effective = cfg.batch_size * cfg.accum_iter * world
         micro_per_epoch = math.ceil(pairs / world) // cfg.batch_size
