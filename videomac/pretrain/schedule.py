@@ -108,8 +108,8 @@ class RunPlan:
 
     @classmethod
     def of(cls, cfg: PretrainConfig, pairs: int, world: int) -> RunPlan:
-        """The plan of ``cfg`` over ``pairs`` pairs
-        on ``world`` processes; a dataset with no full step per epoch or a min-lr above the lr is refused."""
+        """The plan of ``cfg`` over ``pairs`` pairs on ``world`` processes; a dataset with no full step per
+        epoch or a min-lr above the lr is refused."""
         effective = cfg.batch_size * cfg.accum_iter * world
         micro_per_epoch = math.ceil(pairs / world) // cfg.batch_size
         if micro_per_epoch < cfg.accum_iter:
