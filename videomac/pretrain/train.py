@@ -306,7 +306,7 @@ def _open_folder(cfg: PretrainConfig, env: Dist, skipped_log: str) -> None:
 def _load_failure(e: BaseException, run: RunState, ckpt: _Checkpoints) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     what = lines[-1][:300] if lines else type(e).__name__  # a worker's error: its last line is the cause
-    if isinstance(e, (ConnectionError, EOFError)):  # a killed worker's pipe, read before torch names the worker
+    if isinstance(e, ConnectionError):  # a killed worker's pipe, read before torch names the worker
         what = f"a DataLoader worker's connection broke ({what}); the worker died (out of memory? killed?)"
     return f"loading training data failed at step {run.step} (epoch {run.epoch}): {what}. {ckpt.where()}"
 
