@@ -29,7 +29,6 @@ from videomac.eval.datasets import (
     default_palette,
     read_image,
     read_label_png,
-    read_palette,
     write_label_png,
 )
 from videomac.eval.davis import evaluate, write_csvs
@@ -206,9 +205,8 @@ def run_davis(
         )
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
-        name0, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
-        # DAVIS-2016 masks are 0/255 images: their palette (if any) does not colour object 1
-        palette = read_palette(ds.annotation_path(seq, name0)) if ds.layout == "DAVIS-2017" else None
+        _, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
+        palette = ds.palette(seq)
         palette = default_palette() if palette is None else palette
         ann0 = ann0.copy()
         ann0[ann0 == 255] = 0
