@@ -172,7 +172,12 @@ class DavisDataset:
     (sequence, frame) must be a single path component (:func:`check_name`): outputs are written under
     those names. ``images=False`` checks only what the metric needs."""
 
-    layout: str  # the layout's name, one of DAVIS_LAYOUTS (set by each layout class)
+    # Set by each layout class: its name (one of DAVIS_LAYOUTS), its split list ImageSets/<split_dir>/<split>.txt
+    # and what a line of it holds, and what its files are (for logs).
+    layout: str
+    split_dir: str
+    split_lines: str
+    contents: str
 
     def __new__(
         cls,
@@ -215,44 +220,28 @@ class DavisDataset:
         _fail(self.layout, root, [p for seq in listed for p in self._sequence_problems(seq, images)])
 
     # What each layout defines.
-    @staticmethod
-    def split_path(root: str, split: str, resolution: str) -> str:
-        """The layout's split list."""
-        raise NotImplementedError
-
-    @staticmethod
-    def split_format(resolution: str) -> str:
-        """What a line of the split list holds (for messages)."""
-        raise NotImplementedError
+    @classmethod
+    def split_path(cls, root: str, split: str, resolution: str) -> str:
+        return os.path.join(root, "ImageSets", cls.split_dir.format(res=resolution), f"{split}.txt")
 
     @classmethod
     def folder_problems(cls, root: str, resolution: str, images: bool) -> List[str]:
         """Missing top-level folders the layout needs."""
         return []
 
-    def _read_split(self) -> List[str]:
-        raise NotImplementedError
-
-    def _sequence_problems(self, seq: str, images: bool) -> List[str]:
-        raise NotImplementedError
-
     def describe_layout(self) -> str:
         """One line: the layout and its split list, e.g. for a log."""
-        raise NotImplementedError
+        return f"{self.layout} ({self.split_file}: {self.contents})"
 
-    def annotation_names(self, seq: str) -> List[str]:
-        raise NotImplementedError
-
-    def frame_paths(self, seq: str) -> List[str]:
-        raise NotImplementedError
-
+    # Each layout reads its split list (_read_split), checks a sequence (_sequence_problems) and lists
+    # annotation_names(seq) and frame_paths(seq); these defaults are DAVIS-2017's.
     def annotation_path(self, seq: str, name: str) -> str:
         return os.path.join(self.ann_dir, seq, f"{name}.png")
 
     def load_annotation(self, seq: str, name: str) -> np.ndarray:
         """``(H, W)`` uint8 object ids (DAVIS-2016: 0/1, see :func:`read_binary_mask`; DAVIS-2017: as stored,
         255 = void)."""
-        raise NotImplementedError
+        return read_label_png(self.annotation_path(seq, name))
 
     def read_result(self, path: str) -> np.ndarray:
         """A result mask as object ids. DAVIS-2016 results may be 0/255 masks like the annotations (255 ->
@@ -263,7 +252,6 @@ class DavisDataset:
         """The palette the sequence's results are written with (None: the DAVIS palette)."""
         return None
 
-    # Shared by both layouts.
     def frame_names(self, seq: str) -> List[str]:
         return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
 
@@ -279,15 +267,8 @@ class DavisDataset:
 class Davis2017Dataset(DavisDataset):
     """The DAVIS-2017 layout: sequence names listed, frames and palette PNGs found in their folders."""
 
-    layout = "DAVIS-2017"
-
-    @staticmethod
-    def split_path(root: str, split: str, resolution: str) -> str:
-        return os.path.join(root, "ImageSets", "2017", f"{split}.txt")
-
-    @staticmethod
-    def split_format(resolution: str) -> str:
-        return "one sequence name per line"
+    layout, split_dir, split_lines = "DAVIS-2017", "2017", "one sequence name per line"
+    contents = "sequence names; palette PNGs, 255 = void"
 
     @classmethod
     def folder_problems(cls, root: str, resolution: str, images: bool) -> List[str]:
@@ -326,18 +307,12 @@ class Davis2017Dataset(DavisDataset):
                 problems.append(f"no {files} in {d}")
         return problems
 
-    def describe_layout(self) -> str:
-        return f"DAVIS-2017 ({self.split_file}: sequence names; palette PNGs, 255 = void)"
-
     def annotation_names(self, seq: str) -> List[str]:
         return [os.path.splitext(f)[0] for f in _list_files(os.path.join(self.ann_dir, seq), (".png",))]
 
     def frame_paths(self, seq: str) -> List[str]:
         d = os.path.join(self.img_dir, seq)
         return [os.path.join(d, f) for f in _list_files(d, JPEG_EXTS)]
-
-    def load_annotation(self, seq: str, name: str) -> np.ndarray:
-        return read_label_png(self.annotation_path(seq, name))
 
     def palette(self, seq: str) -> Optional[np.ndarray]:
         """The first annotation's own palette, if it has one."""
@@ -347,15 +322,9 @@ class Davis2017Dataset(DavisDataset):
 class Davis2016Dataset(DavisDataset):
     """The DAVIS-2016 layout: image/annotation path pairs listed; 0/255 masks, one object."""
 
-    layout = "DAVIS-2016"
-
-    @staticmethod
-    def split_path(root: str, split: str, resolution: str) -> str:
-        return os.path.join(root, "ImageSets", resolution, f"{split}.txt")
-
-    @staticmethod
-    def split_format(resolution: str) -> str:
-        return f"'/JPEGImages/{resolution}/<seq>/<frame>.jpg /Annotations/{resolution}/<seq>/<frame>.png' per line"
+    layout, split_dir = "DAVIS-2016", "{res}"
+    split_lines = "'/JPEGImages/{res}/<seq>/<frame>.jpg /Annotations/{res}/<seq>/<frame>.png' per line"
+    contents = "image/annotation pairs; 0/255 masks = one object"
 
     def _read_split(self) -> List[str]:
         res = self.resolution
@@ -398,9 +367,6 @@ class Davis2016Dataset(DavisDataset):
             problems += [f"missing frame {i}" for _, i, _ in self._pairs[seq] if not os.path.isfile(i)]
         return problems
 
-    def describe_layout(self) -> str:
-        return f"DAVIS-2016 ({self.split_file}: image/annotation pairs; 0/255 masks = one object)"
-
     def annotation_names(self, seq: str) -> List[str]:
         return [n for n, _, _ in self._pairs[seq]]
 
@@ -430,7 +396,7 @@ def _detect_davis(root: str, split: str, resolution: str, layout: Optional[str],
     """The layout class whose split list is there (``layout`` None: exactly one must be); fails naming
     what is missing."""
     files = {name: c.split_path(root, split, resolution) for name, c in _DAVIS_CLASSES.items()}
-    what = {name: f"{files[name]} ({name}: {c.split_format(resolution)})" for name, c in _DAVIS_CLASSES.items()}
+    what = {n: f"{files[n]} ({n}: {c.split_lines.format(res=resolution)})" for n, c in _DAVIS_CLASSES.items()}
     if layout is None:
         found = [name for name in DAVIS_LAYOUTS if os.path.isfile(files[name])]
         if len(found) == 2:
