@@ -280,7 +280,8 @@ def propagate(
 ) -> torch.Tensor:
     """Propagate ``first_labels`` ``(K, h, w)`` through ``feats`` ``(T, C, h, w)`` -> ``(T, K, h, w)``.
 
-    Frame 0 of the result is ``first_labels``. ``kwargs`` go to :class:`LabelPropagator`.
+    Frame 0 of the result is ``first_labels`` (resized if given at another size, see
+    :func:`propagate_frames`). ``kwargs`` go to :class:`LabelPropagator`.
     """
     return torch.stack(list(propagate_frames(feats, first_labels, config, **kwargs)))
 
