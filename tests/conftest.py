@@ -3,6 +3,8 @@ CLI run in this process. Plain helpers (the tiny config, snapshots, the one-line
 
 import json
 import os
+import resource
+import time
 
 import pytest
 import torch
@@ -59,6 +61,49 @@ def run_cli(capsys):
         return _run_cli(*argv, capsys=capsys)
 
     return run
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-durations",
+        type=int,
+        default=None,
+        metavar="N",
+        help="list the N tests that used the most CPU (this process and its children, setup to teardown): "
+        "on a shared machine a test's CPU seconds say what its wall time would be on a quiet one",
+    )
+
+
+def _cpu_seconds() -> float:
+    return sum(
+        r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    )
+
+
+_COSTS = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cpu, wall = _cpu_seconds(), time.perf_counter()
+    yield
+    _COSTS[item.nodeid] = cost = (_cpu_seconds() - cpu, time.perf_counter() - wall, "slow" in item.keywords)
+    if os.environ.get("VIDEOMAC_TEST_COSTS"):  # a file to follow a long run by
+        with open(os.environ["VIDEOMAC_TEST_COSTS"], "a") as f:
+            f.write(f"{cost[0]:.2f}\t{cost[1]:.2f}\t{int(cost[2])}\t{item.nodeid}\n")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    n = config.getoption("--cpu-durations")
+    if n is None or not _COSTS:
+        return
+    rows = sorted(_COSTS.items(), key=lambda kv: -kv[1][0])
+    tr = terminalreporter
+    tr.section(f"CPU seconds per test (top {n or len(rows)} of {len(rows)}; the load is {os.getloadavg()[0]:.1f})")
+    for nodeid, (cpu, wall, slow) in rows[: n or None]:
+        tr.write_line(f"{cpu:8.2f}s cpu {wall:8.2f}s wall {'slow' if slow else '    '}  {nodeid}")
+    total_cpu, total_wall = sum(c for c, _, _ in _COSTS.values()), sum(w for _, w, _ in _COSTS.values())
+    tr.write_line(f"{total_cpu:8.2f}s cpu {total_wall:8.2f}s wall       all {len(rows)} tests")
 
 
 def pytest_collection_modifyitems(config, items):

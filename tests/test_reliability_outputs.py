@@ -7,15 +7,13 @@ import base64
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import timm
-from helpers import snapshot
+from helpers import run_cli_process, snapshot
 from helpers import videomac_error_line as one_line_error
 
 from videomac.cli import main
@@ -194,20 +192,9 @@ def test_push_with_the_hub_unreachable_is_one_line(run_dir, tmp_path):
         HF_HUB_DISABLE_TELEMETRY="1",
         PYTHONPATH=str(REPO),
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "videomac.cli",
-        "push",
-        str(run_dir),
-        "--repo-id",
-        "me/pub",
-        "--folder",
-        str(tmp_path / "repo"),
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 1
-    line = one_line_error(proc.stderr)
+    r = run_cli_process("push", run_dir, "--repo-id", "me/pub", "--folder", tmp_path / "repo", env=env)
+    assert r.code == 1
+    line = one_line_error(r.err)
     assert f"127.0.0.1:{port}" in line and "HF_ENDPOINT" in line and str(tmp_path / "repo") in line
 
 

@@ -6,11 +6,9 @@ real run folders."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers import copy_run, one_line_error, snapshot, tiny_argv
+from helpers import copy_run, one_line_error, run_cli_process, snapshot, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import LOCK, load_checkpoint, write_checkpoint
@@ -29,14 +27,12 @@ def finished(tiny_run):
 def test_resuming_a_finished_run_changes_nothing(finished):
     before = snapshot(finished)
     assert (finished / LOCK).read_bytes() == b""  # the holder's record lasts while it holds the lock
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     # before: exit 0 and summary.json (final_loss null, pairs_per_s 0.0, no figure), checkpoint and encoder
     # rewritten; the run folder, its checkpoint, or the run with its own length given again: all say so
     for how in ([str(finished)], [str(finished / "checkpoint.pt")], [str(finished), "--max-steps", "2"]):
-        cmd = [sys.executable, "-m", "videomac.cli", "pretrain", "--resume", *how, "--no-progress"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0 and proc.stdout == "", (proc.stdout, proc.stderr)
-        assert one_line_error(proc.stderr) == f"{finished} already finished at step 2; nothing to do"
+        r = run_cli_process("pretrain", "--resume", *how, "--no-progress")
+        assert r.code == 0 and r.out == "", (r.out, r.err)
+        assert r.error_line() == f"{finished} already finished at step 2; nothing to do"
         assert snapshot(finished) == before
 
 

@@ -22,6 +22,7 @@ import pytest
 import timm
 import torch
 from authors_ref import make_authors_resnet_state
+from helpers import run_cli_process
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -212,9 +213,9 @@ def test_a_real_process_exits_2_with_one_line(bad_files, frames, tmp_path):
     root, _ = bad_files
     ck = root / "text" / "checkpoint.pt"
     argv = _route("weights", ck, frames, tmp_path / "o")
-    r = subprocess.run([sys.executable, "-m", "videomac.cli", *argv], capture_output=True, text=True, timeout=300)
+    r = run_cli_process(*argv)
     expect = f"videomac propagate: error: {NOT}{ck} ({1 + len(TEXT)} bytes starting b'.hello world, th')"
-    assert r.returncode == 2 and r.stderr.strip() == expect, r.stderr
+    assert r.code == 2 and r.error_line() == expect, r.err
 
 
 def test_a_safetensors_file_with_wrong_keys_is_refused_before_its_tensors_are_read(tmp_path):
