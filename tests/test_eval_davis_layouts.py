@@ -25,8 +25,6 @@ from videomac.eval.features import FeatureExtractor
 from videomac.eval.runner import run_davis
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SIZE = (64, 80)
 
 

@@ -9,8 +9,6 @@ import torch
 
 from videomac.eval.features import FeatureExtractor, create_encoder, load_weights
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.mark.parametrize(
     "name,stage,stride,natural,channels",

@@ -15,8 +15,6 @@ from videomac.eval.propagation import (
     resize_labels,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _inputs(T, C, h, w, K, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import timm
 import torch
+from helpers import tiny
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,21 +18,7 @@ from videomac.pretrain.checkpoint import load_checkpoint
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=64,
-    num_workers=0,
-    synthetic_videos=8,
-    synthetic_frames=8,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=2,
-)
+SMALL = tiny()
 
 
 def read_metrics(run):

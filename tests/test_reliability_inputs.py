@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import videomac_error_line as one_line_error
 from PIL import Image
 
 from videomac.cli import main
@@ -22,8 +23,6 @@ from videomac.pretrain.data import MAX_FULL_DECODE_PIXELS, FramePairDataset
 from videomac.pretrain.train import pretrain
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
 SIZE = (64, 80)
 
 
@@ -31,12 +30,6 @@ def truncate(path, keep=0.5):
     data = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(data[: int(len(data) * keep)])  # the header still parses: it fails only when decoded
-
-
-def one_line_error(err):
-    lines = [x for x in err.strip().splitlines() if x.startswith("videomac ")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
 
 
 def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):

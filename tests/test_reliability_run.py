@@ -11,50 +11,15 @@ import sys
 import time
 
 import pytest
+from helpers import tiny, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import LOCK, is_run_folder, load_checkpoint, run_lock, write_checkpoint
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=32,
-    num_workers=0,
-    synthetic_videos=8,
-    synthetic_frames=4,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=1,
-)
-CLI = [
-    sys.executable,
-    "-m",
-    "videomac.cli",
-    "pretrain",
-    "--model",
-    "videomac_cnxv2_atto",
-    "--input-size",
-    "64",
-    "--batch-size",
-    "4",
-    "--decoder-dim",
-    "32",
-    "--synthetic-videos",
-    "8",
-    "--synthetic-frames",
-    "4",
-    "--pairs-per-video",
-    "1",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+SMALL = tiny()
+CLI = [sys.executable, "-m", "videomac.cli", "pretrain", *tiny_argv(lr=None, warmup_steps=None, num_workers=None)]
 ARGS = ["--no-progress"]
 
 
