@@ -3,8 +3,8 @@
 Default (docs/design.md §5, docs/evaluation.md): what the model declares as its ``eval_stage`` (the
 videomac families: the LAST stage at output stride 8 -- ``layer4`` of a ResNet, 2048-d for RN50, the last
 ``stages.*`` of a ConvNeXt, 768-d for CNXv2-S -- and the isotropic ConvNeXt's final ``norm`` at its only
-stride, 16); for any other timm model the last of its ``feature_info`` stages at stride 8 (or its own,
-when coarser is all it has). Any module can be chosen by name (``stage``). The stride is reduced as CRW
+stride, 16); for any other timm model the last of its ``feature_info`` stages at stride 8 (its own
+when finer). Any module can be chosen by name (``stage``). The stride is reduced as CRW
 does for ResNets: the stride-2 convolutions of the ``feature_info`` stages up to the chosen one, last
 first (the 3x3/strided conv and the 1x1 ``downsample`` conv of their first block) become stride 1. A
 ConvNeXt downsampling layer is a 2x2 stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after
