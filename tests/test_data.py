@@ -319,7 +319,7 @@ def test_every_pair_list_single_and_synthetic(tmp_path):
     for i in range(len(syn)):
         c, t = syn.locate(i)
         assert (c, t) == (i // 3, i % 3)
-        arr = syn.clips[c].frames(syn)
+        arr = syn.clips[c].frames(syn.ctx)
         assert torch.allclose(syn[i][1], _normalized(arr[t + 2]), atol=1e-5)
 
 
