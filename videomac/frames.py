@@ -206,8 +206,13 @@ class FrameReader:
         self.paths = list_frames(self.source)
         if not self.paths:
             raise ValueError(f"{self.source}: folder holds no frames (expected images {', '.join(IMAGE_EXTS)})")
-        with Image.open(self.paths[0]) as im:
-            self.size = (im.height, im.width)
+        try:
+            with Image.open(self.paths[0]) as im:
+                self.size = (im.height, im.width)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(
+                f"cannot read the first frame {self.paths[0]} ({type(e).__name__}: {e}); the mask belongs to it"
+            ) from e
         self.num_frames = len(self.paths)
         self.fps = 25.0
 
@@ -287,6 +292,8 @@ class FrameReader:
         return self._read_counting(k)
 
     def _read_seeking(self, k: int):
+        if k >= len(self.index.pts):  # past the last frame a full decode yields
+            return None
         target = int(self.index.pts[k])
         key = self.index.keyframe_before(k)
         if self._it is None or self._pos is None or self._pos >= target or (key is not None and key > self._pos):

@@ -14,7 +14,7 @@
   ``torchvision.io.decode_jpeg`` (batched; on CUDA where asked) and crops/resizes there.
 
 Everything here is deterministic given the crop boxes; the random draws live in
-:mod:`videomac.pretrain.data`.
+:mod:`videomac.pretrain.clips`.
 """
 
 from __future__ import annotations
