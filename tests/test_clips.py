@@ -31,6 +31,8 @@ def test_options_object_and_keywords_give_the_same_dataset(source):
     assert a.gap == 2 and a.input_size == (32, 40) and a.options == b.options == c.options
     for x, y, z in zip(_pairs(a, range(len(a))), _pairs(b, range(len(b))), _pairs(c, range(len(c)))):
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], z[1])
+    a.video_units = False  # settings set as attributes reach the clips (make_loader turns units on)
+    assert a.options.video_units is False and "video_units" not in vars(a)
     with pytest.raises(ValueError, match="gap must be >= 1"):
         FramePairDataset(source, gap=0)
     with pytest.raises(TypeError, match="no_such_setting"):

@@ -284,7 +284,9 @@ def test_loader_workers_every_pair_uint8(tmp_path, kind):
     ds = FramePairDataset(str(tmp_path), input_size=32, scale=(1, 1), ratio=(1.5, 1.5), hflip=0, max_unit_pairs=4)
     sampler = EpochSampler()
     loader = make_loader(ds, sampler, 4, num_workers=2, seed=0, device=torch.device("cpu"))
-    assert ds.video_units and loader.prefetch_factor == 4 and loader.persistent_workers and not loader.pin_memory
+    assert (
+        ds.options.video_units and loader.prefetch_factor == 4 and loader.persistent_workers and not loader.pin_memory
+    )
     sampler.indices = epoch_indices(ds, 0, 0, 1, 0, 4, loader.num_workers)
     assert sorted(sampler.indices) == list(range(24))
     seen = []

@@ -163,6 +163,13 @@ class FramePairDataset(torch.utils.data.Dataset):
             return getattr(self.ctx.options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __setattr__(self, name: str, value) -> None:
+        # ... and are set there (make_loader turns on video_units): the clips read the options
+        if name in _OPTION_FIELDS:
+            setattr(self.ctx.options, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def num_videos(self) -> int:
         return len(self.clips)
