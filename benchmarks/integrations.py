@@ -3,7 +3,7 @@ cell "ok" with the max abs difference to eager PyTorch, or the first line of the
 
     python benchmarks/integrations.py --models videomac_cnxv2_atto videomac_rn18 --size 64
 
-(default: every ``videomac_*`` model; the figures in docs/integrations.md). CPU, one image batch of 2.
+(default: every ``videomac_*`` model; the figures in docs/integrations.md). CPU, 64 px by default.
 """
 
 import argparse
@@ -32,7 +32,7 @@ def smp_arch(arch):
         model = getattr(smp, arch)(encoder_name=f"tu-{name}", encoder_weights=None, classes=2)
         out = model(x)
         out.mean().backward()
-        return f"ok {tuple(out.shape[1:])}"
+        return "ok"
 
     return run
 

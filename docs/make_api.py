@@ -11,6 +11,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "api.md")
 
 # (module, one-line role), layer by layer from the bottom (docs/design.md §3).
 MODULES = [
+    ("videomac.settings", "settings declared once on dataclass fields: checks and command-line options"),
     ("videomac.masking", "symmetric frame-pair masks, patchify/unpatchify"),
     ("videomac.registry", "the published-weights registry"),
     ("videomac.presets", "the paper's pretraining recipes"),
@@ -37,6 +38,7 @@ MODULES = [
     ("videomac.pretrain.visualize", "reconstruction figures"),
     ("videomac.pretrain.curves", "loss-curve figures"),
     ("videomac.pretrain.progress", "progress bars and plain log lines"),
+    ("videomac.eval.settings", "the settings of eval and propagate (protocol and per-run)"),
     ("videomac.eval.features", "frozen features for label propagation"),
     ("videomac.eval.propagation", "label propagation (CRW protocol)"),
     ("videomac.eval.video", "streaming video input/output and first-frame masks"),

@@ -100,6 +100,17 @@ def test_transformers_loads_an_export_folder(exported, tmp_path, one_thread):
         assert back_clf.num_classes == 3 and torch.equal(back_clf(x), clf(pixel_values=x).logits)
 
 
+def test_transformers_loads_an_export_with_a_classifier(tmp_path, one_thread):
+    """A fine-tuned model's export keeps its head: transformers takes num_labels from config.json."""
+    torch.manual_seed(0)
+    model = timm.create_model("videomac_rn18", num_classes=4).eval()
+    export_folder(model, str(tmp_path / "exp"))
+    clf = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "exp")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert clf.config.num_labels == 4 and torch.equal(clf(pixel_values=x).logits, model(x))
+
+
 def test_transformers_and_timm_load_a_repo_id_from_the_hub_cache(exported, tmp_path):
     """``hf-hub:me/atto`` (timm) and ``from_pretrained('me/atto')`` (transformers), offline, from the
     huggingface_hub cache laid out as a download leaves it."""

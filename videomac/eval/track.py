@@ -196,7 +196,7 @@ def track_video(
     mistakes fail in a second, not after model setup), then builds the feature extractor
     (``device`` None: CUDA when available; ``half``: bf16 features on CUDA). ``config``: a
     :class:`~videomac.eval.propagation.PropagationConfig` (default: CRW's protocol). ``kwargs`` go to
-    :func:`propagate_video`; numeric ones are range-checked first (:data:`videomac.eval.settings.RUN_SETTINGS`)."""
+    :func:`propagate_video`; numeric ones are range-checked first (:class:`videomac.eval.settings.RunSettings`)."""
     import torch
 
     from videomac.eval.annotations import read_mask

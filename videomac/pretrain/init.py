@@ -26,9 +26,12 @@ import torch.nn as nn
 from timm.layers import LayerNorm, LayerNorm2d
 from timm.layers.grn import GlobalResponseNorm
 
+from videomac.pretrain.config import PretrainConfig
+from videomac.settings import choices
+
 __all__ = ["INITS", "init_authors_"]
 
-INITS = ("authors", "timm")
+INITS = choices(PretrainConfig, "init")
 _NORMS = (nn.LayerNorm, LayerNorm, LayerNorm2d)
 
 

@@ -8,6 +8,9 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from videomac.pretrain.config import PretrainConfig
+from videomac.settings import choices
+
 __all__ = ["learning_rate", "ema_momentum", "EMA_SCHEDULES", "param_groups", "build_optimizer"]
 
 
@@ -20,7 +23,7 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-EMA_SCHEDULES = ("cosine", "authors")
+EMA_SCHEDULES = choices(PretrainConfig, "ema_schedule")
 
 
 def ema_momentum(
