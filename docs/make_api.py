@@ -11,6 +11,7 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "api.md")
 
 # (module, one-line role), layer by layer from the bottom (docs/design.md §3).
 MODULES = [
+    ("videomac.settings", "settings declared once on dataclass fields: checks and command-line options"),
     ("videomac.masking", "symmetric frame-pair masks, patchify/unpatchify"),
     ("videomac.registry", "the published-weights registry"),
     ("videomac.presets", "the paper's pretraining recipes"),
@@ -30,11 +31,18 @@ MODULES = [
     ("videomac.pretrain.loader", "the epoch order, the DataLoader and batches on the device"),
     ("videomac.pretrain.prepare", "pre-resized copies of datasets (`videomac prepare`)"),
     ("videomac.pretrain.config", "the settings of a pretraining run"),
-    ("videomac.pretrain.train", "the pretraining loop"),
+    ("videomac.pretrain.train", "the pretraining run: `pretrain(cfg)`, read top to bottom"),
+    ("videomac.pretrain.step", "the one train step (`videomac pretrain` and `videomac bench pretrain`)"),
+    ("videomac.pretrain.state", "where a run is: step, position in the epoch, RNG (exact resume)"),
+    ("videomac.pretrain.feed", "the run's batches: seeded items, epoch plans, the DataLoader"),
+    ("videomac.pretrain.stop", "stopping early: signals and --stop-after"),
+    ("videomac.pretrain.metrics", "what a run reports: metrics.jsonl, TensorBoard, skips, figures, summary"),
+    ("videomac.pretrain.distributed", "torchrun's processes and the run's collectives"),
     ("videomac.pretrain.checkpoint", "reading and writing pretraining runs"),
     ("videomac.pretrain.visualize", "reconstruction figures"),
     ("videomac.pretrain.curves", "loss-curve figures"),
     ("videomac.pretrain.progress", "progress bars and plain log lines"),
+    ("videomac.eval.settings", "the settings of eval and propagate (protocol and per-run)"),
     ("videomac.eval.features", "frozen features for label propagation"),
     ("videomac.eval.propagation", "label propagation (CRW protocol)"),
     ("videomac.eval.video", "streaming video input/output and first-frame masks"),

@@ -1,8 +1,9 @@
 """Benchmarks (``videomac bench``): pretraining step throughput/memory per sparse backend, and label
 propagation speed.
 
-``videomac bench pretrain`` times one full train step (forward + backward + AdamW step + EMA update)
-of the same batch under four configurations per encoder, side by side in one run:
+``videomac bench pretrain`` times one full train step (forward + backward + AdamW step + EMA update:
+:func:`videomac.pretrain.step.train_step`, the step ``videomac pretrain`` runs) of the same batch
+under four configurations per encoder, side by side in one run:
 
 - ``visible``: VideoMAC with ``backend='visible'`` (pointwise layers on visible positions only);
 - ``masked``: VideoMAC with ``backend='masked'`` (every layer dense, masked positions zeroed);

@@ -23,6 +23,7 @@ from videomac.files import atomic_file
 from videomac.masking import num_visible, random_mask
 from videomac.pretrain.model import Decoder, VideoMAC, masked_mse, patch_targets
 from videomac.pretrain.schedule import build_optimizer
+from videomac.pretrain.step import Trainable, train_step
 from videomac.sparse.packed import plan
 
 __all__ = ["LAUNCHES", "bench_pretrain", "flop_split", "format_table", "profile_steps", "resolve_options", "step_flops"]
@@ -161,6 +162,8 @@ class SiamMAEViT(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # One configuration (runs in its own process)
 
+LR = 1.5e-4  # one fixed lr: the rows compare speed
+
 
 def run_config(cfg: Dict) -> Dict:
     """Build one row's model and time ``cfg['steps']`` train steps on a fixed batch."""
@@ -183,7 +186,7 @@ def run_config(cfg: Dict) -> Dict:
         mask = random_mask(B, grid, r, generator=torch.Generator().manual_seed(1)).to(device)
         keep = num_visible(grid[0] * grid[1], r)  # static packed sizes: no host sync, one graph compiled
     model = model.to(device).train()
-    opt = build_optimizer(model, 1.5e-4, 0.05)
+    opt = build_optimizer(model, LR, 0.05)
     mode = cfg.get("compile_mode") or "default"
     fwd = torch.compile(model, mode=mode) if cfg["compile"] else model
     graphs = cfg["compile"] and mode == "reduce-overhead" and device.type == "cuda"
@@ -193,18 +196,11 @@ def run_config(cfg: Dict) -> Dict:
         device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16, enabled=amp != "none"
     )
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    # the step `videomac pretrain` runs (graphs: each step marks a new CUDA graph step)
+    trainable = Trainable(model, opt, scaler, forward=fwd, autocast=autocast, cuda_graphs=graphs)
 
     def step() -> float:
-        if graphs:  # a new step: the CUDA graphs' outputs of the last one may be overwritten
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(**autocast):
-            loss = fwd(frames[0], frames[1], *args)["loss"]
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        model.update_target(0.996)
-        return float(loss.detach())
+        return float(train_step(trainable, (frames[0], frames[1], *args), lr=LR, momentum=0.996)["loss"].detach())
 
     sync(device)
     if device.type == "cuda":

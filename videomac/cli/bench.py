@@ -9,6 +9,8 @@ import os
 from videomac import bench
 from videomac.files import atomic_file
 from videomac.outputs import check_outputs
+from videomac.pretrain.config import PretrainConfig
+from videomac.settings import choices
 
 
 def register(subparsers) -> None:
@@ -30,7 +32,9 @@ def register(subparsers) -> None:
     pp.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
     pp.add_argument("--mask-ratio", type=float, default=0.75, help="fraction of patches masked (default 0.75)")
     pp.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    pp.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype (default none)")
+    pp.add_argument(
+        "--amp", choices=choices(PretrainConfig, "amp"), default="none", help="autocast dtype (default none)"
+    )
     pp.add_argument(
         "--compile",
         action="store_true",
@@ -38,7 +42,7 @@ def register(subparsers) -> None:
     )
     pp.add_argument(
         "--compile-mode",
-        choices=["default", "reduce-overhead", "max-autotune"],
+        choices=choices(PretrainConfig, "compile_mode"),
         default="default",
         help="torch.compile mode; reduce-overhead captures CUDA graphs (default: default)",
     )

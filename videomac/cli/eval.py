@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from videomac.eval.settings import PropagationConfig
+from videomac.eval.settings import PropagationConfig, RunSettings
+from videomac.settings import add_options, check_values, from_args
 
 
 def register(subparsers) -> None:
@@ -32,12 +33,10 @@ def register(subparsers) -> None:
             default=None,
             help="feature module, e.g. layer3 or stages.2 (default: the last stage, layer4 / stages.3, at stride 8)",
         )
-        b.add_argument("--stride", type=int, default=None, help="output stride (default 8)")
+        add_options(b, RunSettings, ["stride"])
         b.add_argument("--half", action="store_true", help="bf16 features on CUDA")
-        for flag, kwargs in PropagationConfig.options():
-            b.add_argument(flag, **kwargs)
-        b.add_argument("--batch-size", type=int, default=8, help="frames per encoder forward")
-        b.add_argument("--overlay-frames", type=int, default=6, help="frames per overlay contact sheet (0: none)")
+        add_options(b, PropagationConfig)
+        add_options(b, RunSettings, ["batch_size", "overlay_frames"], defaults=dict(batch_size=8, overlay_frames=6))
         b.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "davis":
             b.add_argument("--sequences", nargs="+", default=None, help="subset of the split's sequences")
@@ -48,11 +47,13 @@ def register(subparsers) -> None:
         else:
             b.add_argument("--videos", nargs="+", default=None, help="subset of the list's videos")
             b.add_argument("--list", dest="list_file", default=None, help="video list file")
-            b.add_argument("--size", type=int, default=560 if name == "vip" else 320, help="square input size")
+            add_options(b, RunSettings, ["size"], defaults=dict(size=560 if name == "vip" else 320))
         b.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    config = PropagationConfig.from_args(args)  # settings first: a bad value answers before torch loads
+    check_values(RunSettings, **from_args(RunSettings, args))
     from videomac.outputs import check_outputs
 
     check_outputs([args.root, args.weights, getattr(args, "list_file", None)], folders={"--out": args.out})
@@ -74,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         stage=stage,
         stride=args.stride,
         half=args.half,
-        config=PropagationConfig.from_args(args),
+        config=config,
         batch_size=args.batch_size,
         overlay_frames=args.overlay_frames,
         progress=not args.no_progress,

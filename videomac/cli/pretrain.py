@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import signal
 
 from videomac.presets import PRESETS
 from videomac.pretrain.config import PretrainConfig
+from videomac.settings import add_options, from_args
 
 _DEFAULT = PretrainConfig()
 
@@ -23,32 +23,24 @@ EXIT_CODES = """exit codes:
   130/143  stopped by SIGINT / SIGTERM (128 + the signal) with a checkpoint at the current step"""
 
 
-def _shown(v) -> str:
-    return "none" if v is None else str(v)
+def _preset_note(name: str) -> str:
+    """What the paper presets set ``name`` to, where that differs from the default (the help shows what a
+    run really uses; options default to None so that a value given can be told apart from a preset's)."""
+    default, by_value = getattr(_DEFAULT, name), {}
+    for preset, recipe in PRESETS.items():
+        if name in recipe and recipe[name] != default and name != "model":
+            by_value.setdefault("none" if recipe[name] is None else str(recipe[name]), []).append(preset)
+    if not by_value:
+        return ""
+    common = max(by_value, key=lambda v: len(by_value[v]))
+    others = "; ".join(f"{', '.join(n)}: {v}" for v, n in by_value.items() if v != common)
+    every = len(by_value[common]) == len(PRESETS)
+    return f"{'the paper presets' if every else ', '.join(by_value[common])}: {common}" + (
+        f" ({others})" if others else ""
+    )
 
 
-def _with_defaults(parser: argparse.ArgumentParser) -> None:
-    """Append each setting's effective default, and what the paper presets set it to, to its help.
-
-    Options default to None on the command line so that an explicit value can be told apart from a
-    preset's; the help shows what a run really uses.
-    """
-    for action in parser._actions:
-        if not any(action.dest == f.name for f in dataclasses.fields(PretrainConfig)):
-            continue
-        default = getattr(_DEFAULT, action.dest)
-        by_value = {}
-        for name, preset in PRESETS.items():
-            if action.dest in preset and preset[action.dest] != default and action.dest != "model":
-                by_value.setdefault(_shown(preset[action.dest]), []).append(name)
-        note = f"default: {_shown(default)}"
-        if by_value:
-            common = max(by_value, key=lambda v: len(by_value[v]))
-            others = "; ".join(f"{', '.join(n)}: {v}" for v, n in by_value.items() if v != common)
-            every = len(by_value[common]) == len(PRESETS)
-            note += f"; {'the paper presets' if every else ', '.join(by_value[common])}: {common}"
-            note += f" ({others})" if others else ""
-        action.help = f"{action.help} ({note})" if action.help else note
+_FIRST = ("data", "model", "preset", "output_dir")  # shown first, with --resume; then the groups
 
 
 def register(sub) -> None:
@@ -62,10 +54,7 @@ def register(sub) -> None:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", default=None, help="frame folders root, video folder, list file, or one video")
-    p.add_argument("--model", default=None, help="encoder name (any videomac_* or timm ConvNet)")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="set the whole paper recipe for a backbone")
-    p.add_argument("--output-dir", default=None, help="run folder")
+    add_options(p, PretrainConfig, _FIRST, unset=True, note=_preset_note)
     p.add_argument(
         "--resume",
         nargs="?",
@@ -81,119 +70,14 @@ def register(sub) -> None:
         help="resume from a checkpoint that a weights-only load refuses (written by an earlier videomac); "
         "unpickling can run arbitrary code: only for files you wrote",
     )
-    g = p.add_argument_group("method")
-    g.add_argument("--input-size", type=int)
-    g.add_argument("--gap", type=int, help="frame distance within a pair")
-    g.add_argument("--mask-ratio", type=float)
-    g.add_argument("--decoder-dim", type=int)
-    g.add_argument("--decoder-depth", type=int)
-    g.add_argument("--gamma", type=float, help="weight of the reconstruction-consistency loss")
-    g.add_argument(
-        "--norm-pix-loss",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="targets normalised per patch (mean/variance, as MAE and the paper)",
-    )
-    g.add_argument("--motion-weight", type=float, help="MAM2 motion (RGB difference) target weight; 0 = off")
-    g.add_argument("--drop-path", type=float)
-    g.add_argument(
-        "--backend",
-        choices=["auto", "visible", "masked"],
-        help="encoder execution: every layer on visible positions only, masked-dense (the "
-        "reference), or auto: the one measured fastest on the device",
-    )
-    g = p.add_argument_group("schedule")
-    g.add_argument("--batch-size", type=int, help="per process")
-    g.add_argument("--accum-iter", type=int, help="gradient accumulation steps")
-    g.add_argument("--total-batch", type=int, help="effective batch; sets --accum-iter from batch and world size")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    g.add_argument("--stop-after", type=int, help="stop after N steps of this invocation (resume later)")
-    g.add_argument("--warmup-epochs", type=float)
-    g.add_argument("--warmup-steps", type=int)
-    g.add_argument("--blr", type=float, help="base lr: lr = blr * effective batch / 256")
-    g.add_argument("--lr", type=float, help="absolute lr (overrides --blr)")
-    g.add_argument("--min-lr", type=float)
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--ema-base", type=float, help="EMA momentum at step 0 (rises to 1 on a cosine)")
-    g.add_argument(
-        "--ema-schedule",
-        choices=["cosine", "authors"],
-        help="cosine over the whole run, or as the authors' code indexes it (the step within the epoch, so the "
-        "momentum stays ~ema-base)",
-    )
-    g.add_argument(
-        "--init",
-        choices=["authors", "timm"],
-        help="online model init: timm's encoder init + 0.02 decoder, or the authors' rules",
-    )
-    g.add_argument("--clip-grad", type=float)
-    g = p.add_argument_group("system")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    g.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    g.add_argument("--num-workers", type=int, help="DataLoader workers (none: the CPU cores of this process less one)")
-    g.add_argument(
-        "--gpu-decode",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="decode JPEG frames on the CUDA device (torchvision nvJPEG) instead of in the CPU workers",
-    )
-    g.add_argument(
-        "--frame-units",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="frame folders served like videos: runs of consecutive pairs per worker, each JPEG decoded "
-        "about once instead of twice (faster; batches mix ~8 videos per worker instead of independent "
-        "pairs)",
-    )
-    g.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model (first steps slower while it compiles)",
-    )
-    g.add_argument(
-        "--compile-mode",
-        choices=["default", "reduce-overhead", "max-autotune"],
-        help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs",
-    )
-    g.add_argument(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit for bit (slower)",
-    )
-    g.add_argument("--seed", type=int)
-    g.add_argument("--log-every", type=int)
-    g.add_argument("--save-every", type=int, help="steps between checkpoints")
-    g.add_argument("--keep-checkpoints", type=int, help="checkpoints kept: checkpoint.pt and the K-1 before it")
-    g.add_argument("--vis-every", type=int, help="epochs between reconstruction figures")
-    g.add_argument(
-        "--pairs-per-video",
-        type=int,
-        help="random pairs drawn from each video per epoch (none: every (t, t+gap) pair, the authors')",
-    )
-    g.add_argument("--synthetic-videos", type=int, help="number of built-in videos (no --data)")
-    g.add_argument("--synthetic-frames", type=int, help="frames per built-in video")
-    g.add_argument("--video-short-side", type=int, help="downscale decoded videos to this short side")
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="a progress bar on a terminal, one log line per --log-every steps otherwise",
-    )
-    g.add_argument(
-        "--export", action=argparse.BooleanOptionalAction, default=None, help="write encoder.safetensors at the end"
-    )
-    _with_defaults(p)
+    add_options(p, PretrainConfig, skip=_FIRST, unset=True, note=_preset_note)
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from videomac.pretrain.config import check_config, resolve_config
 
-    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = from_args(PretrainConfig, args)
     if args.resume_from:
         from videomac.pretrain.checkpoint import resume_config  # torch: only to resume
 

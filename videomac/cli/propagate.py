@@ -6,8 +6,9 @@ import argparse
 import json
 from typing import Tuple, Union
 
-from videomac.eval.settings import PropagationConfig
+from videomac.eval.settings import PropagationConfig, RunSettings
 from videomac.eval.track import DEFAULT_MODEL
+from videomac.settings import add_options, check_values, from_args
 
 
 def _size(s: str) -> Union[int, Tuple[int, int]]:
@@ -52,18 +53,18 @@ def register(subparsers) -> None:
     p.add_argument(
         "--stage", default=None, help="feature module (default: the last stage, layer4 / stages.3, at stride 8)"
     )
-    p.add_argument("--stride", type=int, default=None, help="feature stride (default 8)")
-    for flag, kwargs in PropagationConfig.options():
-        p.add_argument(flag, **kwargs)
-    p.add_argument("--batch-size", type=int, default=4, help="frames per encoder forward")
-    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity in the overlay")
+    add_options(p, RunSettings, ["stride"])
+    add_options(p, PropagationConfig)
+    add_options(p, RunSettings, ["batch_size", "alpha"], defaults=dict(batch_size=4, alpha=0.5))
     p.add_argument("--no-overlay", action="store_true", help="write the PNGs only")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    add_options(p, RunSettings, ["max_frames"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    config = PropagationConfig.from_args(args)  # settings first: a bad value answers before torch loads
+    check_values(RunSettings, **{k: v for k, v in from_args(RunSettings, args).items() if k != "size"})  # HxW
     from videomac.outputs import check_outputs
 
     check_outputs([args.video, args.mask, args.weights], folders={"--out": args.out})
@@ -80,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
         half=args.half,
         stage=args.stage,
         stride=args.stride,
-        config=PropagationConfig.from_args(args),
+        config=config,
         size=args.size,
         batch_size=args.batch_size,
         overlay=not args.no_overlay,

@@ -33,7 +33,7 @@ def run_benchmark(
     ``config``: a :class:`~videomac.eval.propagation.PropagationConfig` (default: CRW's protocol).
     ``device`` None: CUDA when available; ``half``: bf16 features on CUDA. ``kwargs`` go to the
     benchmark's runner (``run_davis``, ``run_vip``, ``run_jhmdb``); numeric ones are range-checked
-    (:data:`videomac.eval.settings.RUN_SETTINGS`) before anything is built. Returns the metrics and the
+    (:class:`videomac.eval.settings.RunSettings`) before anything is built. Returns the metrics and the
     keys that benchmark reports.
     """
     if benchmark not in BENCHMARKS:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 from videomac.outputs import (  # the run folder's names live with the output rule that guards them
@@ -18,6 +17,7 @@ from videomac.outputs import (  # the run folder's names live with the output ru
     checkpoint_candidates,
 )
 from videomac.presets import PRESETS
+from videomac.settings import check, setting
 
 __all__ = [
     "PretrainConfig",
@@ -25,7 +25,6 @@ __all__ = [
     "merge_settings",
     "resume_target",
     "check_config",
-    "videomac_stride",
     "checkpoint_candidates",
     "CHECKPOINT",
     "ENCODER",
@@ -36,73 +35,129 @@ __all__ = [
 ]
 
 
-def _f(default, ge=None, gt=None, le=None, lt=None, choices=None):
-    """A setting with its valid range (checked by :func:`check_config` for every field alike)."""
-    rule = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
-    return field(default=default, metadata=rule)
-
-
 @dataclass
 class PretrainConfig:
-    """Every setting of a run; the defaults are the paper recipe (docs/design.md §1). Each numeric setting
-    declares its valid range here; :func:`check_config` enforces them all."""
+    """Every setting of a run, declared once (type, default, range, choices, help: :mod:`videomac.settings`
+    checks them and makes the ``videomac pretrain`` options); the defaults are the paper recipe
+    (docs/design.md §1)."""
 
-    model: str = "videomac_cnxv2_s"
-    data: Optional[str] = None  # None: the built-in procedural videos
-    output_dir: str = "runs/videomac"
-    input_size: int = _f(224, gt=0)
-    preset: Optional[str] = None  # the --preset the run started from (recorded for model cards)
-    gap: int = _f(1, ge=1)
-    mask_ratio: float = _f(0.75, ge=0.0, lt=1.0)
-    decoder_dim: int = _f(512, ge=1)
-    decoder_depth: int = _f(1, ge=1)
-    gamma: float = _f(1.0, ge=0.0)
-    norm_pix_loss: bool = True
-    motion_weight: float = _f(0.0, ge=0.0)
-    drop_path: float = _f(0.0, ge=0.0, lt=1.0)
-    # sparse execution: auto (fastest measured on the device) | visible | masked (reference)
-    backend: str = _f("auto", choices=("auto", "visible", "masked"))
-    batch_size: int = _f(64, ge=1)  # per process
-    accum_iter: int = _f(1, ge=1)
-    total_batch: Optional[int] = _f(None, ge=1)  # if set, accum_iter = total_batch / (batch_size * world)
-    epochs: int = _f(100, ge=1)
-    max_steps: Optional[int] = _f(None, ge=1)  # optimizer steps; overrides epochs
-    stop_after: Optional[int] = _f(None, ge=1)  # stop (with a checkpoint) after this many steps of this invocation
-    warmup_epochs: float = _f(10.0, ge=0.0)
-    warmup_steps: Optional[int] = _f(None, ge=0)
-    blr: float = _f(1.0e-3, gt=0.0)
-    lr: Optional[float] = _f(None, gt=0.0)  # absolute lr; default blr * effective batch / 256
-    min_lr: float = _f(0.0, ge=0.0)  # at most the lr (checked once the lr is known)
-    weight_decay: float = _f(0.05, ge=0.0)
-    ema_base: float = _f(0.996, ge=0.0, le=1.0)
-    ema_final: float = _f(1.0, ge=0.0, le=1.0)
-    # cosine over the run | authors (their index: step within the epoch, so ~ema_base)
-    ema_schedule: str = _f("cosine", choices=("cosine", "authors"))
-    # timm (timm's encoder init, 0.02 decoder; trains faster in short runs) | authors (presets)
-    init: str = _f("timm", choices=("timm", "authors"))
-    clip_grad: Optional[float] = _f(None, gt=0.0)
-    amp: str = _f("none", choices=("none", "bf16", "fp16"))  # fp16 on CUDA only
-    device: str = _f("auto", choices=("auto", "cuda", "cpu"))
-    num_workers: Optional[int] = _f(None, ge=0)  # None: one per CPU core of this process (per local rank) less one
-    gpu_decode: bool = False  # decode JPEG frames on the CUDA device (nvJPEG via torchvision)
-    frame_units: bool = False  # frame folders served by unit like videos (each JPEG decoded ~once; ~1.3x faster)
-    compile: bool = False  # torch.compile the model's forward (the train step's graph; backward follows)
-    # default | reduce-overhead (CUDA graphs) | max-autotune
-    compile_mode: str = _f("default", choices=("default", "reduce-overhead", "max-autotune"))
-    deterministic: bool = False  # deterministic kernels (bit-exact reruns and resumes on CUDA; slower)
-    seed: int = _f(0, ge=0)
-    log_every: int = _f(10, ge=1)
-    save_every: int = _f(500, ge=1)  # optimizer steps between checkpoints (and one at the end)
-    keep_checkpoints: int = _f(2, ge=1)  # checkpoint.pt and the K-1 before it (checkpoint-<step>.pt)
-    vis_every: int = _f(10, ge=0)  # epochs between reconstruction figures (and one at the end); 0: at the end only
-    # None: every (t, t+gap) pair of every video per epoch (the authors')
-    pairs_per_video: Optional[int] = _f(None, ge=1)
-    synthetic_videos: int = _f(32, ge=1)
-    synthetic_frames: int = _f(32, ge=2)
-    video_short_side: Optional[int] = _f(None, ge=1)
-    progress: bool = True
-    export: bool = True
-    resume: Optional[str] = None  # checkpoint to continue from
+    model: str = setting("videomac_cnxv2_s", help="encoder name (any videomac_* or timm ConvNet)")
+    data: Optional[str] = setting(None, help="frame folders root, video folder, list file, or one video")
+    output_dir: str = setting("runs/videomac", help="run folder")
+    input_size: int = setting(224, gt=0, group="method")
+    preset: Optional[str] = setting(
+        None, choices=sorted(PRESETS), help="set the whole paper recipe for a backbone"
+    )  # recorded in the run, for model cards
+    gap: int = setting(1, ge=1, group="method", help="frame distance within a pair")
+    mask_ratio: float = setting(0.75, ge=0.0, lt=1.0, group="method")
+    decoder_dim: int = setting(512, ge=1, group="method")
+    decoder_depth: int = setting(1, ge=1, group="method")
+    gamma: float = setting(1.0, ge=0.0, group="method", help="weight of the reconstruction-consistency loss")
+    norm_pix_loss: bool = setting(
+        True, group="method", help="targets normalised per patch (mean/variance, as MAE and the paper)"
+    )
+    motion_weight: float = setting(
+        0.0, ge=0.0, group="method", help="MAM2 motion (RGB difference) target weight; 0 = off"
+    )
+    drop_path: float = setting(0.0, ge=0.0, lt=1.0, group="method")
+    backend: str = setting(
+        "auto",
+        choices=("auto", "visible", "masked"),  # videomac.sparse.BACKENDS, held equal by tests/test_settings.py
+        group="method",
+        help="encoder execution: every layer on visible positions only, masked-dense (the reference), or auto: "
+        "the one measured fastest on the device",
+    )
+    batch_size: int = setting(64, ge=1, group="schedule", help="per process")
+    accum_iter: int = setting(1, ge=1, group="schedule", help="gradient accumulation steps")
+    total_batch: Optional[int] = setting(
+        None, ge=1, group="schedule", help="effective batch; sets --accum-iter from batch and world size"
+    )
+    epochs: int = setting(100, ge=1, group="schedule")
+    max_steps: Optional[int] = setting(None, ge=1, group="schedule", help="optimizer steps (overrides --epochs)")
+    stop_after: Optional[int] = setting(
+        None, ge=1, group="schedule", help="stop after N steps of this invocation (resume later)"
+    )
+    warmup_epochs: float = setting(10.0, ge=0.0, group="schedule")
+    warmup_steps: Optional[int] = setting(None, ge=0, group="schedule")
+    blr: float = setting(1.0e-3, gt=0.0, group="schedule", help="base lr: lr = blr * effective batch / 256")
+    lr: Optional[float] = setting(None, gt=0.0, group="schedule", help="absolute lr (overrides --blr)")
+    min_lr: float = setting(0.0, ge=0.0, group="schedule")  # at most the lr (checked once the lr is known)
+    weight_decay: float = setting(0.05, ge=0.0, group="schedule")
+    ema_base: float = setting(
+        0.996, ge=0.0, le=1.0, group="schedule", help="EMA momentum at step 0 (rises to 1 on a cosine)"
+    )
+    ema_final: float = setting(1.0, ge=0.0, le=1.0, cli=False)  # the cosine's end: 1, as MAE and the authors
+    ema_schedule: str = setting(
+        "cosine",
+        choices=("cosine", "authors"),
+        group="schedule",
+        help="cosine over the whole run, or as the authors' code indexes it (the step within the epoch, so the "
+        "momentum stays ~ema-base)",
+    )
+    init: str = setting(
+        "timm",
+        choices=("authors", "timm"),
+        group="schedule",
+        help="online model init: timm's encoder init + 0.02 decoder, or the authors' rules",
+    )
+    clip_grad: Optional[float] = setting(None, gt=0.0, group="schedule")
+    amp: str = setting("none", choices=("none", "bf16", "fp16"), group="system")  # fp16 on CUDA only
+    device: str = setting("auto", choices=("auto", "cuda", "cpu"), group="system")
+    num_workers: Optional[int] = setting(
+        None, ge=0, group="system", help="DataLoader workers (none: the CPU cores of this process less one)"
+    )
+    gpu_decode: bool = setting(
+        False,
+        group="system",
+        help="decode JPEG frames on the CUDA device (torchvision nvJPEG) instead of in the CPU workers",
+    )
+    frame_units: bool = setting(
+        False,
+        group="system",
+        help="frame folders served like videos: runs of consecutive pairs per worker, each JPEG decoded about "
+        "once instead of twice (faster; batches mix ~8 videos per worker instead of independent pairs)",
+    )
+    compile: bool = setting(
+        False, group="system", help="torch.compile the model (first steps slower while it compiles)"
+    )
+    compile_mode: str = setting(
+        "default",
+        choices=("default", "reduce-overhead", "max-autotune"),
+        group="system",
+        help="torch.compile mode with --compile; reduce-overhead captures CUDA graphs",
+    )
+    deterministic: bool = setting(
+        False,
+        group="system",
+        help="deterministic kernels: a rerun or a resume on the same GPU gives the same weights, bit for bit (slower)",
+    )
+    seed: int = setting(0, ge=0, group="system")
+    log_every: int = setting(10, ge=1, group="system")
+    save_every: int = setting(500, ge=1, group="system", help="steps between checkpoints")
+    keep_checkpoints: int = setting(
+        2, ge=1, group="system", help="checkpoints kept: checkpoint.pt and the K-1 before it"
+    )
+    vis_every: int = setting(
+        10, ge=0, group="system", help="epochs between reconstruction figures"
+    )  # and one at the end; 0: at the end only
+    pairs_per_video: Optional[int] = setting(
+        None,
+        ge=1,
+        group="system",
+        help="random pairs drawn from each video per epoch (none: every (t, t+gap) pair, the authors')",
+    )
+    synthetic_videos: int = setting(32, ge=1, group="system", help="number of built-in videos (no --data)")
+    synthetic_frames: int = setting(32, ge=2, group="system", help="frames per built-in video")
+    video_short_side: Optional[int] = setting(
+        None, ge=1, group="system", help="downscale decoded videos to this short side"
+    )
+    progress: bool = setting(
+        True,
+        group="system",
+        help="a progress bar on a terminal, one log line per --log-every steps otherwise",
+    )
+    export: bool = setting(True, group="system", help="write encoder.safetensors at the end")
+    resume: Optional[str] = setting(None, cli=False)  # the checkpoint continued from (--resume)
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)
@@ -183,51 +238,11 @@ def resume_target(values: Dict, resume: str) -> Tuple[str, str]:
     return path, run_dir
 
 
-_BOUNDS = dict(
-    ge=("at least", lambda v, b: v >= b),
-    gt=("above", lambda v, b: v > b),
-    le=("at most", lambda v, b: v <= b),
-    lt=("below", lambda v, b: v < b),
-)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _check_field(f: dataclasses.Field, value) -> None:
-    """One setting against its declared type and range: a ValueError naming the flag otherwise."""
-    kind = str(f.type).replace("Optional[", "").rstrip("]")
-    if value is None:
-        if "Optional" in str(f.type):
-            return
-        raise ValueError(f"{_flag(f.name)} must be set (got none)")
-    if kind in ("int", "float"):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or (kind == "int" and not isinstance(value, int)):
-            raise ValueError(f"{_flag(f.name)} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{_flag(f.name)} must be a finite number, got {value}")
-    elif kind in ("str", "bool") and not isinstance(value, str if kind == "str" else bool):
-        raise ValueError(f"{_flag(f.name)} must be a {kind}, got {value!r}")
-    for key, (words, ok) in _BOUNDS.items():
-        if key in f.metadata and not ok(value, f.metadata[key]):
-            raise ValueError(f"{_flag(f.name)} must be {words} {f.metadata[key]}, got {value}")
-    if "choices" in f.metadata and value not in f.metadata["choices"]:
-        raise ValueError(f"{_flag(f.name)} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
-
-
-def videomac_stride(model: str) -> int:
-    """The total stride of a ``videomac_*`` encoder, from its name: settings are checked before torch is
-    imported (a bad flag answers at once); tests/test_model_names.py holds it to every model's own stride."""
-    return 16 if "_iso_" in model else 32
-
-
 def check_config(cfg: PretrainConfig) -> None:
-    """Every setting's type and declared range, then the checks between settings, before any model, data
-    or torch is loaded, so a mistake is a one-line ``ValueError`` naming the flag."""
-    for f in dataclasses.fields(PretrainConfig):
-        _check_field(f, getattr(cfg, f.name))
+    """Every setting's type and declared range, then the checks between settings, before any data is read
+    or a model built, so a mistake is a one-line ``ValueError`` naming the flag. Torch is loaded only for
+    the last check, the input size against the model's own stride."""
+    check(cfg)
     if cfg.lr is not None and cfg.min_lr > cfg.lr:
         raise ValueError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the lr to the min-lr")
     if cfg.data is None and cfg.synthetic_frames <= cfg.gap:
@@ -235,8 +250,11 @@ def check_config(cfg: PretrainConfig) -> None:
             f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
             f"use at least {cfg.gap + 1}"
         )
-    if cfg.model.startswith("videomac_"):
-        patch = videomac_stride(cfg.model)
+    # Last, as the only check that needs the model (and so torch): its stride, read from its feature_info.
+    from videomac.models.names import model_stride
+
+    patch = model_stride(cfg.model)
+    if patch:
         if cfg.input_size % patch:
             ok = max(patch, round(cfg.input_size / patch) * patch)
             raise ValueError(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["learning_rate", "ema_momentum", "EMA_SCHEDULES", "param_groups", "build_optimizer"]
+from videomac.pretrain.config import PretrainConfig
+from videomac.settings import choices
+
+__all__ = ["RunPlan", "learning_rate", "ema_momentum", "EMA_SCHEDULES", "param_groups", "build_optimizer"]
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
@@ -20,7 +24,7 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-EMA_SCHEDULES = ("cosine", "authors")
+EMA_SCHEDULES = choices(PretrainConfig, "ema_schedule")
 
 
 def ema_momentum(
@@ -87,3 +91,50 @@ def _fused_adamw_supported(model: nn.Module) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run's lengths and rates, from its settings and its data: micro-batches ``accum_iter`` per optimizer
+    step, ``steps_per_epoch`` (full batches only), ``total_steps``, ``warmup_steps`` and ``base_lr`` (the
+    paper's ``blr x effective batch / 256`` unless ``lr`` is set)."""
+
+    accum_iter: int
+    effective_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    base_lr: float
+
+    @classmethod
+    def of(cls, cfg: PretrainConfig, pairs: int, world: int) -> RunPlan:
+        """The plan of ``cfg`` over ``pairs`` pairs on ``world`` processes; a dataset with no full step per
+        epoch or a min-lr above the lr is refused."""
+        effective = cfg.batch_size * cfg.accum_iter * world
+        micro_per_epoch = math.ceil(pairs / world) // cfg.batch_size
+        if micro_per_epoch < cfg.accum_iter:
+            raise ValueError(
+                f"dataset of {pairs} pairs is too small for batch {cfg.batch_size} x accum "
+                f"{cfg.accum_iter} x {world} process(es): no full step per epoch; lower --batch-size "
+                "add videos, or leave --pairs-per-video unset (every pair)"
+            )
+        steps_per_epoch = micro_per_epoch // cfg.accum_iter
+        total = cfg.max_steps if cfg.max_steps else cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_epochs * steps_per_epoch)
+        base_lr = cfg.lr if cfg.lr is not None else cfg.blr * effective / 256
+        if cfg.min_lr > base_lr:
+            raise ValueError(
+                f"--min-lr {cfg.min_lr} is above the lr {base_lr:g} (--blr {cfg.blr} x "
+                f"effective batch {effective} / 256): the schedule decays from the lr to the min-lr"
+            )
+        return cls(cfg.accum_iter, effective, steps_per_epoch, total, min(warmup, total // 2), base_lr)
+
+    @property
+    def epoch_micro_batches(self) -> int:
+        """Micro-batches of an epoch (its full batches; a multiple of ``accum_iter``)."""
+        return self.steps_per_epoch * self.accum_iter
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch after the last one the run's steps reach into."""
+        return math.ceil(self.total_steps * self.accum_iter / self.epoch_micro_batches)
