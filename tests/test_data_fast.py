@@ -356,6 +356,7 @@ def test_gpu_decode_on_cuda(tmp_path):
     assert g1.is_cuda and diff.mean() < 1.5
 
 
+@pytest.mark.slow
 def test_bench_data_command(tmp_path, capsys):
     pytest.importorskip("torchvision")  # the authors' reference row
     import json

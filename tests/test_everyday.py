@@ -38,6 +38,7 @@ def test_help_imports_no_torch(args):
     assert not heavy, f"`videomac {' '.join(args)} --help` imported {heavy[:5]}"
 
 
+@pytest.mark.slow
 def test_import_videomac_registers_the_encoders():
     code = "import videomac, timm; assert timm.is_model('videomac_rn50'); print(videomac.SparseEncoder.__name__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -81,6 +81,7 @@ def published(tmp_path_factory):
     return dict(weights=weights, cache=cache, good=good, bad=bad, sha=folder["sha256"])
 
 
+@pytest.mark.slow
 def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
     out = run_py(
         f"""
@@ -111,6 +112,7 @@ def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
     assert out["listed"] == ["videomac_cnxv2_atto.test_e1"]
 
 
+@pytest.mark.slow
 def test_sha256_mismatch_names_both_hashes(published):
     out = run_py(
         """
@@ -126,6 +128,7 @@ def test_sha256_mismatch_names_both_hashes(published):
     assert "sha256 mismatch" in out["err"] and "0" * 64 in out["err"] and published["sha"] in out["err"]
 
 
+@pytest.mark.slow
 def test_hf_hub_and_local_dir_loading(published, tiny_run, tmp_path):
     run = tiny_run  # the session's tiny run (2 steps of helpers.TINY): push and export only read it
     assert main(["push", str(run), "--repo-id", "me/atto-run", "--dry-run", "--folder", str(tmp_path / "repo")]) == 0

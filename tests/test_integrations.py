@@ -111,6 +111,7 @@ def test_transformers_loads_an_export_with_a_classifier(tmp_path):
         assert clf.config.num_labels == 4 and torch.equal(clf(pixel_values=x).logits, model(x))
 
 
+@pytest.mark.slow
 def test_transformers_and_timm_load_a_repo_id_from_the_hub_cache(exported, tmp_path):
     """``hf-hub:me/atto`` (timm) and ``from_pretrained('me/atto')`` (transformers), offline, from the
     huggingface_hub cache laid out as a download leaves it."""
@@ -160,6 +161,7 @@ def test_onnx_legacy_exporter_runs_in_onnxruntime(encoder, tmp_path):
     assert got.shape == want.shape and diff < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter_runs_in_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("videomac_cnxv2_atto", features_only=True).eval()

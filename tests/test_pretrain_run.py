@@ -118,6 +118,7 @@ def test_one_loader_iterator_spans_the_epochs(tmp_path, monkeypatch):
     assert summary["epoch"] == 3 and len(opened) == 1  # 8 pairs / batch 4: 2 steps an epoch
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_matches_uninterrupted(tmp_path):
     base = dict(SMALL, max_steps=6, save_every=100, seed=3)
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))
@@ -148,6 +149,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_gloo(tmp_path):
     out = tmp_path / "ddp"
     cmd = [

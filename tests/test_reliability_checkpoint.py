@@ -133,6 +133,7 @@ def _flip_tensor_bytes(path):
         f.write(bytes(x ^ 0xFF for x in b))
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_caught_and_resume_falls_back(tmp_path, capsys):
     out = run(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2)
     # the last two are kept, each with its checksum
@@ -181,6 +182,7 @@ def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tiny_run, tmp_p
     assert not [p for p in os.listdir(out) if ".tmp-" in p and not p.startswith("checkpoint.pt.tmp-")]
 
 
+@pytest.mark.slow
 def test_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path, capsys):
     out = copy_run(tiny_run, tmp_path / "run")
     # a process SIGKILLed while writing a checkpoint leaves its temporary behind
@@ -229,6 +231,7 @@ def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
     assert load_checkpoint(str(out))["step"] == 3
 
 
+@pytest.mark.slow
 def test_the_resumed_folder_is_the_run(tmp_path, capsys):
     a = run(tmp_path, "a", stop_after=1, max_steps=3)
     # a moved run: its config.json still says output_dir=a; resuming used to write back into a

@@ -32,6 +32,7 @@ def truncate(path, keep=0.5):
         f.write(data[: int(len(data) * keep)])  # the header still parses: it fails only when decoded
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):
     """Items 7, 9, 10 in one real run: a truncated JPEG in the only usable video, a FIFO named .mp4, a
     one-frame folder and an 8000x8000 PNG; the run trains, and summary.json / metrics say what it skipped."""
@@ -88,6 +89,7 @@ def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):
     assert f"skipped {len(skipped)} unusable input(s)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_fifo_source_or_frame_does_not_hang(tmp_path):
     code = (
         "import os, sys\n"

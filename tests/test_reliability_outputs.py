@@ -181,6 +181,7 @@ def test_push_uploads_exactly_the_dry_run_list_never_stale_files_or_links(run_di
     assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_push_with_the_hub_unreachable_is_one_line(run_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

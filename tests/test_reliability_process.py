@@ -21,6 +21,7 @@ from videomac.pretrain.train import pretrain
 SMALL = tiny(seed=3)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_with_two_workers_is_bit_exact(tmp_path):
     base = dict(SMALL, max_steps=6, save_every=100, num_workers=2)
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))
@@ -38,6 +39,7 @@ def test_stop_and_resume_with_two_workers_is_bit_exact(tmp_path):
     assert all(torch.equal(v, c["model"][k]) for k, v in a["model"].items())
 
 
+@pytest.mark.slow
 def test_resume_with_frame_units_is_bit_exact(tmp_path, capsys):
     """JPEG frame folders served by unit (--frame-units, recorded in the run's config): a stopped run resumed
     with another worker count equals an uninterrupted one, across an epoch boundary (the epoch order stays
@@ -71,6 +73,7 @@ def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_checkpoints_the_current_step(tmp_path, sig):
     out = tmp_path / "run"

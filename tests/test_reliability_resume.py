@@ -24,6 +24,7 @@ def finished(tiny_run):
     return tiny_run
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_changes_nothing(finished):
     before = snapshot(finished)
     assert (finished / LOCK).read_bytes() == b""  # the holder's record lasts while it holds the lock

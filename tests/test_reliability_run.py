@@ -78,6 +78,7 @@ def _one_error_line(err):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_with_workers_exits_1(tmp_path):
     # before: the NaN error was printed, then the process stayed alive (workers ignore SIGTERM)
     proc = _start(["--num-workers", "1", "--lr", "1e9", "--max-steps", "50"], tmp_path / "run")
@@ -87,6 +88,7 @@ def test_a_nan_loss_with_workers_exits_1(tmp_path):
     assert _group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_ends_the_run_with_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["--num-workers", "2", "--max-steps", "100000", "--log-every", "1", "--save-every", "2"]
@@ -107,6 +109,7 @@ def test_a_killed_worker_ends_the_run_with_its_last_checkpoint(tmp_path):
     assert _group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
+@pytest.mark.slow
 def test_a_data_folder_removed_mid_run_ends_the_run(tmp_path):
     from videomac.synthetic import render_video, write_frames
 
@@ -149,6 +152,7 @@ def _tmpfs(path, size):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_torch_save_is_one_line(tmp_path):
     first = tmp_path / "first"
     pretrain(PretrainConfig(**SMALL, max_steps=1, output_dir=str(first)))
@@ -172,6 +176,7 @@ def test_a_disk_that_fills_during_torch_save_is_one_line(tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_owned_by_one_run(tmp_path, capsys):
     out = tmp_path / "run"
     proc = _start(["--num-workers", "1", "--max-steps", "100000", "--log-every", "1", "--save-every", "1"], out)
@@ -218,6 +223,7 @@ def test_is_run_folder(tmp_path):
     assert not is_run_folder(str(tmp_path / "export"))
 
 
+@pytest.mark.slow
 def test_a_resume_is_the_checkpoints_run(tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(PretrainConfig(**SMALL, max_steps=3, save_every=1, output_dir=str(out)))

@@ -209,6 +209,7 @@ def test_every_route_gives_one_line_and_advice_only_for_a_real_pickle(route, bad
     assert not marker.exists() and digests(root) == before
 
 
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line(bad_files, frames, tmp_path):
     root, _ = bad_files
     ck = root / "text" / "checkpoint.pt"
@@ -218,6 +219,7 @@ def test_a_real_process_exits_2_with_one_line(bad_files, frames, tmp_path):
     assert r.code == 2 and r.error_line() == expect, r.err
 
 
+@pytest.mark.slow
 def test_a_safetensors_file_with_wrong_keys_is_refused_before_its_tensors_are_read(tmp_path):
     """Case 10: keys and shapes come from the header. A 1.5 GB file (sparse: no disk) whose one tensor is not
     the model's is refused by a process whose peak memory stays far below the file's size."""
