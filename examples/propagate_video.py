@@ -4,7 +4,7 @@
         --model videomac_rn50 --weights runs/rn50/encoder.safetensors
 
 The building blocks of ``videomac propagate`` (which also writes an overlay video): a frozen encoder
-as a :class:`FeatureExtractor`, and :class:`LabelPropagator`, which matches each new frame against
+as a :class:`FeatureExtractor`, and :func:`propagate_frames`, which matches each new frame against
 the first frame and the last 20 (memory stays bounded however long the video). Frames are streamed
 from the file, a few at a time.
 """
@@ -18,7 +18,7 @@ import torch
 from videomac.eval.annotations import read_mask
 from videomac.eval.datasets import write_label_png
 from videomac.eval.features import FeatureExtractor
-from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
+from videomac.eval.propagation import PropagationConfig, labels_to_onehot, propagate_frames, resize_labels
 from videomac.eval.video import FrameReader
 
 
@@ -44,23 +44,18 @@ def main():
     config = PropagationConfig(n_context=args.n_context)
     onehot = labels_to_onehot(torch.from_numpy(first), ids.tolist())  # (K, H, W), one map per id
 
-    propagator, t, areas = None, 0, []
-    for batch in batches(frames, args.batch_size):
-        for feat in extractor(batch):  # (C, h, w) per frame
-            if propagator is None:
-                # frame 0: its labels go to feature resolution; later frames are predicted
-                propagator = LabelPropagator(feat, resize_labels(onehot.to(feat.device), feat.shape[-2:]), config)
-                labels = first
-            else:
-                soft = propagator.step(feat)  # (K, h, w) soft label maps
-                labels = ids[resize_labels(soft, frames.size).argmax(0).cpu().numpy()].astype(np.uint8)
-            write_label_png(labels, os.path.join(args.out, f"{t:05d}.png"))
-            areas.append([(labels == i).mean() for i in ids[1:]])
-            t += 1
+    feats = (feat for batch in batches(frames, args.batch_size) for feat in extractor(batch))  # (C, h, w) each
+    areas = []
+    # (K, h, w) soft label maps per frame: frame 0's given labels at feature resolution, then predictions
+    for t, soft in enumerate(propagate_frames(feats, onehot, config)):
+        labels = first if t == 0 else ids[resize_labels(soft, frames.size).argmax(0).cpu().numpy()].astype(np.uint8)
+        write_label_png(labels, os.path.join(args.out, f"{t:05d}.png"))
+        areas.append([(labels == i).mean() for i in ids[1:]])
+    n = len(areas)  # frames tracked
 
-    print(f"tracked objects {ids[1:].tolist()} through {t} frames -> {args.out}/*.png")
+    print(f"tracked objects {ids[1:].tolist()} through {n} frames -> {args.out}/*.png")
     for i, obj in enumerate(ids[1:]):
-        print(f"object {obj}: area {areas[0][i]:.3%} of frame 0, {areas[-1][i]:.3%} of frame {t - 1}")
+        print(f"object {obj}: area {areas[0][i]:.3%} of frame 0, {areas[-1][i]:.3%} of frame {n - 1}")
 
 
 def batches(frames, n):

@@ -14,14 +14,6 @@ ATTO = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
 TINY = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 48))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- layout
 
 

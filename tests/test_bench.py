@@ -2,11 +2,14 @@
 
 import json
 
+import pytest
+
 from videomac.bench import CONFIGS
 from videomac.bench.pretrain import flop_split
 from videomac.cli import main
 
 
+@pytest.mark.slow
 def test_bench_pretrain_quick(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "pretrain", "--quick", "--out", str(out), "--profile", str(tmp_path / "prof")]) == 0

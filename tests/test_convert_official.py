@@ -139,3 +139,27 @@ def test_trust_pickle_loads_other_objects(tmp_path):
     ck = make_authors_convnext_state(2, (2, 2, 6, 2), (40, 80, 160, 320), seed=4, include_args=False)
     torch.save(ck, path)
     assert set(load_checkpoint(str(path))) == set(ck)
+
+
+def test_each_family_file_declares_its_conversion_found_through_the_model():
+    """timm's convention: the family file's ``checkpoint_filter_fn(state_dict, model)`` takes both released
+    layouts; ``convert_official`` finds it through the model's class, and a model without one is refused."""
+    from videomac.models import videomac_convnext, videomac_convnext_iso, videomac_resnet
+    from videomac.pretrained import WeightsError, checkpoint_filter_for, headless_model
+
+    for name, family in [
+        ("videomac_cnxv2_atto", videomac_convnext),
+        ("convnextv2_atto", videomac_convnext),  # timm's ConvNeXt takes FCMAE encoders
+        ("videomac_cnxv2_iso_s", videomac_convnext_iso),
+        ("videomac_rn18", videomac_resnet),
+    ]:
+        assert checkpoint_filter_for(headless_model(name)) is family.checkpoint_filter_fn, name
+    ck = make_authors_convnext_state(2, (2, 2, 6, 2), (40, 80, 160, 320), seed=5)
+    model = timm.create_model("videomac_cnxv2_atto", num_classes=0)
+    raw = videomac_convnext.checkpoint_filter_fn(ck, model)  # their pretraining checkpoint
+    bare = videomac_convnext.checkpoint_filter_fn(ck["online_without_ddp"], model)  # convert_pth's bare encoder
+    assert list(raw) == list(model.state_dict()) and raw.filled == ("head.norm.weight", "head.norm.bias")
+    assert all(torch.equal(raw[k], bare[k]) for k in raw)
+    model.load_state_dict(raw, strict=True)
+    with pytest.raises(WeightsError, match=r"resnet18 \(ResNet\) has no conversion of the authors' checkpoints"):
+        convert_official(ck, "resnet18")

@@ -5,11 +5,10 @@ run on the device and agree with the CPU."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import run_cli_process
 from test_sparse import make
 from test_visible import case_inputs, max_grad_diff, run_both
 
@@ -134,9 +133,8 @@ def test_pretraining_learns_on_cuda(tmp_path, amp):
 
 
 def _cli(args, env=None):
-    cmd = [sys.executable, "-m", "videomac.cli", "pretrain", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = run_cli_process("pretrain", *args, env=env, timeout=600)
+    assert r.code == 0, r.err[-3000:]
     return r
 
 

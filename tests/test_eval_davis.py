@@ -19,9 +19,6 @@ SEQS = ("seq-a", "seq-b")
 T = 10
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope="module")
 def davis_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("davis")

@@ -11,13 +11,19 @@ from PIL import Image
 from test_eval_davis import Colour
 
 from videomac.cli import main as cli_main
-from videomac.eval.datasets import DatasetLayoutError, DavisDataset, JhmdbDataset, VipDataset, write_label_png
+from videomac.eval.datasets import (
+    DatasetLayoutError,
+    Davis2016Dataset,
+    Davis2017Dataset,
+    DavisDataset,
+    JhmdbDataset,
+    VipDataset,
+    write_label_png,
+)
 from videomac.eval.davis import GLOBAL_KEYS, evaluate, write_csvs
 from videomac.eval.features import FeatureExtractor
 from videomac.eval.runner import run_davis
 from videomac.synthetic import render_video, write_frames, write_palette_png
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = (64, 80)
 
@@ -111,6 +117,28 @@ def test_2016_masks_score_as_2017_palette_pngs(one_object, tmp_path, capsys):
         assert p16.max() == 1
     with open(tmp_path / "o16" / "results.json") as f:
         assert json.load(f)["layout"] == "DAVIS-2016"
+
+
+def test_each_layout_is_its_own_class(one_object, tmp_path):
+    """DavisDataset picks the layout's class; a layout class can be named directly (its split list must be
+    there); a dataset pickles (multiprocessing) as the class it is."""
+    import pickle
+
+    bear = {"bear": one_object["bear"]}
+    r16, r17 = write_2016(tmp_path / "d16", bear), write_2017(tmp_path / "d17", bear)
+    ds16, ds17 = DavisDataset(r16), DavisDataset(r17)
+    assert type(ds16) is Davis2016Dataset and type(ds17) is Davis2017Dataset
+    assert isinstance(ds16, DavisDataset) and isinstance(ds17, DavisDataset)
+    direct = Davis2016Dataset(r16)
+    assert type(direct) is Davis2016Dataset and direct.frame_paths("bear") == ds16.frame_paths("bear")
+    with pytest.raises(DatasetLayoutError, match=r"missing split list .*ImageSets/480p/val\.txt \(DAVIS-2016"):
+        Davis2016Dataset(r17)
+    assert ds17.palette("bear") is not None and ds16.palette("bear") is None  # 0/255 masks colour nothing
+    for ds in (ds16, ds17):
+        back = pickle.loads(pickle.dumps(ds))
+        assert type(back) is type(ds) and back.sequences == ds.sequences == ["bear"]
+        assert back.annotation_names("bear") == ds.annotation_names("bear")
+        np.testing.assert_array_equal(back.first_annotation("bear")[1], ds.first_annotation("bear")[1])
 
 
 def test_layout_detection_errors(one_object, tmp_path):

@@ -9,8 +9,6 @@ import torch
 
 from videomac.eval.features import FeatureExtractor, create_encoder, load_weights
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 @pytest.mark.parametrize(
     "name,stage,stride,natural,channels",
@@ -124,3 +122,18 @@ def test_bf16_features_run_under_autocast():
     half.load_state_dict(full.state_dict())
     a, b = full(frames), half(frames).float()
     assert a.shape == b.shape and ((a - b).norm() / a.norm()).item() < 3e-2
+
+
+def test_default_stage_is_what_the_model_declares():
+    """The family declares its evaluation stage (``eval_stage``); a model without one gets its last
+    feature_info stage at stride 8."""
+    import videomac  # noqa: F401  (registers the videomac_* encoders)
+
+    torch.manual_seed(0)
+    iso = FeatureExtractor(timm.create_model("videomac_cnxv2_iso_s"))
+    assert (iso.stage, iso.stride, iso.natural_stride) == ("norm", 16, 16)
+    model = timm.create_model("videomac_rn18")
+    model.eval_stage = ("layer3", 16)
+    fe = FeatureExtractor(model)
+    assert (fe.stage, fe.stride, fe.natural_stride) == ("layer3", 16, 16)
+    assert fe(np.zeros((1, 64, 96, 3), np.uint8)).shape == (1, 256, 4, 6)

@@ -10,10 +10,10 @@ from videomac.eval.propagation import (
     context_indices,
     propagate,
     propagate_dense,
+    propagate_frames,
     radius_offsets,
+    resize_labels,
 )
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(T, C, h, w, K, seed=0, dtype=torch.float64):
@@ -57,6 +57,31 @@ def test_static_video_keeps_labels_and_bounded_memory():
         out = prop.step(feats[0])
         torch.testing.assert_close(out, labels)  # >= topk copies of itself win every query
     assert sorted(prop._bank) == [0] + list(range(3, 13))  # frame 0 + the last n_context frames only
+
+
+def test_propagate_frames_streams_one_frame_at_a_time():
+    """The one loop of eval and propagate: features pulled lazily, one map out per frame in, frame 0's
+    labels brought to feature resolution, the same maps as the dense reference."""
+    feats, labels = _inputs(25, 6, 9, 11, 3, seed=3)  # past the 20-frame context queue
+    big = resize_labels(labels, (27, 33))  # labels at image size
+    pulled = []
+
+    def lazily():
+        for t, f in enumerate(feats):
+            pulled.append(t)
+            yield f
+
+    steps = propagate_frames(lazily(), big, PropagationConfig(), tile=4)
+    assert pulled == []  # nothing read before the first map is asked for
+    maps = []
+    for t, m in enumerate(steps):
+        assert pulled[-1] == t  # frame t's maps come out before frame t + 1 is read
+        maps.append(m)
+    assert len(maps) == 25 and maps[0].shape == (3, 9, 11)
+    torch.testing.assert_close(maps[0], resize_labels(big, (9, 11)), rtol=0, atol=0)
+    dense = propagate_dense(feats, maps[0], PropagationConfig())
+    torch.testing.assert_close(torch.stack(maps), dense, rtol=0, atol=1e-12)
+    assert list(propagate_frames(iter([]), labels)) == []  # no frames, no maps
 
 
 def test_protocol_helpers():

@@ -15,8 +15,6 @@ from videomac.eval.metrics import confusion_matrix, miou_from_confusion
 from videomac.eval.runner import gaussian_joint_maps, maps_to_joints, run_vip, vip_confusion
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def test_vip_cli(tmp_path, capsys):
     r = tmp_path / "vip"

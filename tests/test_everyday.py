@@ -38,6 +38,7 @@ def test_help_imports_no_torch(args):
     assert not heavy, f"`videomac {' '.join(args)} --help` imported {heavy[:5]}"
 
 
+@pytest.mark.slow
 def test_import_videomac_registers_the_encoders():
     code = "import videomac, timm; assert timm.is_model('videomac_rn50'); print(videomac.SparseEncoder.__name__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -70,14 +71,26 @@ def test_pretrain_help_shows_effective_defaults_and_presets():
 
 def test_bad_settings_fail_before_any_heavy_work(tmp_path):
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
-    args = ["pretrain", "--input-size", "100", "--output-dir", str(tmp_path / "r")]
-    r = subprocess.run([shutil.which("videomac"), *args], capture_output=True, text=True, env=env, timeout=120)
-    errors = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
-    assert r.returncode == 2 and errors == [
+
+    def run(*flags):
+        args = ["pretrain", *flags, "--output-dir", str(tmp_path / "r")]
+        r = subprocess.run([shutil.which("videomac"), *args], capture_output=True, text=True, env=env, timeout=120)
+        errors = [line for line in r.stderr.splitlines() if not line.startswith("import time:")]
+        torch = any(line.rsplit("|", 1)[-1].strip() == "torch" for line in r.stderr.splitlines())
+        return r.returncode, errors, torch
+
+    # a setting out of its range answers before torch is imported
+    assert run("--mask-ratio", "1.5") == (
+        2,
+        ["videomac pretrain: error: --mask-ratio must be below 1.0, got 1.5"],
+        False,
+    )
+    # the input size is checked against the model's own stride (its feature_info), before any data or run folder
+    code, errors, _ = run("--input-size", "100")
+    assert code == 2 and errors == [
         "videomac pretrain: error: --input-size 100 must be a positive multiple of videomac_cnxv2_s's patch size 32 "
         "(e.g. 96)"
     ]
-    assert not any(line.rsplit("|", 1)[-1].strip() == "torch" for line in r.stderr.splitlines())
     assert not (tmp_path / "r").exists()
 
 

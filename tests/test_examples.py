@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from videomac.eval.datasets import read_label_png
@@ -32,6 +33,7 @@ def column(out, name):
     return [float(v) for v in re.findall(rf"{name} ([0-9.]+)", out)]
 
 
+@pytest.mark.slow
 def test_finetune_classification(tmp_path):
     # Three classes told apart by colour, with noise: learnable in a few steps from scratch.
     rng = np.random.default_rng(0)
@@ -78,6 +80,7 @@ def test_finetune_classification(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_segmentation_head(tmp_path):
     frames, labels = render_video(1, 12, (64, 64), 1)
     os.makedirs(tmp_path / "images")
@@ -109,6 +112,7 @@ def test_segmentation_head(tmp_path):
     assert read_label_png(str(tmp_path / "run" / "pred" / preds[0])).shape == (64, 64)
 
 
+@pytest.mark.slow
 def test_pretrain_own_videos(tmp_path):
     for seed in range(2):
         write_video(render_video(seed, 8, (64, 96), 2)[0], str(tmp_path / "videos" / f"v{seed}.mp4"))
@@ -137,6 +141,7 @@ def test_pretrain_own_videos(tmp_path):
     assert (tmp_path / "run" / "encoder.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_propagate_video(tmp_path):
     frames, labels = render_video(3, 10, (96, 128), 2)
     video = write_video(frames, str(tmp_path / "clip.mp4"))

@@ -81,6 +81,7 @@ def published(tmp_path_factory):
     return dict(weights=weights, cache=cache, good=good, bad=bad, sha=folder["sha256"])
 
 
+@pytest.mark.slow
 def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
     out = run_py(
         f"""
@@ -111,6 +112,7 @@ def test_pretrained_true_from_offline_cache_timm_and_torch_hub(published):
     assert out["listed"] == ["videomac_cnxv2_atto.test_e1"]
 
 
+@pytest.mark.slow
 def test_sha256_mismatch_names_both_hashes(published):
     out = run_py(
         """
@@ -126,58 +128,34 @@ def test_sha256_mismatch_names_both_hashes(published):
     assert "sha256 mismatch" in out["err"] and "0" * 64 in out["err"] and published["sha"] in out["err"]
 
 
-def test_hf_hub_and_local_dir_loading(published, tmp_path):
-    run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--model",
-                "videomac_rn18",
-                "--input-size",
-                "64",
-                "--batch-size",
-                "4",
-                "--max-steps",
-                "1",
-                "--decoder-dim",
-                "32",
-                "--num-workers",
-                "0",
-                "--synthetic-videos",
-                "4",
-                "--output-dir",
-                str(run),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    assert main(["push", str(run), "--repo-id", "me/rn18-run", "--dry-run", "--folder", str(tmp_path / "repo")]) == 0
+@pytest.mark.slow
+def test_hf_hub_and_local_dir_loading(published, tiny_run, tmp_path):
+    run = tiny_run  # the session's tiny run (2 steps of helpers.TINY): push and export only read it
+    assert main(["push", str(run), "--repo-id", "me/atto-run", "--dry-run", "--folder", str(tmp_path / "repo")]) == 0
     repo = tmp_path / "repo"
     assert sorted(os.listdir(repo)) == ["README.md", "config.json", "model.safetensors"]
     card = (repo / "README.md").read_text()
-    assert "hf-hub:me/rn18-run" in card and "library_name: timm" in card and "@inproceedings" in card
-    # every field of the card comes from this run's config: 64 px, 1 step, built-in videos, stride 32
+    assert "hf-hub:me/atto-run" in card and "library_name: timm" in card and "@inproceedings" in card
+    # every field of the card comes from this run's config: 64 px, 2 steps, built-in videos, stride 32
     assert "64×64 crops during pretraining" in card and "224×224" not in card
     # what was trained (the checkpoint's step, epoch and micro-batches), not the config's planned 100 epochs
-    assert "on the built-in procedural videos for 1 optimizer step (" in card and "stride 32" in card
+    assert "on the built-in procedural videos for 2 optimizer steps (" in card and "stride 32" in card
     assert " epochs of the data)" in card and "| epochs |" not in card and "100 epochs" not in card
-    assert "AutoModel.from_pretrained('me/rn18-run')" in card and "import videomac" in card
+    assert "AutoModel.from_pretrained('me/atto-run')" in card and "import videomac" in card
     cfg = json.loads((repo / "config.json").read_text())
-    assert cfg["architecture"] == "videomac_rn18" and cfg["num_features"] == 512
+    assert cfg["architecture"] == "videomac_cnxv2_atto" and cfg["num_features"] == 320
     # transformers passes num_classes itself: model_args must not repeat it (timm reads the root key)
     assert "num_classes" not in cfg.get("model_args", {}) and cfg["num_classes"] == 0
     assert "tag" not in cfg["pretrained_cfg"]  # not the registry's default tag: these are the run's weights
     cache = tmp_path / "cache"
-    put_in_hf_cache(cache, "me/rn18-run", {n: repo / n for n in os.listdir(repo)})
+    put_in_hf_cache(cache, "me/atto-run", {n: repo / n for n in os.listdir(repo)})
     ref = load_file(str(run / "encoder.safetensors"))
     out = run_py(
         f"""
         import json, timm, torch, videomac
         from safetensors.torch import load_file
         ref = load_file({str(run / "encoder.safetensors")!r})
-        a = timm.create_model('hf-hub:me/rn18-run', pretrained=True)
+        a = timm.create_model('hf-hub:me/atto-run', pretrained=True)
         b = timm.create_model('local-dir:{repo}', pretrained=True, num_classes=3)
         eq = lambda m: all(torch.equal(m.state_dict()[k], v) for k, v in ref.items())
         print(json.dumps(dict(a=eq(a), b=eq(b), b_out=list(b(torch.randn(1, 3, 64, 64)).shape))))

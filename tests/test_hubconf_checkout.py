@@ -10,9 +10,12 @@ import sysconfig
 import textwrap
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_torch_hub_load_from_a_checkout_without_installed_videomac(tmp_path):
     clone = tmp_path / "videomac-checkout"
     clone.mkdir()

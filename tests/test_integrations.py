@@ -37,7 +37,7 @@ def _report(what: str, diff: float) -> None:
 # ----------------------------------------------------------------------------- segmentation-models-pytorch
 @pytest.mark.parametrize("arch", ["Unet", "DeepLabV3Plus"])
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_smp_forward_backward(arch, encoder, one_thread):
+def test_smp_forward_backward(arch, encoder):
     torch.manual_seed(0)
     # DeepLabV3Plus asks the encoder for output_stride=16 (dilated last stage)
     model = getattr(smp, arch)(encoder_name=f"tu-{encoder}", encoder_weights=None, classes=3)
@@ -68,7 +68,7 @@ def exported(tmp_path_factory):
     return model, tmp / "exp"
 
 
-def test_transformers_loads_an_export_folder(exported, tmp_path, one_thread):
+def test_transformers_loads_an_export_folder(exported, tmp_path):
     model, folder = exported
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_transformers_loads_an_export_folder(exported, tmp_path, one_thread):
         assert back_clf.num_classes == 3 and torch.equal(back_clf(x), clf(pixel_values=x).logits)
 
 
-def test_transformers_loads_an_export_with_a_classifier(tmp_path, one_thread):
+def test_transformers_loads_an_export_with_a_classifier(tmp_path):
     """A fine-tuned model's export keeps its head: transformers takes num_labels from config.json."""
     torch.manual_seed(0)
     model = timm.create_model("videomac_rn18", num_classes=4).eval()
@@ -111,6 +111,7 @@ def test_transformers_loads_an_export_with_a_classifier(tmp_path, one_thread):
         assert clf.config.num_labels == 4 and torch.equal(clf(pixel_values=x).logits, model(x))
 
 
+@pytest.mark.slow
 def test_transformers_and_timm_load_a_repo_id_from_the_hub_cache(exported, tmp_path):
     """``hf-hub:me/atto`` (timm) and ``from_pretrained('me/atto')`` (transformers), offline, from the
     huggingface_hub cache laid out as a download leaves it."""
@@ -136,7 +137,7 @@ def test_transformers_and_timm_load_a_repo_id_from_the_hub_cache(exported, tmp_p
 
 # ----------------------------------------------------------------------------- ONNX, torch.export
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_onnx_legacy_exporter_runs_in_onnxruntime(encoder, tmp_path, one_thread):
+def test_onnx_legacy_exporter_runs_in_onnxruntime(encoder, tmp_path):
     torch.manual_seed(0)
     model = timm.create_model(encoder).eval()
     path = str(tmp_path / "model.onnx")
@@ -160,7 +161,8 @@ def test_onnx_legacy_exporter_runs_in_onnxruntime(encoder, tmp_path, one_thread)
     assert got.shape == want.shape and diff < 1e-4
 
 
-def test_onnx_dynamo_exporter_runs_in_onnxruntime(tmp_path, one_thread):
+@pytest.mark.slow
+def test_onnx_dynamo_exporter_runs_in_onnxruntime(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("videomac_cnxv2_atto", features_only=True).eval()
     x = torch.randn(2, 3, 64, 64)  # batch 2: torch.export specializes a size-1 dimension
@@ -179,7 +181,7 @@ def test_onnx_dynamo_exporter_runs_in_onnxruntime(tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
-def test_torch_export(encoder, one_thread):
+def test_torch_export(encoder):
     torch.manual_seed(0)
     model = timm.create_model(encoder, features_only=True).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -210,7 +212,7 @@ class Classifier(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
 
 
-def test_lightning_fine_tune_and_checkpoint_reload(tmp_path, one_thread):
+def test_lightning_fine_tune_and_checkpoint_reload(tmp_path):
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 0]))
     module = Classifier()
@@ -240,7 +242,7 @@ def test_lightning_fine_tune_and_checkpoint_reload(tmp_path, one_thread):
 
 # ----------------------------------------------------------------------------- the page that shows them
 @pytest.mark.slow  # about 25 s of CPU: it exports with both ONNX exporters and trains
-def test_the_integrations_page_runs_as_written(tmp_path, monkeypatch, capsys, one_thread):
+def test_the_integrations_page_runs_as_written(tmp_path, monkeypatch, capsys):
     """Every Python block of docs/integrations.md, in order, in one namespace and a fresh folder."""
     import re
 

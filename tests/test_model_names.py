@@ -13,13 +13,19 @@ def test_unknown_model_names_suggest_the_closest():
         check_model_name("not_a_model_at_all")
 
 
-def test_the_settings_check_knows_every_videomac_encoders_stride():
+def test_the_settings_check_reads_every_encoders_stride_from_the_model():
     import timm
     import torch
 
-    from videomac.pretrain.config import videomac_stride
+    from videomac.models.names import model_stride
+    from videomac.pretrain.config import PretrainConfig, check_config
 
-    for name in timm.list_models("videomac_*"):
+    for name in [*timm.list_models("videomac_*"), "resnet18", "convnextv2_atto"]:
         with torch.device("meta"):
             model = timm.create_model(name)
-        assert videomac_stride(name) == model.feature_info[-1]["reduction"], name
+        assert model_stride(name) == model.feature_info[-1]["reduction"], name
+    check_config(PretrainConfig(model="videomac_cnxv2_iso_s", input_size=208))  # 13 patches of 16
+    with pytest.raises(
+        ValueError, match="--input-size 208 must be a positive multiple of videomac_cnxv2_s's patch size 32"
+    ):
+        check_config(PretrainConfig(model="videomac_cnxv2_s", input_size=208))

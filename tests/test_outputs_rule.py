@@ -10,36 +10,21 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import copy_run, snapshot
 from PIL import Image
 
 from videomac.cli import main
 from videomac.synthetic import render_video, write_frames, write_palette_png, write_video
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SIZE = (64, 80)
 
 
-def snapshot(folder: Path):
-    """Every file and link under ``folder``: bytes for files, the target for links."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_symlink():
-            out[str(p)] = ("link", os.readlink(p))
-        elif p.is_file():
-            out[str(p)] = p.read_bytes()
-    return out
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A tiny pretraining run and one of each input the writing commands read."""
+def world(tmp_path_factory, tiny_run):
+    """A tiny pretraining run (a copy of the session's: push writes into it) and one of each input the writing
+    commands read."""
     w = tmp_path_factory.mktemp("world")
-    run = w / "run"
-    argv = ["pretrain", "--model", "videomac_cnxv2_atto", "--input-size", "64", "--batch-size", "2"]
-    argv += ["--max-steps", "2", "--decoder-dim", "32", "--num-workers", "0", "--synthetic-videos", "2"]
-    argv += ["--synthetic-frames", "8", "--output-dir", str(run), "--no-progress"]
-    assert main(argv) == 0
+    run = copy_run(tiny_run, w / "run")
     video, labels = render_video(0, num_frames=6, size=SIZE, num_objects=1)
     write_video(video, str(w / "clip.mp4"))
     write_frames(video, str(w / "frames" / "clip"))
@@ -145,7 +130,8 @@ def test_a_symlinked_output_is_replaced_not_written_through(world, tmp_path, cap
     # push's default folder lies inside the run it reads (RUN/hub/ORG--NAME): allowed, the run's files untouched
     assert main(["push", str(world / "run"), "--repo-id", "me/x", "--dry-run"]) == 0
     assert (world / "run" / "hub" / "me--x" / "model.safetensors").is_file()
-    assert {k: v for k, v in snapshot(world / "run").items() if "/hub/" not in k} == run_before
+    hub = str(world / "run" / "hub")
+    assert {k: v for k, v in snapshot(world / "run").items() if not k.startswith(hub)} == run_before
     capsys.readouterr()
 
 

@@ -172,3 +172,21 @@ def test_weight_decay_groups(model):
     assert all(n.endswith(".weight") or ".grn." in n or n.endswith("mask_token") for n in decay_names)
     assert not any(n.startswith("target.") for n in decay_names | no_decay_names)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_authors_init_rule_is_declared_by_the_family():
+    """Each family declares which of the authors' init rules it takes; a model declaring none is refused
+    with init='authors' rather than given a rule guessed from its structure."""
+    for name, rule in [
+        ("videomac_rn18", "resnet"),
+        ("videomac_cnxv2_atto", "convnext"),
+        ("videomac_cnxv2_iso_s", "convnext"),
+    ]:
+        with torch.device("meta"):
+            assert timm.create_model(name).authors_init == rule, name
+    torch.manual_seed(0)
+    rn = VideoMAC("videomac_rn18", decoder_dim=32, init="authors").online.encoder.model
+    # the ResNet rule: every encoder conv but the stem at std 0.02 (ConvNeXt's puts pointwise convs at 1)
+    assert abs(rn.layer1[0].conv1.weight.std().item() - 0.02) < 0.005
+    with pytest.raises(ValueError, match="ResNet declares no authors' init rule .*use init='timm'"):
+        VideoMAC("resnet18", decoder_dim=32, init="authors")

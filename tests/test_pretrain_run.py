@@ -9,6 +9,7 @@ import sys
 import pytest
 import timm
 import torch
+from helpers import tiny
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,21 +18,7 @@ from videomac.pretrain.checkpoint import load_checkpoint
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=64,
-    num_workers=0,
-    synthetic_videos=8,
-    synthetic_frames=8,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=2,
-)
+SMALL = tiny()
 
 
 def read_metrics(run):
@@ -131,6 +118,7 @@ def test_one_loader_iterator_spans_the_epochs(tmp_path, monkeypatch):
     assert summary["epoch"] == 3 and len(opened) == 1  # 8 pairs / batch 4: 2 steps an epoch
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_matches_uninterrupted(tmp_path):
     base = dict(SMALL, max_steps=6, save_every=100, seed=3)
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))
@@ -161,6 +149,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_gloo(tmp_path):
     out = tmp_path / "ddp"
     cmd = [

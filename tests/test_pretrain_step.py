@@ -18,8 +18,6 @@ from videomac.pretrain.step import Trainable, train_step
 from videomac.pretrain.stop import StopRequest
 from videomac.pretrain.train import NonFiniteLossError
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def trainable(accum_iter=1):
     torch.manual_seed(0)

@@ -70,6 +70,7 @@ def test_loss_curve_png(tmp_path):
         loss_curve_figure([])
 
 
+@pytest.mark.slow
 def test_batch_job_logs_plain_lines_and_writes_its_curve(tmp_path):
     # a real run with stderr to a pipe (not a terminal): one line per logging interval, no redraws
     import subprocess

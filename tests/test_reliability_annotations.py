@@ -4,21 +4,14 @@ sequence listed twice is refused rather than scored twice. Everything through th
 
 import numpy as np
 import pytest
+from helpers import videomac_error_line as one_line_error
 from PIL import Image
 
 from videomac.cli import main
 from videomac.eval.annotations import read_mask
 from videomac.synthetic import render_video, write_frames, write_palette_png, write_video
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 SIZE = (64, 80)
-
-
-def one_line_error(err):
-    lines = [x for x in err.strip().splitlines() if x.startswith("videomac ")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
 
 
 def jpeg_named_png(labels, path):

@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import copy_run, tiny
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import (
@@ -26,21 +27,7 @@ from videomac.pretrain.checkpoint import (
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=32,
-    num_workers=0,
-    synthetic_videos=8,
-    synthetic_frames=4,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=1,
-)
+SMALL = tiny()
 ARGS = ["--no-progress"]
 
 
@@ -107,8 +94,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
     assert not marker.exists()
 
 
-def test_runs_write_weights_only_checkpoints_and_older_ones_need_trust(tmp_path, capsys):
-    out = run(tmp_path)
+def test_runs_write_weights_only_checkpoints_and_older_ones_need_trust(tiny_run, tmp_path, capsys):
+    out = copy_run(tiny_run, tmp_path / "run")
     ck = torch.load(out / "checkpoint.pt", weights_only=True)  # the whole checkpoint, no allow-list
     assert ck["version"] == 2 and len(ck["sha256"]) == 64 and isinstance(ck["rng"], list)
     # a checkpoint as videomac wrote it before: numpy / python RNG state pickled as objects, no digest
@@ -146,6 +133,7 @@ def _flip_tensor_bytes(path):
         f.write(bytes(x ^ 0xFF for x in b))
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_caught_and_resume_falls_back(tmp_path, capsys):
     out = run(tmp_path, max_steps=4, save_every=1, keep_checkpoints=2)
     # the last two are kept, each with its checksum
@@ -178,8 +166,8 @@ def test_damaged_checkpoints_are_caught_and_resume_falls_back(tmp_path, capsys):
     assert "no intact checkpoint" in capsys.readouterr().err
 
 
-def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tmp_path):
-    out = run(tmp_path)
+def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tiny_run, tmp_path):
+    out = copy_run(tiny_run, tmp_path / "run")
     before = (out / "checkpoint.pt").read_bytes()
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
@@ -194,8 +182,9 @@ def test_a_planted_symlink_at_the_temporary_name_is_not_followed(tmp_path):
     assert not [p for p in os.listdir(out) if ".tmp-" in p and not p.startswith("checkpoint.pt.tmp-")]
 
 
-def test_temporaries_of_killed_writers_are_removed(tmp_path, capsys):
-    out = run(tmp_path)
+@pytest.mark.slow
+def test_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path, capsys):
+    out = copy_run(tiny_run, tmp_path / "run")
     # a process SIGKILLed while writing a checkpoint leaves its temporary behind
     code = (
         "import os, signal, sys\n"
@@ -242,6 +231,7 @@ def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
     assert load_checkpoint(str(out))["step"] == 3
 
 
+@pytest.mark.slow
 def test_the_resumed_folder_is_the_run(tmp_path, capsys):
     a = run(tmp_path, "a", stop_after=1, max_steps=3)
     # a moved run: its config.json still says output_dir=a; resuming used to write back into a

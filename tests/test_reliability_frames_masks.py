@@ -5,10 +5,10 @@ Real CLI runs on real files; errors are one line and leave the inputs byte for b
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_line_error, snapshot
 from PIL import Image
 
 from videomac.cli import main
@@ -16,19 +16,7 @@ from videomac.eval.annotations import read_mask
 from videomac.pretrain.data import FramePairDataset
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 T, SIZE = 4, (48, 64)
-
-
-def snapshot(folder: Path):
-    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_line_error(err):
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

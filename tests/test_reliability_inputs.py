@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import videomac_error_line as one_line_error
 from PIL import Image
 
 from videomac.cli import main
@@ -22,8 +23,6 @@ from videomac.pretrain.data import MAX_FULL_DECODE_PIXELS, FramePairDataset
 from videomac.pretrain.train import pretrain
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
 SIZE = (64, 80)
 
 
@@ -33,12 +32,7 @@ def truncate(path, keep=0.5):
         f.write(data[: int(len(data) * keep)])  # the header still parses: it fails only when decoded
 
 
-def one_line_error(err):
-    lines = [x for x in err.strip().splitlines() if x.startswith("videomac ")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
-
-
+@pytest.mark.slow
 def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):
     """Items 7, 9, 10 in one real run: a truncated JPEG in the only usable video, a FIFO named .mp4, a
     one-frame folder and an 8000x8000 PNG; the run trains, and summary.json / metrics say what it skipped."""
@@ -95,6 +89,7 @@ def test_bad_inputs_are_skipped_counted_and_reported_by_a_run(tmp_path):
     assert f"skipped {len(skipped)} unusable input(s)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_fifo_source_or_frame_does_not_hang(tmp_path):
     code = (
         "import os, sys\n"

@@ -7,29 +7,21 @@ import base64
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import timm
+from helpers import run_cli_process, snapshot
+from helpers import videomac_error_line as one_line_error
 
 from videomac.cli import main
 from videomac.hub import export_folder, push, upload_list
 from videomac.synthetic import render_video, write_frames, write_palette_png
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 80)
-
-
-def one_line_error(err):
-    lines = [x for x in err.strip().splitlines() if x.startswith("videomac ")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
 
 
 def make_davis(root: Path, seqs=("bear",), frames=4):
@@ -41,10 +33,6 @@ def make_davis(root: Path, seqs=("bear",), frames=4):
     (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "2017" / "val.txt").write_text("".join(f"{s}\n" for s in seqs))
     return root
-
-
-def snapshot(folder: Path):
-    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_eval_and_propagate_refuse_an_out_folder_over_their_inputs(tmp_path, capsys):
@@ -95,34 +83,9 @@ def test_eval_and_propagate_refuse_an_out_folder_over_their_inputs(tmp_path, cap
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--model",
-                "videomac_rn18",
-                "--input-size",
-                "64",
-                "--batch-size",
-                "4",
-                "--max-steps",
-                "1",
-                "--decoder-dim",
-                "32",
-                "--num-workers",
-                "0",
-                "--synthetic-videos",
-                "4",
-                "--output-dir",
-                str(run),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    return run
+def run_dir(tiny_run):
+    """The session's tiny run: these tests only read it."""
+    return tiny_run
 
 
 def test_export_and_push_refuse_run_folders_and_datasets(run_dir, tmp_path, capsys):
@@ -218,6 +181,7 @@ def test_push_uploads_exactly_the_dry_run_list_never_stale_files_or_links(run_di
     assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_push_with_the_hub_unreachable_is_one_line(run_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -229,20 +193,9 @@ def test_push_with_the_hub_unreachable_is_one_line(run_dir, tmp_path):
         HF_HUB_DISABLE_TELEMETRY="1",
         PYTHONPATH=str(REPO),
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "videomac.cli",
-        "push",
-        str(run_dir),
-        "--repo-id",
-        "me/pub",
-        "--folder",
-        str(tmp_path / "repo"),
-    ]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 1
-    line = one_line_error(proc.stderr)
+    r = run_cli_process("push", run_dir, "--repo-id", "me/pub", "--folder", tmp_path / "repo", env=env)
+    assert r.code == 1
+    line = one_line_error(r.err)
     assert f"127.0.0.1:{port}" in line and "HF_ENDPOINT" in line and str(tmp_path / "repo") in line
 
 

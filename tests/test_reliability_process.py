@@ -11,29 +11,17 @@ import time
 
 import pytest
 import torch
+from helpers import tiny, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import load_checkpoint
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=32,
-    synthetic_videos=8,
-    synthetic_frames=4,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=2,
-    seed=3,
-)
+SMALL = tiny(seed=3)
 
 
+@pytest.mark.slow
 def test_stop_and_resume_with_two_workers_is_bit_exact(tmp_path):
     base = dict(SMALL, max_steps=6, save_every=100, num_workers=2)
     pretrain(PretrainConfig(**base, output_dir=str(tmp_path / "full")))
@@ -51,6 +39,7 @@ def test_stop_and_resume_with_two_workers_is_bit_exact(tmp_path):
     assert all(torch.equal(v, c["model"][k]) for k, v in a["model"].items())
 
 
+@pytest.mark.slow
 def test_resume_with_frame_units_is_bit_exact(tmp_path, capsys):
     """JPEG frame folders served by unit (--frame-units, recorded in the run's config): a stopped run resumed
     with another worker count equals an uninterrupted one, across an epoch boundary (the epoch order stays
@@ -84,42 +73,12 @@ def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_checkpoints_the_current_step(tmp_path, sig):
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "videomac.cli",
-        "pretrain",
-        "--model",
-        "videomac_cnxv2_atto",
-        "--input-size",
-        "64",
-        "--batch-size",
-        "4",
-        "--decoder-dim",
-        "32",
-        "--max-steps",
-        "100000",
-        "--save-every",
-        "500",
-        "--num-workers",
-        "2",
-        "--synthetic-videos",
-        "8",
-        "--synthetic-frames",
-        "4",
-        "--pairs-per-video",
-        "1",
-        "--log-every",
-        "1",
-        "--device",
-        "cpu",
-        "--output-dir",
-        str(out),
-        "--no-progress",
-    ]
+    tiny_cli = tiny_argv(lr=None, warmup_steps=None, num_workers=2, max_steps=100000, save_every=500, log_every=1)
+    cmd = [sys.executable, "-m", "videomac.cli", "pretrain", *tiny_cli, "--output-dir", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # a session of its own: the signal goes to the trainer and its DataLoader workers alike
     proc = subprocess.Popen(

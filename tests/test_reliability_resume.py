@@ -6,91 +6,34 @@ real run folders."""
 
 import json
 import os
-import shutil
-import stat
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import copy_run, one_line_error, run_cli_process, snapshot, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import LOCK, load_checkpoint, write_checkpoint
 from videomac.pretrain.data import FramePairDataset
 from videomac.synthetic import render_video, write_frames
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-TINY = [
-    "--model",
-    "videomac_cnxv2_atto",
-    "--input-size",
-    "64",
-    "--batch-size",
-    "4",
-    "--decoder-dim",
-    "32",
-    "--synthetic-videos",
-    "8",
-    "--synthetic-frames",
-    "4",
-    "--pairs-per-video",
-    "1",
-    "--lr",
-    "1e-3",
-    "--warmup-steps",
-    "1",
-    "--num-workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY = tiny_argv()
 
 
-def snapshot(folder: Path):
-    """Every entry of ``folder``: a file's bytes, or what else it is (a FIFO, a folder, a link)."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        mode = os.lstat(p).st_mode
-        out[str(p.relative_to(folder))] = p.read_bytes() if stat.S_ISREG(mode) else stat.S_IFMT(mode)
-    return out
+@pytest.fixture
+def finished(tiny_run):
+    """A tiny run that finished: 2 steps, by the real command in its own process (shared: read only)."""
+    return tiny_run
 
 
-def one_line_error(err):
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err and len(lines) == 1, err
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A tiny run that finished: 2 steps, by the real command in its own process."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    cmd = [sys.executable, "-m", "videomac.cli", "pretrain", *TINY, "--max-steps", "2", "--output-dir", str(run)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((run / "summary.json").read_text())["step"] == 2
-    return run
-
-
-def copy_run(finished, tmp_path):
-    dst = tmp_path / "run"
-    shutil.copytree(finished, dst)
-    return dst
-
-
+@pytest.mark.slow
 def test_resuming_a_finished_run_changes_nothing(finished):
     before = snapshot(finished)
     assert (finished / LOCK).read_bytes() == b""  # the holder's record lasts while it holds the lock
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     # before: exit 0 and summary.json (final_loss null, pairs_per_s 0.0, no figure), checkpoint and encoder
     # rewritten; the run folder, its checkpoint, or the run with its own length given again: all say so
     for how in ([str(finished)], [str(finished / "checkpoint.pt")], [str(finished), "--max-steps", "2"]):
-        cmd = [sys.executable, "-m", "videomac.cli", "pretrain", "--resume", *how, "--no-progress"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0 and proc.stdout == "", (proc.stdout, proc.stderr)
-        assert one_line_error(proc.stderr) == f"{finished} already finished at step 2; nothing to do"
+        r = run_cli_process("pretrain", "--resume", *how, "--no-progress")
+        assert r.code == 0 and r.out == "", (r.out, r.err)
+        assert r.error_line() == f"{finished} already finished at step 2; nothing to do"
         assert snapshot(finished) == before
 
 
@@ -122,7 +65,7 @@ def test_a_max_steps_below_the_steps_done_is_one_line(finished, capsys):
     ],
 )
 def test_a_checkpoint_at_a_position_no_run_reaches_is_refused(finished, tmp_path, capsys, key, value, says):
-    run = copy_run(finished, tmp_path)
+    run = copy_run(finished, tmp_path / "run")
     ck = load_checkpoint(str(run))
     write_checkpoint(dict(ck, **{key: value}), str(run), keep=1)  # videomac's own writer: a valid digest
     assert load_checkpoint(str(run))[key] == value
@@ -135,7 +78,7 @@ def test_a_checkpoint_at_a_position_no_run_reaches_is_refused(finished, tmp_path
 
 
 def test_a_run_that_failed_writing_its_outputs_finishes_them_without_a_new_checkpoint(finished, tmp_path, capsys):
-    run = copy_run(finished, tmp_path)
+    run = copy_run(finished, tmp_path / "run")
     (run / "summary.json").unlink()  # as if the disk filled while the last outputs were written
     (run / "encoder.safetensors").unlink()
     checkpoint = (run / "checkpoint.pt").read_bytes()

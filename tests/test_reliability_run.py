@@ -11,50 +11,15 @@ import sys
 import time
 
 import pytest
+from helpers import tiny, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import LOCK, is_run_folder, load_checkpoint, run_lock, write_checkpoint
 from videomac.pretrain.config import PretrainConfig
 from videomac.pretrain.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # a busy 2-core machine: no OpenMP oversubscription
-
-SMALL = dict(
-    model="videomac_cnxv2_atto",
-    input_size=64,
-    batch_size=4,
-    decoder_dim=32,
-    num_workers=0,
-    synthetic_videos=8,
-    synthetic_frames=4,
-    pairs_per_video=1,
-    progress=False,
-    lr=1e-3,
-    warmup_steps=1,
-)
-CLI = [
-    sys.executable,
-    "-m",
-    "videomac.cli",
-    "pretrain",
-    "--model",
-    "videomac_cnxv2_atto",
-    "--input-size",
-    "64",
-    "--batch-size",
-    "4",
-    "--decoder-dim",
-    "32",
-    "--synthetic-videos",
-    "8",
-    "--synthetic-frames",
-    "4",
-    "--pairs-per-video",
-    "1",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+SMALL = tiny()
+CLI = [sys.executable, "-m", "videomac.cli", "pretrain", *tiny_argv(lr=None, warmup_steps=None, num_workers=None)]
 ARGS = ["--no-progress"]
 
 
@@ -113,6 +78,7 @@ def _one_error_line(err):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_nan_loss_with_workers_exits_1(tmp_path):
     # before: the NaN error was printed, then the process stayed alive (workers ignore SIGTERM)
     proc = _start(["--num-workers", "1", "--lr", "1e9", "--max-steps", "50"], tmp_path / "run")
@@ -122,6 +88,7 @@ def test_a_nan_loss_with_workers_exits_1(tmp_path):
     assert _group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_ends_the_run_with_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     args = ["--num-workers", "2", "--max-steps", "100000", "--log-every", "1", "--save-every", "2"]
@@ -142,6 +109,7 @@ def test_a_killed_worker_ends_the_run_with_its_last_checkpoint(tmp_path):
     assert _group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
+@pytest.mark.slow
 def test_a_data_folder_removed_mid_run_ends_the_run(tmp_path):
     from videomac.synthetic import render_video, write_frames
 
@@ -184,6 +152,7 @@ def _tmpfs(path, size):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_torch_save_is_one_line(tmp_path):
     first = tmp_path / "first"
     pretrain(PretrainConfig(**SMALL, max_steps=1, output_dir=str(first)))
@@ -207,6 +176,7 @@ def test_a_disk_that_fills_during_torch_save_is_one_line(tmp_path):
         subprocess.run(["umount", str(disk)])
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_owned_by_one_run(tmp_path, capsys):
     out = tmp_path / "run"
     proc = _start(["--num-workers", "1", "--max-steps", "100000", "--log-every", "1", "--save-every", "1"], out)
@@ -253,6 +223,7 @@ def test_is_run_folder(tmp_path):
     assert not is_run_folder(str(tmp_path / "export"))
 
 
+@pytest.mark.slow
 def test_a_resume_is_the_checkpoints_run(tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(PretrainConfig(**SMALL, max_steps=3, save_every=1, output_dir=str(out)))

@@ -22,6 +22,7 @@ import pytest
 import timm
 import torch
 from authors_ref import make_authors_resnet_state
+from helpers import run_cli_process
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -31,8 +32,6 @@ from videomac.pretrain.checkpoint import CheckpointError, UntrustedCheckpointErr
 from videomac.pretrained import WeightsDownloadError, WeightsError, download_cached
 from videomac.pretrained import load_checkpoint as read_file
 from videomac.registry import load_registry
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ATTO = "videomac_cnxv2_atto"
 NOT = "not a PyTorch checkpoint or safetensors file: "
@@ -210,15 +209,17 @@ def test_every_route_gives_one_line_and_advice_only_for_a_real_pickle(route, bad
     assert not marker.exists() and digests(root) == before
 
 
+@pytest.mark.slow
 def test_a_real_process_exits_2_with_one_line(bad_files, frames, tmp_path):
     root, _ = bad_files
     ck = root / "text" / "checkpoint.pt"
     argv = _route("weights", ck, frames, tmp_path / "o")
-    r = subprocess.run([sys.executable, "-m", "videomac.cli", *argv], capture_output=True, text=True, timeout=300)
+    r = run_cli_process(*argv)
     expect = f"videomac propagate: error: {NOT}{ck} ({1 + len(TEXT)} bytes starting b'.hello world, th')"
-    assert r.returncode == 2 and r.stderr.strip() == expect, r.stderr
+    assert r.code == 2 and r.error_line() == expect, r.err
 
 
+@pytest.mark.slow
 def test_a_safetensors_file_with_wrong_keys_is_refused_before_its_tensors_are_read(tmp_path):
     """Case 10: keys and shapes come from the header. A 1.5 GB file (sparse: no disk) whose one tensor is not
     the model's is refused by a process whose peak memory stays far below the file's size."""
@@ -249,14 +250,8 @@ def test_a_safetensors_file_with_wrong_keys_is_refused_before_its_tensors_are_re
         timm.create_model(ATTO, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "int8.safetensors")))
 
 
-def test_a_decoder_tensor_of_the_wrong_shape_is_named(tmp_path, frames, capsys):
-    from videomac.pretrain.config import PretrainConfig
-    from videomac.pretrain.train import pretrain
-
-    out = tmp_path / "run"
-    cfg = dict(model=ATTO, input_size=64, batch_size=2, decoder_dim=32, num_workers=0, synthetic_videos=4)
-    cfg.update(synthetic_frames=4, pairs_per_video=1, progress=False, max_steps=1, save_every=100)
-    pretrain(PretrainConfig(**cfg, output_dir=str(out)))
+def test_a_decoder_tensor_of_the_wrong_shape_is_named(tiny_run_copy, tmp_path, frames, capsys):
+    out = tiny_run_copy  # a finished 2-step run of helpers.TINY (decoder_dim 32)
     ck = load_checkpoint(str(out))
     key = "online.decoder.pred.weight"
     ck["model"][key] = ck["model"][key][:1].contiguous()
@@ -264,7 +259,7 @@ def test_a_decoder_tensor_of_the_wrong_shape_is_named(tmp_path, frames, capsys):
     before = digests(out)
     for argv in (
         ["visualize", str(out), str(frames / "frames"), "--out", str(tmp_path / "fig.png")],
-        ["pretrain", "--resume", str(out), "--max-steps", "2", "--no-progress"],
+        ["pretrain", "--resume", str(out), "--max-steps", "3", "--no-progress"],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

@@ -173,6 +173,26 @@ def test_forward_hooks_on_blocks_fire():
     ya, yb, _, _ = run_both(a, b, x, mask)
     assert seen == [(2, 80, 8, 12)]
     assert (ya - yb).abs().max() < 1e-4
+    # An Identity in a chain (stage 0's downsample) with a hook is called too; without one it is skipped.
+    a, b = pair("videomac_cnxv2_atto")
+    b.model.stages[0].downsample.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    ya, yb, _, _ = run_both(a, b, x, mask)
+    assert seen[1:] == [(2, 40, 16, 24)]
+    assert (ya - yb).abs().max() < 1e-4
+
+
+def test_pointwise_layers_by_type_table():
+    """Which layers run on packed tokens is a table of dense classes (exact: a subclass may compute
+    something else), 1x1 convs only; layers found by what they are (DropPath, zero-preserving) by base."""
+    from timm.layers import DropPath
+
+    op = visible._pointwise_op
+    assert op(nn.Linear(4, 4)) is visible._linear
+    assert op(nn.Conv2d(4, 8, 1)) is visible._conv1x1
+    assert op(nn.Conv2d(4, 8, 3, padding=1)) is None and op(nn.Conv2d(4, 8, 1, stride=2)) is None
+    assert op(type("MyLinear", (nn.Linear,), {})(4, 4)) is None
+    assert op(DropPath(0.1)) is visible._drop_path and op(nn.GELU()) is visible._elementwise
+    assert op(nn.MaxPool2d(2)) is None and op(nn.AvgPool2d(2)) is None
 
 
 def saved_activation_bytes(enc, x, mask):

@@ -1,11 +1,13 @@
 """``videomac convert-official``: a checkpoint of the authors' MinkowskiEngine code (a file or a URL) as a
-safetensors file of videomac's dense timm encoders. The reading, checks and name map are
-:mod:`videomac.pretrained` (``pretrained=True`` converts the authors' release the same way)."""
+safetensors file of videomac's dense timm encoders. The reading and checks are :mod:`videomac.pretrained`;
+the name map is the ``checkpoint_filter_fn`` of the model's family file, found through the model
+(``pretrained=True`` converts the authors' release the same way)."""
 
 from __future__ import annotations
 
 import os
 
+import videomac.models  # noqa: F401  (registers the families and their checkpoint filters)
 from videomac.pretrained import (
     UntrustedCheckpointError,
     WeightsError,

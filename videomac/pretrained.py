@@ -18,45 +18,16 @@
   removed with its ``.sha256`` (:func:`forget`); URLs must be http(s), file names plain, and the
   cache path inside the cache.
 
-Conversion of the authors' MinkowskiEngine checkpoints into videomac's dense timm encoders, without
-MinkowskiEngine. Their pretraining checkpoint (``checkpoint-{epoch}.pth`` of their
-``save_model_distill``) is a dict with ``model_online`` / ``model_target`` / ``online_without_ddp`` /
-``target_without_ddp`` / ``optimizer`` / ``epoch`` / ``scaler`` / ``args``. The encoder is taken from
-``online_without_ddp`` (what their own converter exports), else from ``model_online`` (``module.``
-prefixes stripped), else the file is taken as a bare state_dict (what their ``tools/convert_pth.py``
-writes, and what the released ``mac-*.pth`` are). Keys under ``encoder.`` are the encoder;
-``mask_token``, ``proj.*``, ``decoder.*`` and ``pred.*`` are the pretraining decoder and are dropped.
-Every other key must map onto the model and every parameter of the model must be filled, else the
-conversion fails listing them. The one exception is ConvNeXt's pooled ``head.norm`` (used only by
-``forward_head``), which the authors' encoder does not have: it keeps its initial value (ones, zeros)
-and is recorded as ``filled_from_init`` in the output's metadata. A ConvNeXt file's version is decided
-from its keys (GRN parameters: V2): a V1 file for a V2 model (or the reverse) is refused naming the
-model to use.
-
-Layouts (docs/design.md §2): MinkowskiEngine conv kernels ``(k*k, C_in, C_out)`` (``(C_in, C_out)`` for a
-1x1 conv), depthwise kernels ``(k*k, C)``, biases and GRN ``gamma``/``beta`` ``(1, C)``,
-``MinkowskiLayerNorm`` affine under ``.ln.``, ``MinkowskiLinear`` under ``.linear.``. The dense weight of
-a kernel is ``kernel.permute(2, 1, 0).reshape(C_out, C_in, k, k).transpose(-1, -2)``.
-
-ConvNeXt names (``VideoMACConvNeXt``: timm's ConvNeXt + ``norm0..3``)::
-
-    downsample_layers.0.{0,1}.*              -> stem.{0,1}.*            dense conv, channels-first LN
-    downsample_layers.{i}.0.ln.*             -> stages.{i}.downsample.0.*
-    downsample_layers.{i}.1.kernel / .bias   -> stages.{i}.downsample.1.weight / .bias
-    stages.{i}.{j}.dwconv.kernel / .bias     -> stages.{i}.blocks.{j}.conv_dw.weight / .bias
-    stages.{i}.{j}.norm.ln.*                 -> stages.{i}.blocks.{j}.norm.*
-    stages.{i}.{j}.pwconv{1,2}.linear.*      -> stages.{i}.blocks.{j}.mlp.fc{1,2}.*
-    stages.{i}.{j}.grn.gamma / .beta         -> stages.{i}.blocks.{j}.mlp.grn.weight / .bias
-    norm{i}.ln.*                             -> norm{i}.*
-
-Isotropic ConvNeXt-V2 (``VideoMACConvNeXtIsotropic``): ``stem.*`` -> ``stem.*``, ``blocks.{j}.*`` as the
-block keys above, ``norm.ln.*`` -> ``norm.*``. The dense export (``.weight`` instead of ``.kernel``, no
-``.ln``/``.linear``) is accepted too. Plain timm ``convnextv2_*``/``convnext_*`` targets take ConvNeXt-V2
-FCMAE encoders (no stage norms).
-
-ResNets (their ``models/resnetv2_sparse.py``) use videomac's names already (``stem.{0,1}``,
-``layer{i}.{j}.conv{k}`` / ``norm{k}`` / ``downsample.{0,1}``); torchvision's (``conv1``/``bn1`` for the
-stem, ``bn*``/``ln*`` for norms) are accepted too. Any key that fits neither is reported, never guessed.
+The authors' MinkowskiEngine checkpoints, without MinkowskiEngine: their pretraining checkpoint
+(``checkpoint-{epoch}.pth`` of their ``save_model_distill``: ``model_online`` / ``online_without_ddp`` /
+... / ``args``) or a bare encoder state_dict (what their ``tools/convert_pth.py`` writes, and what the
+released ``mac-*.pth`` are) both give the encoder (:func:`official_state_dict`); the decoder side is
+dropped. Their tensor layouts are common to every family (:func:`fit_tensor`, :func:`kernel_to_dense`):
+MinkowskiEngine conv kernels ``(k*k, C_in, C_out)`` (``(C_in, C_out)`` for a 1x1 conv), depthwise
+kernels ``(k*k, C)``, biases and GRN ``gamma``/``beta`` ``(1, C)``; the dense weight of a kernel is
+``kernel.permute(2, 1, 0).reshape(C_out, C_in, k, k).transpose(-1, -2)``. Their names are each family's
+own: its file declares a ``checkpoint_filter_fn(state_dict, model)`` (timm's convention) with
+:func:`register_checkpoint_filter`, and :func:`convert_official` finds it through the model's class.
 
 Torch files are read with ``torch.load(weights_only=True)``, allowing exactly one non-tensor type,
 ``argparse.Namespace`` (the ``args`` their checkpoints hold). Anything else is refused naming the type;
@@ -98,6 +69,11 @@ __all__ = [
     "forget",
     "official_state_dict",
     "convert_official",
+    "register_checkpoint_filter",
+    "checkpoint_filter_for",
+    "map_checkpoint",
+    "fit_tensor",
+    "headless_model",
     "kernel_to_dense",
     "cache_dir",
     "download_cached",
@@ -366,12 +342,17 @@ def check_weights(
         raise WeightsError(f"{source} does not match the model: " + "; ".join(parts))
 
 
-def expected_state(model_name: str) -> Dict[str, torch.Tensor]:
-    """The state_dict of the headless ``model_name`` as meta tensors: keys, shapes, dtypes, no memory."""
+def headless_model(model_name: str) -> torch.nn.Module:
+    """``timm.create_model(model_name, num_classes=0)`` with meta tensors: its structure, no memory."""
     import timm
 
     with torch.device("meta"):
-        return timm.create_model(model_name, num_classes=0).state_dict()
+        return timm.create_model(model_name, num_classes=0)
+
+
+def expected_state(model_name: str) -> Dict[str, torch.Tensor]:
+    """The state_dict of the headless ``model_name`` as meta tensors: keys, shapes, dtypes, no memory."""
+    return headless_model(model_name).state_dict()
 
 
 def _is_head(k: str) -> bool:
@@ -418,8 +399,9 @@ def _select(obj) -> Tuple[Dict[str, torch.Tensor], str]:
 
 
 def official_state_dict(obj) -> Dict[str, torch.Tensor]:
-    """The encoder state_dict inside a checkpoint of the authors' code, with ``module.``/``encoder.``
-    prefixes removed and the decoder side (``mask_token``, ``proj``, ``decoder``, ``pred``) dropped."""
+    """The encoder state_dict inside a checkpoint of the authors' code (either released layout), with
+    ``module.``/``encoder.`` prefixes removed and the decoder side (``mask_token``, ``proj``, ``decoder``,
+    ``pred``) dropped; every value checked floating point and finite."""
     sd, _ = _select(obj)
     out = {}
     for k, v in sd.items():
@@ -427,135 +409,95 @@ def official_state_dict(obj) -> Dict[str, torch.Tensor]:
         if k.split(".")[0] in _DROP:
             continue
         out[re.sub(r"^encoder\.", "", k)] = v
+    check_values(out, "checkpoint")
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# ConvNeXt: explicit name map (their sparse names, or the dense ones of their own converter)
-
-_BLOCK = [  # one ConvNeXt block, after its prefix
-    (r"dwconv\.(?:kernel|weight)", "conv_dw.weight"),
-    (r"dwconv\.bias", "conv_dw.bias"),
-    (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1"),
-    (r"pwconv([12])\.(?:linear\.)?(weight|bias)", r"mlp.fc\1.\2"),
-    (r"grn\.gamma", "mlp.grn.weight"),
-    (r"grn\.beta", "mlp.grn.bias"),
-]
-_HIERARCHICAL = [
-    (r"downsample_layers\.0\.0\.(weight|bias)", r"stem.0.\1"),
-    (r"downsample_layers\.0\.1\.(?:ln\.)?(weight|bias)", r"stem.1.\1"),
-    (r"downsample_layers\.(\d+)\.0\.(?:ln\.)?(weight|bias)", r"stages.\1.downsample.0.\2"),
-    (r"downsample_layers\.(\d+)\.1\.(?:kernel|weight)", r"stages.\1.downsample.1.weight"),
-    (r"downsample_layers\.(\d+)\.1\.bias", r"stages.\1.downsample.1.bias"),
-    (r"norm(\d+)\.(?:ln\.)?(weight|bias)", r"norm\1.\2"),
-]
-_ISOTROPIC = [
-    (r"stem\.(weight|bias)", r"stem.\1"),
-    (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1"),
-]
-_BLOCK_PREFIX = {"hierarchical": r"stages\.(\d+)\.(\d+)\.", "isotropic": r"blocks\.(\d+)\."}
-
-
-def _sub(key: str, table) -> Optional[str]:
-    for pattern, repl in table:
-        if re.fullmatch(pattern, key):
-            return re.sub(f"^{pattern}$", repl, key)
-    return None
-
-
-def _convnext_name(key: str, layout: str) -> Optional[str]:
-    """Our name for an authors' ConvNeXt key (``layout``: hierarchical or isotropic), None if unknown."""
-    m = re.match(_BLOCK_PREFIX[layout], key)
-    if m:
-        prefix = f"stages.{m.group(1)}.blocks.{m.group(2)}." if layout == "hierarchical" else f"blocks.{m.group(1)}."
-        rest = _sub(key[m.end() :], _BLOCK)
-        return None if rest is None else prefix + rest
-    return _sub(key, _HIERARCHICAL if layout == "hierarchical" else _ISOTROPIC)
-
-
-def _fit(key: str, v: torch.Tensor, shape: torch.Size, from_kernel: bool) -> torch.Tensor:
-    """The checkpoint tensor ``v`` in the target ``shape``: kernels permuted, singleton dims reshaped."""
-    if from_kernel:
+def fit_tensor(key: str, v: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The checkpoint tensor ``v`` in the target ``shape``: MinkowskiEngine kernels (``*.kernel``) made dense,
+    singleton dims reshaped ((1, C) biases and GRN parameters, Linear (out, in) -> 1x1 conv (out, in, 1, 1))."""
+    if key.endswith(".kernel"):
         return kernel_to_dense(v, shape)
     if v.shape == shape:
         return v
-    squeeze = [d for d in v.shape if d != 1]
-    if squeeze == [d for d in shape if d != 1]:
-        return v.reshape(shape)  # (1, C) biases and GRN parameters, Linear (out, in) -> 1x1 conv (out, in, 1, 1)
+    if [d for d in v.shape if d != 1] == [d for d in shape if d != 1]:
+        return v.reshape(shape)
     raise WeightsError(f"{key}: checkpoint shape {tuple(v.shape)} does not fit {tuple(shape)}")
 
 
-def _resnet_names(k: str) -> str:
-    k = re.sub(r"^conv1\.", "stem.0.", k)
-    k = re.sub(r"^(bn1|ln1|norm1|norm)\.", "stem.1.", k)
-    return re.sub(r"\.(bn|ln)(\d)\.", r".norm\2.", k)
+class Converted(dict):
+    """A converted state_dict, as a family's ``checkpoint_filter_fn`` returns it; ``filled``: the keys the
+    checkpoint cannot hold, given the model's initial values."""
+
+    filled: Tuple[str, ...] = ()
 
 
-def _hint(stage_norms: bool, unknown: List[str], missing: List[str]) -> str:
-    if stage_norms and missing and all(re.match(r"norm\d+\.", k) for k in missing):
-        return (
-            " (the checkpoint has no stage norms norm0..3: a ConvNeXt-V2 FCMAE encoder, not VideoMAC's; "
-            "convert it into timm's convnextv2_* instead)"
-        )
-    if not stage_norms and unknown and all(re.match(r"norm\d+\.", k) for k in unknown):
-        return " (a VideoMAC encoder has stage norms norm0..3: convert it into a videomac_cnx* model)"
-    return ""
+def architecture(model: torch.nn.Module) -> str:
+    """The timm name ``model`` was created by (its class name otherwise), for messages."""
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
 
 
-def _convnext_version(model_name: str, target, sd) -> None:
-    """ConvNeXt V1 or V2 from the file's own keys (GRN parameters = V2); refuse a mismatch naming the model."""
-    import timm
-
-    has_grn, wants_grn = any(".grn." in k for k in sd), any(".grn." in k for k in target)
-    if has_grn == wants_grn:
-        return
-    found, want = ("V2", "V1") if has_grn else ("V1", "V2")
-    other = model_name.replace("cnxv2", "cnxv1") if wants_grn else model_name.replace("cnxv1", "cnxv2")
-    use = f"use --model {other}" if other != model_name and timm.is_model(other) else "use the matching model"
-    raise WeightsError(
-        f"the checkpoint holds a ConvNeXt-{found} encoder ({'GRN parameters found' if has_grn else 'no GRN parameters'}"
-        f"), but {model_name} is ConvNeXt-{want}: {use}"
-    )
-
-
-def convert_official(obj, model_name: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """Convert to the dense state_dict of ``timm.create_model(model_name, num_classes=0)``; returns it and the keys
-    filled from the model's initialisation (only a ConvNeXt's pooled ``head.norm``, which the authors'
-    encoders do not have). Non-float or non-finite values, a ConvNeXt version mismatch and any other
-    unknown or missing key are errors naming them."""
-    target = expected_state(model_name)
-    sd = official_state_dict(obj)
-    check_values(sd, "checkpoint")
-    if "blocks.0.conv_dw.weight" in target:
-        layout = "isotropic"
-    elif "stages.0.blocks.0.conv_dw.weight" in target:
-        layout = "hierarchical"
-    else:
-        layout = None
-    if layout is not None:
-        _convnext_version(model_name, target, sd)
-    out, unknown = {}, []
+def map_checkpoint(
+    sd: Dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    rename: Callable[[str], Optional[str]],
+    hint: Callable[[List[str], List[str]], str] = lambda unknown, missing: "",
+    init: Optional[Dict[str, torch.Tensor]] = None,
+) -> Converted:
+    """``model``'s dense state_dict from an authors' encoder state_dict ``sd``: each key named by the family's
+    ``rename`` (None: not the family's), its tensor fitted (:func:`fit_tensor`). ``init``: keys the authors'
+    encoder does not have, with the values the model starts from (recorded in ``filled``). Any other unknown
+    or missing key is one :class:`WeightsError` naming them, with the family's ``hint``."""
+    target = model.state_dict()
+    out, unknown = Converted(), []
     for k, v in sd.items():
-        if layout is not None:
-            name = _convnext_name(k, layout)
-        else:
-            name = _resnet_names(re.sub(r"\.kernel$", ".weight", k).replace(".ln.", ".").replace(".linear.", "."))
+        name = rename(k)
         if name is None or name not in target:
             unknown.append(k)
             continue
-        shape = target[name].shape
-        out[name] = _fit(k, v, shape, from_kernel=k.endswith(".kernel")).to(target[name].dtype).contiguous()
-    missing = [k for k in target if k not in out]
-    filled = [k for k in missing if k.startswith("head.norm.")]
-    missing = [k for k in missing if k not in filled]
+        out[name] = fit_tensor(k, v, target[name].shape).to(target[name].dtype).contiguous()
+    init = {k: v for k, v in (init or {}).items() if k in target and k not in out}
+    missing = [k for k in target if k not in out and k not in init]
     if unknown or missing:
         raise WeightsError(
-            f"checkpoint does not match {model_name}: unknown keys {sorted(unknown)}; missing keys {sorted(missing)}"
-            + _hint("norm0.weight" in target, unknown, missing)
+            f"checkpoint does not match {architecture(model)}: unknown keys {sorted(unknown)}; missing keys "
+            f"{sorted(missing)}" + hint(unknown, missing)
         )
-    for k in filled:  # a LayerNorm's initial affine
-        out[k] = (torch.ones if k.endswith(".weight") else torch.zeros)(target[k].shape, dtype=target[k].dtype)
-    return {k: out[k] for k in target}, filled
+    done = Converted((k, out[k] if k in out else init[k]) for k in target)
+    done.filled = tuple(init)
+    return done
+
+
+# Families declare how the authors' checkpoints map onto their models (``checkpoint_filter_fn``, as timm's
+# family files do); the weights layer finds it through the model's class, never by the model's name.
+_FILTERS: Dict[type, Callable] = {}
+
+
+def register_checkpoint_filter(cls: type, fn: Callable) -> None:
+    """``fn(state_dict, model) -> state_dict`` converts the authors' checkpoints for models of class ``cls``."""
+    _FILTERS[cls] = fn
+
+
+def checkpoint_filter_for(model: torch.nn.Module) -> Callable:
+    """The ``checkpoint_filter_fn`` declared for ``model``'s class (or its nearest base class)."""
+    fn = next((_FILTERS[c] for c in type(model).__mro__ if c in _FILTERS), None)
+    if fn is None:
+        raise WeightsError(
+            f"{architecture(model)} ({type(model).__name__}) has no conversion of the authors' checkpoints; "
+            "use a videomac_* model"
+        )
+    return fn
+
+
+def convert_official(obj, model_name: str) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Convert to the dense state_dict of ``timm.create_model(model_name, num_classes=0)`` with the
+    ``checkpoint_filter_fn`` its family declares; returns it and the keys filled from the model's
+    initialisation (only a ConvNeXt's pooled ``head.norm``, which the authors' encoders do not have).
+    Non-float or non-finite values, a ConvNeXt version mismatch and any other unknown or missing key are
+    errors naming them."""
+    model = headless_model(model_name)
+    out = checkpoint_filter_for(model)(obj, model)
+    return dict(out), list(getattr(out, "filled", []))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ __all__ = [
     "read_palette",
     "write_label_png",
     "DavisDataset",
+    "Davis2016Dataset",
+    "Davis2017Dataset",
     "VipDataset",
     "JhmdbDataset",
 ]
@@ -155,7 +157,8 @@ def read_binary_mask(path: str) -> np.ndarray:
 
 class DavisDataset:
     """DAVIS in either of its distributed layouts (``layout``: None/``'auto'`` detects it, or ``'2016'`` /
-    ``'2017'``); the detected one is :attr:`layout` (``'DAVIS-2016'`` or ``'DAVIS-2017'``).
+    ``'2017'``); the detected one is :attr:`layout` (``'DAVIS-2016'`` or ``'DAVIS-2017'``) and the object
+    is of its class, :class:`Davis2017Dataset` or :class:`Davis2016Dataset`.
 
     * DAVIS-2017: ``ImageSets/2017/<split>.txt`` (one sequence name per line),
       ``JPEGImages/480p/<seq>/*.jpg`` and ``Annotations/480p/<seq>/*.png`` palette PNGs (object ids
@@ -168,6 +171,29 @@ class DavisDataset:
     Both split lists present (or neither) is an error naming the files. Every name read from a list
     (sequence, frame) must be a single path component (:func:`check_name`): outputs are written under
     those names. ``images=False`` checks only what the metric needs."""
+
+    # Set by each layout class: its name (one of DAVIS_LAYOUTS), its split list ImageSets/<split_dir>/<split>.txt
+    # and what a line of it holds, and what its files are (for logs).
+    layout: str
+    split_dir: str
+    split_lines: str
+    contents: str
+
+    def __new__(
+        cls,
+        root: Optional[str] = None,
+        split: str = "val",
+        resolution: str = "480p",
+        images: bool = True,
+        sequences: Optional[Sequence[str]] = None,
+        layout: Optional[str] = None,
+    ):
+        if root is None:  # unpickling (or a subclass's own call): the class is already known
+            return super().__new__(cls)
+        if not os.path.isdir(root):
+            _fail("DAVIS", root, [f"root folder {root} does not exist"])
+        wanted = normalize_davis_layout(layout) if cls is DavisDataset else cls.layout
+        return super().__new__(_detect_davis(root, split, resolution, wanted, images))
 
     def __init__(
         self,
@@ -183,67 +209,74 @@ class DavisDataset:
         self.resolution = resolution
         self.ann_dir = os.path.join(root, "Annotations", resolution)
         self.img_dir = os.path.join(root, "JPEGImages", resolution)
-        if not os.path.isdir(root):
-            _fail("DAVIS", root, [f"root folder {root} does not exist"])
-        self.layout, self.split_file = self._detect(normalize_davis_layout(layout), images)
-        # DAVIS-2016: seq -> [(frame name, image path, annotation path)] from the pair list
-        self._pairs: Dict[str, List[Tuple[str, str, str]]] = {}
-        listed = self._read_2017() if self.layout == "DAVIS-2017" else self._read_2016()
+        self.split_file = self.split_path(root, split, resolution)
+        listed = self._read_split()
         if sequences:
             unknown = [s for s in sequences if s not in listed]
             if unknown:
                 raise ValueError(f"sequences not in {self.split_file}: {', '.join(map(str, unknown))}")
             listed = list(dict.fromkeys(sequences))
         self.sequences = listed
-        problems = []
-        for seq in listed:
-            if self.layout == "DAVIS-2016":
-                problems += [f"missing annotation {a}" for _, _, a in self._pairs[seq] if not os.path.isfile(a)]
-                if images:
-                    problems += [f"missing frame {i}" for _, i, _ in self._pairs[seq] if not os.path.isfile(i)]
-                continue
-            adir = os.path.join(self.ann_dir, seq)
-            if not os.path.isdir(adir):
-                problems.append(f"missing annotation folder {adir}")
-            elif not _list_files(adir, (".png",)):
-                problems.append(f"no PNG annotations in {adir}")
-            if images:
-                idir = os.path.join(self.img_dir, seq)
-                if not os.path.isdir(idir):
-                    problems.append(f"missing image folder {idir}")
-                elif not _list_files(idir, JPEG_EXTS):
-                    problems.append(f"no JPEG frames in {idir}")
-        _fail(self.layout, root, problems)
+        _fail(self.layout, root, [p for seq in listed for p in self._sequence_problems(seq, images)])
 
-    def _detect(self, layout: Optional[str], images: bool) -> Tuple[str, str]:
-        f17 = os.path.join(self.root, "ImageSets", "2017", f"{self.split}.txt")
-        f16 = os.path.join(self.root, "ImageSets", self.resolution, f"{self.split}.txt")
-        what = {
-            "DAVIS-2017": f"{f17} (DAVIS-2017: one sequence name per line)",
-            "DAVIS-2016": f"{f16} (DAVIS-2016: '/JPEGImages/{self.resolution}/<seq>/<frame>.jpg "
-            f"/Annotations/{self.resolution}/<seq>/<frame>.png' per line)",
-        }
-        if layout is None:
-            found = [name for name, f in (("DAVIS-2017", f17), ("DAVIS-2016", f16)) if os.path.isfile(f)]
-            if len(found) == 2:
-                raise DatasetLayoutError(
-                    f"DAVIS layout under {self.root} is ambiguous: both {f17} (DAVIS-2017) and {f16} (DAVIS-2016) "
-                    "exist; choose one with layout='2016' or '2017'"
-                )
-            problems = [] if found else [f"missing split list {what['DAVIS-2017']} or {what['DAVIS-2016']}"]
-        else:
-            found = [layout]
-            f = f17 if layout == "DAVIS-2017" else f16
-            problems = [] if os.path.isfile(f) else [f"missing split list {what[layout]}"]
-        if not found or found[0] == "DAVIS-2017":
-            if not os.path.isdir(self.ann_dir):
-                problems.append(f"missing folder {self.ann_dir}")
-            if images and not os.path.isdir(self.img_dir):
-                problems.append(f"missing folder {self.img_dir}")
-        _fail(found[0] if found else "DAVIS", self.root, problems)
-        return found[0], f17 if found[0] == "DAVIS-2017" else f16
+    # What each layout defines.
+    @classmethod
+    def split_path(cls, root: str, split: str, resolution: str) -> str:
+        return os.path.join(root, "ImageSets", cls.split_dir.format(res=resolution), f"{split}.txt")
 
-    def _read_2017(self) -> List[str]:
+    @classmethod
+    def folder_problems(cls, root: str, resolution: str, images: bool) -> List[str]:
+        """Missing top-level folders the layout needs."""
+        return []
+
+    def describe_layout(self) -> str:
+        """One line: the layout and its split list, e.g. for a log."""
+        return f"{self.layout} ({self.split_file}: {self.contents})"
+
+    # Each layout reads its split list (_read_split), checks a sequence (_sequence_problems) and lists
+    # annotation_names(seq) and frame_paths(seq); these defaults are DAVIS-2017's.
+    def annotation_path(self, seq: str, name: str) -> str:
+        return os.path.join(self.ann_dir, seq, f"{name}.png")
+
+    def load_annotation(self, seq: str, name: str) -> np.ndarray:
+        """``(H, W)`` uint8 object ids (DAVIS-2016: 0/1, see :func:`read_binary_mask`; DAVIS-2017: as stored,
+        255 = void)."""
+        return read_label_png(self.annotation_path(seq, name))
+
+    def read_result(self, path: str) -> np.ndarray:
+        """A result mask as object ids. DAVIS-2016 results may be 0/255 masks like the annotations (255 ->
+        object 1) or 0/1 id maps; DAVIS-2017 results are read as stored."""
+        return read_label_png(path, "result mask")
+
+    def palette(self, seq: str) -> Optional[np.ndarray]:
+        """The palette the sequence's results are written with (None: the DAVIS palette)."""
+        return None
+
+    def frame_names(self, seq: str) -> List[str]:
+        return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
+
+    def first_annotation(self, seq: str) -> Tuple[str, np.ndarray]:
+        """Name and labels of the first frame's annotation (it must match the first image)."""
+        frames = self.frame_names(seq)
+        path = self.annotation_path(seq, frames[0])
+        if not os.path.isfile(path):
+            raise DatasetLayoutError(f"{self.layout}: missing first-frame annotation {path}")
+        return frames[0], self.load_annotation(seq, frames[0])
+
+
+class Davis2017Dataset(DavisDataset):
+    """The DAVIS-2017 layout: sequence names listed, frames and palette PNGs found in their folders."""
+
+    layout, split_dir, split_lines = "DAVIS-2017", "2017", "one sequence name per line"
+    contents = "sequence names; palette PNGs, 255 = void"
+
+    @classmethod
+    def folder_problems(cls, root: str, resolution: str, images: bool) -> List[str]:
+        folders = [os.path.join(root, "Annotations", resolution)]
+        folders += [os.path.join(root, "JPEGImages", resolution)] if images else []
+        return [f"missing folder {d}" for d in folders if not os.path.isdir(d)]
+
+    def _read_split(self) -> List[str]:
         listed: List[str] = []
         with open(self.split_file, encoding="utf-8-sig") as f:  # a byte-order mark is not a name
             for i, ln in enumerate(f, 1):
@@ -262,8 +295,40 @@ class DavisDataset:
                 listed.append(s)
         return listed
 
-    def _read_2016(self) -> List[str]:
+    def _sequence_problems(self, seq: str, images: bool) -> List[str]:
+        problems = []
+        folders = [(self.ann_dir, (".png",), "annotation folder", "PNG annotations")]
+        folders += [(self.img_dir, JPEG_EXTS, "image folder", "JPEG frames")] if images else []
+        for top, exts, folder, files in folders:
+            d = os.path.join(top, seq)
+            if not os.path.isdir(d):
+                problems.append(f"missing {folder} {d}")
+            elif not _list_files(d, exts):
+                problems.append(f"no {files} in {d}")
+        return problems
+
+    def annotation_names(self, seq: str) -> List[str]:
+        return [os.path.splitext(f)[0] for f in _list_files(os.path.join(self.ann_dir, seq), (".png",))]
+
+    def frame_paths(self, seq: str) -> List[str]:
+        d = os.path.join(self.img_dir, seq)
+        return [os.path.join(d, f) for f in _list_files(d, JPEG_EXTS)]
+
+    def palette(self, seq: str) -> Optional[np.ndarray]:
+        """The first annotation's own palette, if it has one."""
+        return read_palette(self.annotation_path(seq, self.frame_names(seq)[0]))
+
+
+class Davis2016Dataset(DavisDataset):
+    """The DAVIS-2016 layout: image/annotation path pairs listed; 0/255 masks, one object."""
+
+    layout, split_dir = "DAVIS-2016", "{res}"
+    split_lines = "'/JPEGImages/{res}/<seq>/<frame>.jpg /Annotations/{res}/<seq>/<frame>.png' per line"
+    contents = "image/annotation pairs; 0/255 masks = one object"
+
+    def _read_split(self) -> List[str]:
         res = self.resolution
+        self._pairs: Dict[str, List[Tuple[str, str, str]]] = {}  # seq -> [(frame name, image, annotation)]
         with open(self.split_file, encoding="utf-8-sig") as f:  # a byte-order mark is not a name
             for i, ln in enumerate(f, 1):
                 cols = ln.split()
@@ -296,54 +361,57 @@ class DavisDataset:
             frames.sort(key=lambda p: natural_key(p[0]))
         return list(self._pairs)
 
-    def describe_layout(self) -> str:
-        """One line: the layout and its split list, e.g. for a log."""
-        if self.layout == "DAVIS-2016":
-            return f"DAVIS-2016 ({self.split_file}: image/annotation pairs; 0/255 masks = one object)"
-        return f"DAVIS-2017 ({self.split_file}: sequence names; palette PNGs, 255 = void)"
+    def _sequence_problems(self, seq: str, images: bool) -> List[str]:
+        problems = [f"missing annotation {a}" for _, _, a in self._pairs[seq] if not os.path.isfile(a)]
+        if images:
+            problems += [f"missing frame {i}" for _, i, _ in self._pairs[seq] if not os.path.isfile(i)]
+        return problems
 
     def annotation_names(self, seq: str) -> List[str]:
-        if self.layout == "DAVIS-2016":
-            return [n for n, _, _ in self._pairs[seq]]
-        return [os.path.splitext(f)[0] for f in _list_files(os.path.join(self.ann_dir, seq), (".png",))]
+        return [n for n, _, _ in self._pairs[seq]]
 
     def frame_paths(self, seq: str) -> List[str]:
-        if self.layout == "DAVIS-2016":
-            return [p for _, p, _ in self._pairs[seq]]
-        d = os.path.join(self.img_dir, seq)
-        return [os.path.join(d, f) for f in _list_files(d, JPEG_EXTS)]
-
-    def frame_names(self, seq: str) -> List[str]:
-        return [os.path.splitext(os.path.basename(p))[0] for p in self.frame_paths(seq)]
+        return [p for _, p, _ in self._pairs[seq]]
 
     def annotation_path(self, seq: str, name: str) -> str:
-        if self.layout == "DAVIS-2016":
-            for n, _, a in self._pairs.get(seq, ()):
-                if n == name:
-                    return a
-        return os.path.join(self.ann_dir, seq, f"{name}.png")
+        for n, _, a in self._pairs.get(seq, ()):
+            if n == name:
+                return a
+        return super().annotation_path(seq, name)
 
     def load_annotation(self, seq: str, name: str) -> np.ndarray:
-        """``(H, W)`` uint8 object ids (DAVIS-2016: 0/1, see :func:`read_binary_mask`; DAVIS-2017: as stored,
-        255 = void)."""
-        p = self.annotation_path(seq, name)
-        return read_binary_mask(p) if self.layout == "DAVIS-2016" else read_label_png(p)
+        return read_binary_mask(self.annotation_path(seq, name))
 
     def read_result(self, path: str) -> np.ndarray:
-        """A result mask as object ids. DAVIS-2016 results may be 0/255 masks like the annotations (255 ->
-        object 1) or 0/1 id maps; DAVIS-2017 results are read as stored."""
-        lab = read_label_png(path, "result mask")
-        if self.layout == "DAVIS-2016" and lab.max(initial=0) == 255 and set(np.unique(lab).tolist()) <= {0, 255}:
+        lab = super().read_result(path)
+        if lab.max(initial=0) == 255 and set(np.unique(lab).tolist()) <= {0, 255}:
             lab = (lab == 255).astype(np.uint8)
         return lab
 
-    def first_annotation(self, seq: str) -> Tuple[str, np.ndarray]:
-        """Name and labels of the first frame's annotation (it must match the first image)."""
-        frames = self.frame_names(seq)
-        path = self.annotation_path(seq, frames[0])
-        if not os.path.isfile(path):
-            raise DatasetLayoutError(f"{self.layout}: missing first-frame annotation {path}")
-        return frames[0], self.load_annotation(seq, frames[0])
+
+_DAVIS_CLASSES = {c.layout: c for c in (Davis2017Dataset, Davis2016Dataset)}  # in DAVIS_LAYOUTS order
+
+
+def _detect_davis(root: str, split: str, resolution: str, layout: Optional[str], images: bool) -> type:
+    """The layout class whose split list is there (``layout`` None: exactly one must be); fails naming
+    what is missing."""
+    files = {name: c.split_path(root, split, resolution) for name, c in _DAVIS_CLASSES.items()}
+    what = {n: f"{files[n]} ({n}: {c.split_lines.format(res=resolution)})" for n, c in _DAVIS_CLASSES.items()}
+    if layout is None:
+        found = [name for name in DAVIS_LAYOUTS if os.path.isfile(files[name])]
+        if len(found) == 2:
+            raise DatasetLayoutError(
+                f"DAVIS layout under {root} is ambiguous: both "
+                + " and ".join(f"{files[n]} ({n})" for n in DAVIS_LAYOUTS)
+                + " exist; choose one with layout='2016' or '2017'"
+            )
+        problems = [] if found else ["missing split list " + " or ".join(what[n] for n in DAVIS_LAYOUTS)]
+    else:
+        found = [layout]
+        problems = [] if os.path.isfile(files[layout]) else [f"missing split list {what[layout]}"]
+    cls = _DAVIS_CLASSES[found[0] if found else DAVIS_LAYOUTS[0]]
+    _fail(found[0] if found else "DAVIS", root, problems + cls.folder_problems(root, resolution, images))
+    return cls
 
 
 @dataclass

@@ -1,17 +1,18 @@
 """Frozen per-frame features from one stage of an encoder, at a chosen output stride.
 
-Default (docs/design.md §5, docs/evaluation.md): the LAST stage at output stride 8 -- ``layer4`` of a
-ResNet (2048-d for RN50), the last ``stages.*`` of a ConvNeXt (``stages.3``, 768-d for CNXv2-S) -- with the
-strides of the last two stages removed. Works for the registered ``videomac_*`` encoders and any timm
-ConvNet with ResNet-style stages (``layer1..layer4``) or ConvNeXt-style stages (``stages.0..3``); any
-other model works at its natural stride given an explicit ``stage`` (a module name). The stride is
-reduced as CRW does for ResNets: the stride-2 convolutions of the last stages up to the chosen one (the
-3x3/strided conv and the 1x1 ``downsample`` conv of their first block) become stride 1. A ConvNeXt
-downsampling layer is a 2x2 stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after
+Default (docs/design.md §5, docs/evaluation.md): what the model declares as its ``eval_stage`` (the
+videomac families: the LAST stage at output stride 8 -- ``layer4`` of a ResNet, 2048-d for RN50, the last
+``stages.*`` of a ConvNeXt, 768-d for CNXv2-S -- and the isotropic ConvNeXt's final ``norm`` at its only
+stride, 16); for any other timm model the last of its ``feature_info`` stages at stride 8 (its own
+when finer). Any module can be chosen by name (``stage``). The stride is reduced as CRW
+does for ResNets: the stride-2 convolutions of the ``feature_info`` stages up to the chosen one, last
+first (the 3x3/strided conv and the 1x1 ``downsample`` conv of their first block) become stride 1. A
+ConvNeXt downsampling layer is a 2x2 stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after
 replicate-padding one row/column at the bottom/right, which keeps the map size and the conv's weights
-and receptive field per tap. Kernel sizes and weights never change. When a ConvNeXt stage ``stages.i``
-is followed by a norm module ``norm{i}`` on the model, the features are taken after that norm. The
-forward pass stops at the chosen stage (later stages are never run).
+and receptive field per tap. Kernel sizes and weights never change. When a stage ``stages.i`` is
+followed by a norm module ``norm{i}`` on the model, the features are taken after that norm. A
+``feature_info`` stage is read with the model's ``forward_intermediates`` (``stop_early``), any other
+module with a forward hook; either way later stages are never run.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from videomac.pretrained import read_state_dict
 
 __all__ = [
-    "DEFAULT_STAGE",
+    "DEFAULT_STRIDE",
     "create_encoder",
     "load_weights",
     "default_stage",
@@ -35,34 +36,27 @@ __all__ = [
     "FeatureExtractor",
 ]
 
-# The last stage at stride 8 for both families (the paper's features: RN50 2048-d layer4, CNXv2-S 768-d
-# stages.3), the strides of the last two stages removed: 60x107 cells for a 480x854 frame in both, so the
-# propagation's radius/top-k mean the same. A ConvNeXt with more or fewer stages uses its last one; the
-# isotropic ConvNeXt (no stages) its final norm at its only stride, 16.
-DEFAULT_STAGE = {"resnet": ("layer4", 8), "convnext": ("stages.3", 8), "isotropic": ("norm", 16)}
+DEFAULT_STRIDE = 8  # the paper's features: 60x107 cells for a 480x854 frame, whatever the family
 
 
-def _family(model: nn.Module) -> str:
-    if all(hasattr(model, f"layer{i}") for i in range(1, 5)):
-        return "resnet"
-    stages = getattr(model, "stages", None)
-    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) >= 3:
-        return "convnext"
-    # isotropic ConvNeXt (one patchify stem, blocks, final norm): its stride-16 stem cannot be de-strided
-    blocks, norm = getattr(model, "blocks", None), getattr(model, "norm", None)
-    if isinstance(blocks, nn.Sequential) and isinstance(norm, nn.Module):
-        return "isotropic"
-    return "other"
+def _stage_names(model: nn.Module) -> List[str]:
+    """The stages the model's ``feature_info`` lists, in forward order; a stage norm ``norm{i}`` (the
+    videomac ConvNeXt's feature module) stands for the stage ``stages.{i}`` it closes."""
+    names = [info["module"] for info in getattr(model, "feature_info", None) or []]
+    stages = isinstance(getattr(model, "stages", None), nn.Module)
+    return [f"stages.{n[4:]}" if stages and re.fullmatch(r"norm\d+", n) else n for n in names]
 
 
 def default_stage(model: nn.Module) -> Tuple[str, int]:
-    """``(stage module name, output stride)`` used when none is given (see docs/evaluation.md)."""
-    fam = _family(model)
-    if fam == "other":
-        raise ValueError(f"{type(model).__name__} has neither layer1..layer4 nor stages.*; pass stage=<module name>")
-    if fam == "convnext":
-        return f"stages.{len(model.stages) - 1}", DEFAULT_STAGE[fam][1]
-    return DEFAULT_STAGE[fam]
+    """``(stage module name, output stride)`` used when none is given: the model's declared
+    ``eval_stage``, else its last ``feature_info`` stage at stride 8 (see docs/evaluation.md)."""
+    declared = getattr(model, "eval_stage", None)
+    if declared:
+        return declared[0], int(declared[1])
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info; pass stage=<module name>")
+    return _stage_names(model)[-1], min(DEFAULT_STRIDE, int(info[-1]["reduction"]))
 
 
 def post_norm(model: nn.Module, stage: str) -> Optional[str]:
@@ -118,15 +112,6 @@ class _PadPatchify(nn.Module):
         return self.conv(F.pad(x, self.pad, mode="replicate"))
 
 
-def _stage_names(model: nn.Module) -> List[str]:
-    fam = _family(model)
-    if fam == "resnet":
-        return [f"layer{i}" for i in range(1, 5)]
-    if fam == "convnext":
-        return [f"stages.{i}" for i in range(len(model.stages))]
-    return []
-
-
 def _destride(module: nn.Module) -> int:
     """Make every stride-2 op inside ``module`` stride 1; returns how many were changed."""
     changed = 0
@@ -150,7 +135,7 @@ def _destride(module: nn.Module) -> int:
 class FeatureExtractor(nn.Module):
     """Frozen features of ``stage`` at ``stride`` for a batch of frames.
 
-    Defaults: the model's last stage at stride 8 (:func:`default_stage`; ``videomac_rn50``: ``layer4``,
+    Defaults: the model's ``eval_stage`` (:func:`default_stage`; ``videomac_rn50``: ``layer4`` at stride 8,
     2048 channels; ``videomac_cnxv2_s``: ``stages.3``, 768 channels), taken after ``norm{i}`` when the model
     has one for that stage (:func:`post_norm`). ``stage=`` picks another module (e.g. ``layer3``).
 
@@ -185,6 +170,14 @@ class FeatureExtractor(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.stage = stage
         self.post_norm = post_norm(model, stage)
+        # A feature_info stage is taken with the model's forward_intermediates (timm's API: a stage norm
+        # that is the feature's own module is applied there); any other module with a forward hook.
+        names = _stage_names(model)
+        self._index = names.index(stage) if stage in names and hasattr(model, "forward_intermediates") else None
+        if self._index is not None and model.feature_info[self._index]["module"] == self.post_norm:
+            self._norm_after = None
+        else:
+            self._norm_after = self.post_norm
         self._hook_out: Optional[torch.Tensor] = None
         # the hook is attached only while this extractor runs (see _run): the model stays usable on its own
         self._stage_module = [modules[stage]]  # a list, so nn.Module does not register it twice
@@ -206,12 +199,19 @@ class FeatureExtractor(nn.Module):
         return self.mean.device
 
     def _hook(self, module, inputs, output):
-        if self.post_norm is not None:  # applied here whether or not the model's forward applies it
-            output = getattr(self.model, self.post_norm)(output)
         self._hook_out = output
         raise _StopForward
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._intermediate(x) if self._index is not None else self._hooked(x)
+        if self._norm_after is not None:  # applied here whether or not the model's forward applies it
+            out = getattr(self.model, self._norm_after)(out)
+        return out
+
+    def _intermediate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_intermediates(x, indices=[self._index], stop_early=True, intermediates_only=True)[0]
+
+    def _hooked(self, x: torch.Tensor) -> torch.Tensor:
         fwd = getattr(self.model, "forward_features", self.model)
         handle = self._stage_module[0].register_forward_hook(self._hook)
         try:

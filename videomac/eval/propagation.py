@@ -14,13 +14,15 @@ maps of those positions are averaged with these weights.
 each tile is matched (one matrix product) against the key region its windows can reach, and only the
 in-radius entries are kept -- memory stays bounded at any resolution. :func:`propagate_dense` is the
 naive reference (full affinity matrix, radius applied as a mask) used by tests and the benchmark.
+:func:`propagate_frames` is the loop over a video's frames that every evaluation and ``videomac
+propagate`` iterate.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,7 @@ __all__ = [
     "radius_offsets",
     "LabelPropagator",
     "propagate",
+    "propagate_frames",
     "propagate_dense",
     "labels_to_onehot",
     "resize_labels",
@@ -244,6 +247,31 @@ class LabelPropagator:
         return pred
 
 
+def propagate_frames(
+    feats: Iterable[torch.Tensor],
+    first_labels: torch.Tensor,
+    config: Optional[PropagationConfig] = None,
+    **kwargs,
+) -> Iterator[torch.Tensor]:
+    """Label maps of every frame of a video, streamed: the one propagation loop of ``eval`` and ``propagate``.
+
+    ``feats`` yields each frame's ``(C, h, w)`` features in order (consumed one at a time, so frames
+    can be decoded and encoded lazily); ``first_labels`` ``(K, H, W)`` are frame 0's maps, bilinearly
+    resized to the features' ``(h, w)`` (:func:`resize_labels`). Yields ``(K, h, w)`` maps: frame 0's
+    resized labels, then each next frame's propagated maps. The context queue (frame 0 plus the last
+    ``n_context`` frames) lives in :class:`LabelPropagator`, which gets ``kwargs``.
+    """
+    it = iter(feats)
+    first = next(it, None)
+    if first is None:
+        return
+    labels = resize_labels(first_labels.to(first.device), first.shape[-2:])
+    prop = LabelPropagator(first, labels, config, **kwargs)
+    yield labels
+    for f in it:
+        yield prop.step(f)
+
+
 def propagate(
     feats: Union[torch.Tensor, Iterable[torch.Tensor]],
     first_labels: torch.Tensor,
@@ -252,12 +280,10 @@ def propagate(
 ) -> torch.Tensor:
     """Propagate ``first_labels`` ``(K, h, w)`` through ``feats`` ``(T, C, h, w)`` -> ``(T, K, h, w)``.
 
-    Frame 0 of the result is ``first_labels``. ``kwargs`` go to :class:`LabelPropagator`.
+    Frame 0 of the result is ``first_labels`` (resized if given at another size, see
+    :func:`propagate_frames`). ``kwargs`` go to :class:`LabelPropagator`.
     """
-    it = iter(feats)
-    first = next(it)
-    prop = LabelPropagator(first, first_labels, config, **kwargs)
-    return torch.stack([first_labels.to(prop.device)] + [prop.step(f) for f in it])
+    return torch.stack(list(propagate_frames(feats, first_labels, config, **kwargs)))
 
 
 @torch.no_grad()

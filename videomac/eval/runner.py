@@ -1,8 +1,8 @@
 """End-to-end label-propagation evaluations: DAVIS (2016 and 2017 layouts), VIP and JHMDB.
 
 Each runner streams a video's frames through a :class:`~videomac.eval.features.FeatureExtractor`
-(a few frames at a time), propagates the first frame's labels with
-:class:`~videomac.eval.propagation.LabelPropagator`, writes predictions and overlay contact sheets,
+(a few frames at a time, :func:`encode_frames`), propagates the first frame's labels with
+:func:`~videomac.eval.propagation.propagate_frames`, writes predictions and overlay contact sheets,
 and returns the metrics. Label maps go to feature resolution by bilinear resizing of their one-hot
 maps and come back by bilinear resizing of the propagated soft maps followed by an argmax, as CRW.
 """
@@ -14,7 +14,8 @@ import json
 import math
 import os
 import sys
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from itertools import chain
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,14 +29,13 @@ from videomac.eval.datasets import (
     default_palette,
     read_image,
     read_label_png,
-    read_palette,
     write_label_png,
 )
 from videomac.eval.davis import evaluate, write_csvs
 from videomac.eval.features import FeatureExtractor
 from videomac.eval.metrics import confusion_matrix, joint_distances, miou_from_confusion, pck_from_distances
 from videomac.eval.outputs import check_output_folder
-from videomac.eval.propagation import LabelPropagator, PropagationConfig, labels_to_onehot, resize_labels
+from videomac.eval.propagation import PropagationConfig, labels_to_onehot, propagate_frames, resize_labels
 from videomac.files import atomic_file
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "vip_confusion",
     "run_jhmdb",
     "argmax_labels",
+    "encode_frames",
     "blend_labels",
     "contact_sheet",
     "gaussian_joint_maps",
@@ -92,10 +93,25 @@ def _load(path: str, size: Optional[Tuple[int, int]]) -> np.ndarray:
     return img
 
 
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def encode_frames(extractor: FeatureExtractor, frames: Iterable[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+    """Each frame's ``(C, h, w)`` features, encoded ``batch_size`` frames at a time as they are read."""
+    for batch in _batched(frames, batch_size):
+        yield from extractor(np.stack(batch), batch_size=batch_size)
+
+
 def _features(extractor: FeatureExtractor, paths: Sequence[str], size, batch_size: int) -> Iterator[torch.Tensor]:
-    for s in range(0, len(paths), batch_size):
-        frames = np.stack([_load(p, size) for p in paths[s : s + batch_size]])
-        yield from extractor(frames, batch_size=batch_size)
+    return encode_frames(extractor, (_load(p, size) for p in paths), batch_size)
 
 
 def _overlay_indices(n: int, k: int) -> List[int]:
@@ -149,17 +165,6 @@ def contact_sheet(
     return path
 
 
-def _propagate_video(extractor, paths, size, first_onehot: torch.Tensor, config, batch_size, tile, max_chunk_mb):
-    """Yields ``(t, soft maps at feature resolution)`` for every frame (frame 0: the given labels)."""
-    feats = _features(extractor, paths, size, batch_size)
-    f0 = next(feats)
-    lab0 = resize_labels(first_onehot.to(f0.device), f0.shape[-2:])
-    prop = LabelPropagator(f0, lab0, config, tile=tile, max_chunk_mb=max_chunk_mb)
-    yield 0, lab0
-    for t, f in enumerate(feats, 1):
-        yield t, prop.step(f)
-
-
 def argmax_labels(soft: torch.Tensor, size, ids: np.ndarray) -> np.ndarray:
     up = resize_labels(soft.float(), size)
     return ids[up.argmax(0).cpu().numpy()]
@@ -200,9 +205,8 @@ def run_davis(
         )
     for seq in _tqdm(ds.sequences, progress, desc="DAVIS", unit="seq"):
         paths, names = ds.frame_paths(seq), ds.frame_names(seq)
-        name0, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
-        # DAVIS-2016 masks are 0/255 images: their palette (if any) does not colour object 1
-        palette = read_palette(ds.annotation_path(seq, name0)) if ds.layout == "DAVIS-2017" else None
+        _, ann0 = _read(ds.annotation_path(seq, names[0]), lambda _, s=seq: ds.first_annotation(s))
+        palette = ds.palette(seq)
         palette = default_palette() if palette is None else palette
         ann0 = ann0.copy()
         ann0[ann0 == 255] = 0
@@ -211,8 +215,9 @@ def run_davis(
         keep = set(_overlay_indices(len(paths), overlay_frames))
         shown = {}
         onehot = labels_to_onehot(torch.from_numpy(ann0), ids.tolist())
-        steps = _propagate_video(extractor, paths, None, onehot, config, batch_size, tile, max_chunk_mb)
-        for t, soft in _tqdm(steps, progress, desc=seq, total=len(paths), leave=False, unit="frame"):
+        feats = _features(extractor, paths, None, batch_size)
+        steps = propagate_frames(feats, onehot, config, tile=tile, max_chunk_mb=max_chunk_mb)
+        for t, soft in enumerate(_tqdm(steps, progress, desc=seq, total=len(paths), leave=False, unit="frame")):
             lab = ann0 if t == 0 else argmax_labels(soft, size, ids)
             write_label_png(lab, os.path.join(out_dir, seq, f"{names[t]}.png"), palette)
             if t in keep:
@@ -279,8 +284,9 @@ def run_vip(
         onehot = labels_to_onehot(torch.from_numpy(np.array(lab0)), ids.tolist())
         keep = set(_overlay_indices(len(paths), overlay_frames))
         shown, vconf = {}, np.zeros((n, n), np.int64)
-        steps = _propagate_video(extractor, paths, sz, onehot, config, batch_size, tile, max_chunk_mb)
-        for t, soft in _tqdm(steps, progress, desc=v.name, total=len(paths), leave=False, unit="frame"):
+        feats = _features(extractor, paths, sz, batch_size)
+        steps = propagate_frames(feats, onehot, config, tile=tile, max_chunk_mb=max_chunk_mb)
+        for t, soft in enumerate(_tqdm(steps, progress, desc=v.name, total=len(paths), leave=False, unit="frame")):
             # frame 0 too: the given labels at feature resolution, brought back like every prediction (CRW)
             pred = argmax_labels(soft, sz, ids)
             stem = os.path.splitext(os.path.basename(paths[t]))[0]
@@ -400,14 +406,12 @@ def run_jhmdb(
         paths, gt = paths[:T], gt[:, :, :T]
         H0, W0 = _read(paths[0]).shape[:2]
         feats = _features(extractor, paths, (size, size), batch_size)
-        f0 = next(feats)
+        f0 = next(feats)  # the joint maps are drawn at feature resolution: its size comes first
         h, w = f0.shape[-2:]
         scale = np.array([w / W0, h / H0])[:, None]
-        lab0 = torch.from_numpy(gaussian_joint_maps(gt[:, :, 0] * scale, (h, w), sigma)).to(f0.device)
-        prop = LabelPropagator(f0, lab0, config, tile=tile, max_chunk_mb=max_chunk_mb)
-        preds = [maps_to_joints(lab0)]
-        for f in _tqdm(feats, progress, desc=v.name, total=T - 1, leave=False, unit="frame"):
-            preds.append(maps_to_joints(prop.step(f)))
+        lab0 = torch.from_numpy(gaussian_joint_maps(gt[:, :, 0] * scale, (h, w), sigma))
+        steps = propagate_frames(chain([f0], feats), lab0, config, tile=tile, max_chunk_mb=max_chunk_mb)
+        preds = [maps_to_joints(m) for m in _tqdm(steps, progress, desc=v.name, total=T, leave=False, unit="frame")]
         pred = np.stack(preds, -1)  # (2, J, T) feature cells
         valid = (pred >= 0).all(0, keepdims=True)
         pred_px = np.where(valid, pred / scale[:, :, None], -1.0)

@@ -3,7 +3,7 @@
 Frames are streamed (decoded, encoded and propagated a few at a time), so memory stays bounded for
 long videos: the propagator keeps only frame 0 and the last ``n_context`` frames' features. The
 pieces are those of ``videomac eval`` (:class:`~videomac.eval.features.FeatureExtractor`,
-:class:`~videomac.eval.propagation.LabelPropagator`, the runner's label resizing and overlays).
+:func:`~videomac.eval.propagation.propagate_frames`, the runner's label resizing and overlays).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from collections import deque
+from typing import Deque, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -52,17 +53,6 @@ def processing_size(video_hw: Sequence[int], size: Union[None, int, Sequence[int
     return out
 
 
-def _batched(frames: Iterable[np.ndarray], n: int) -> Iterator[List[np.ndarray]]:
-    batch: List[np.ndarray] = []
-    for f in frames:
-        batch.append(f)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def propagate_video(
     video: str,
     mask: Union[str, np.ndarray],
@@ -87,43 +77,28 @@ def propagate_video(
     ``model``/``weights``/``device``. Raises ``FileNotFoundError`` for a missing video or mask and
     ``ValueError`` for an unreadable video, a mask of another size or a mask without objects.
     """
-    import torch
-
-    from videomac.eval.annotations import check_annotation_size, read_mask
     from videomac.eval.datasets import default_palette, write_label_png
     from videomac.eval.features import FeatureExtractor
     from videomac.eval.outputs import check_output_folder
-    from videomac.eval.propagation import LabelPropagator, labels_to_onehot, resize_labels
     from videomac.eval.runner import argmax_labels, blend_labels
-    from videomac.eval.video import FrameReader, VideoWriter, resize_frame
+    from videomac.eval.video import FrameReader, VideoWriter
 
     reader = FrameReader(video)
     check_output_folder(out_dir, [video, mask if isinstance(mask, str) else None])
-    lab0 = read_mask(mask) if isinstance(mask, str) else np.asarray(mask, dtype=np.uint8)
-    what = f"mask {mask}" if isinstance(mask, str) else "the mask"
-    if lab0.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D label map, got shape {lab0.shape}")
     H, W = reader.size
-    check_annotation_size(what, lab0.shape, (H, W), "the video's first frame")
-    ids = np.union1d([0], np.unique(lab0)).astype(np.uint8)
-    if len(ids) == 1:
-        raise ValueError(
-            f"{what} has no objects (every pixel is background 0); expected object ids 1..N "
-            "(an indexed PNG) or a binary mask with the object non-zero"
-        )
+    lab0, ids = _first_mask(mask, (H, W))
     proc = processing_size((H, W), size)
     if extractor is None:
         extractor = FeatureExtractor(model, weights=weights, device=device)
     palette = default_palette()
     names = [os.path.splitext(os.path.basename(p))[0] for p in reader.paths] if reader.paths else None
-    frames_in = reader.indexed()
+    frames = reader.indexed()
     total = reader.num_frames if max_frames is None else min(max_frames, reader.num_frames or max_frames)
+    frames = frames if max_frames is None else (f for _, f in zip(range(max_frames), frames))
     mask_dir = os.path.join(out_dir, "masks")
     os.makedirs(mask_dir, exist_ok=True)
     writer = VideoWriter(os.path.join(out_dir, "overlay.mp4"), fps=reader.fps) if overlay else None
-    onehot = labels_to_onehot(torch.from_numpy(lab0), ids.tolist())
-    frames = frames_in if max_frames is None else (f for _, f in zip(range(max_frames), frames_in))
-    prop, t, areas = None, 0, {}
+    t, areas = 0, {}
     start = time.perf_counter()
     bar = None
     if progress:
@@ -131,22 +106,16 @@ def propagate_video(
 
         bar = tqdm(total=total, desc="propagate", unit="frame", dynamic_ncols=True)
     try:
-        for batch in _batched(frames, batch_size):
-            feats = extractor(np.stack([resize_frame(f, proc) for _, f in batch]), batch_size=batch_size)
-            for (k, frame), feat in zip(batch, feats):
-                if prop is None:
-                    prop = LabelPropagator(feat, resize_labels(onehot.to(feat.device), feat.shape[-2:]), config)
-                    lab = lab0
-                else:
-                    lab = argmax_labels(prop.step(feat), (H, W), ids)
-                name = names[k] if names else f"{k:05d}"
-                write_label_png(lab, os.path.join(mask_dir, f"{name}.png"), palette)
-                if writer is not None:
-                    writer.write(blend_labels(frame, lab, palette, alpha))
-                areas = {int(i): float((lab == i).mean()) for i in ids[1:]}
-                t += 1
-                if bar is not None:
-                    bar.update(1)
+        for k, frame, soft in _propagated(frames, lab0, ids, extractor, proc, batch_size, config):
+            lab = lab0 if t == 0 else argmax_labels(soft, (H, W), ids)
+            name = names[k] if names else f"{k:05d}"
+            write_label_png(lab, os.path.join(mask_dir, f"{name}.png"), palette)
+            if writer is not None:
+                writer.write(blend_labels(frame, lab, palette, alpha))
+            areas = {int(i): float((lab == i).mean()) for i in ids[1:]}
+            t += 1
+            if bar is not None:
+                bar.update(1)
     finally:
         if writer is not None:
             writer.close()
@@ -167,15 +136,57 @@ def propagate_video(
         "overlay": writer.path if writer else None,
         "skipped": [{"path": p, "reason": r} for p, r in reader.skipped],
     }
-    if reader.skipped:
+    _write_summary(summary, out_dir, reader.skipped)
+    return summary
+
+
+def _first_mask(mask: Union[str, np.ndarray], video_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """The first frame's ``(H, W)`` id map and its ids (background 0 first), checked against the video."""
+    from videomac.eval.annotations import check_annotation_size, read_mask
+
+    lab0 = read_mask(mask) if isinstance(mask, str) else np.asarray(mask, dtype=np.uint8)
+    what = f"mask {mask}" if isinstance(mask, str) else "the mask"
+    if lab0.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D label map, got shape {lab0.shape}")
+    check_annotation_size(what, lab0.shape, video_hw, "the video's first frame")
+    ids = np.union1d([0], np.unique(lab0)).astype(np.uint8)
+    if len(ids) == 1:
+        raise ValueError(
+            f"{what} has no objects (every pixel is background 0); expected object ids 1..N "
+            "(an indexed PNG) or a binary mask with the object non-zero"
+        )
+    return lab0, ids
+
+
+def _propagated(frames, lab0, ids, extractor, proc, batch_size, config):
+    """``(frame index, frame, soft maps at feature resolution)`` for each ``(index, frame)`` of ``frames``."""
+    import torch
+
+    from videomac.eval.propagation import labels_to_onehot, propagate_frames
+    from videomac.eval.runner import encode_frames
+    from videomac.eval.video import resize_frame
+
+    pending: Deque[Tuple[int, np.ndarray]] = deque()  # frames read and encoded whose maps are not out yet
+
+    def images() -> Iterator[np.ndarray]:
+        for k, frame in frames:
+            pending.append((k, frame))
+            yield resize_frame(frame, proc)
+
+    onehot = labels_to_onehot(torch.from_numpy(lab0), ids.tolist())
+    for soft in propagate_frames(encode_frames(extractor, images(), batch_size), onehot, config):
+        yield (*pending.popleft(), soft)
+
+
+def _write_summary(summary: Dict[str, object], out_dir: str, skipped) -> None:
+    if skipped:
         print(
-            f"skipped {len(reader.skipped)} unreadable frame(s) (listed in summary.json): "
-            + "; ".join(p for p, _ in reader.skipped[:5]),
+            f"skipped {len(skipped)} unreadable frame(s) (listed in summary.json): "
+            + "; ".join(p for p, _ in skipped[:5]),
             file=sys.stderr,
         )
     with atomic_file(os.path.join(out_dir, "summary.json")) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=1)
-    return summary
 
 
 def track_video(

@@ -1,4 +1,10 @@
-"""timm's ConvNeXt and ResNet families, declared for sparse execution (:mod:`videomac.sparse.blocks`)."""
+"""What videomac takes from timm beyond its public API, in one place, and timm's ConvNeXt and ResNet
+families declared for sparse execution (:mod:`videomac.sparse.blocks`).
+
+timm keeps ``feature_take_indices``, ``FeatureGetterNet`` and ConvNeXt's ``_init_weights`` in private
+modules; everything else comes from ``timm.models`` / ``timm.layers``. CI runs the model tests on the
+oldest timm that setup.py allows (.ci/run), so a move there fails a test, not a user.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,23 @@ from typing import List, Optional
 
 import torch.nn as nn
 from timm.layers.mlp import ConvMlp, GlobalResponseNormMlp, Mlp
+from timm.models import checkpoint_seq, named_apply
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models.convnext import ConvNeXt, ConvNeXtBlock, ConvNeXtStage
+from timm.models.convnext import _init_weights as convnext_init_weights
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from videomac.sparse.blocks import BlockParts, dense_class, layer_list, register_block, register_sparse_container
 
-__all__: List[str] = []
+__all__ = [
+    "ConvNeXt",
+    "ConvNeXtBlock",
+    "FeatureGetterNet",
+    "checkpoint_seq",
+    "convnext_init_weights",
+    "feature_take_indices",
+    "named_apply",
+]
 
 for _cls in (ConvNeXt, ConvNeXtStage, Mlp, ConvMlp, GlobalResponseNormMlp, ResNet):
     register_sparse_container(_cls)

@@ -10,23 +10,48 @@ no layer scale. :class:`VideoMACConvNeXt` is timm's ``ConvNeXt`` plus these norm
 Each ``videomac_cnxv2_*`` / ``videomac_cnxv1_*`` has the arguments of timm's ``convnextv2_*`` /
 ``convnext_*`` of the same size (V1 with ``ls_init_value=None``): its state_dict minus ``norm{i}.*``
 loads strictly into that timm model built with the same ``ls_init_value``.
+
+The authors' checkpoints (:func:`checkpoint_filter_fn`; their sparse names, or the dense ones of their
+own converter: ``.weight`` for ``.kernel``, no ``.ln``/``.linear``)::
+
+    downsample_layers.0.{0,1}.*              -> stem.{0,1}.*            dense conv, channels-first LN
+    downsample_layers.{i}.0.ln.*             -> stages.{i}.downsample.0.*
+    downsample_layers.{i}.1.kernel / .bias   -> stages.{i}.downsample.1.weight / .bias
+    stages.{i}.{j}.dwconv.kernel / .bias     -> stages.{i}.blocks.{j}.conv_dw.weight / .bias
+    stages.{i}.{j}.norm.ln.*                 -> stages.{i}.blocks.{j}.norm.*
+    stages.{i}.{j}.pwconv{1,2}.linear.*      -> stages.{i}.blocks.{j}.mlp.fc{1,2}.*
+    stages.{i}.{j}.grn.gamma / .beta         -> stages.{i}.blocks.{j}.mlp.grn.weight / .bias
+    norm{i}.ln.*                             -> norm{i}.*
+
+The pooled ``head.norm`` (used only by ``forward_head``) is not in their encoder: it keeps its initial
+value (ones, zeros) and is recorded as filled from init. The version comes from the file's keys (GRN
+parameters: V2); a V1 file for a V2 model (or the reverse) is refused naming the model to use. timm's
+own ``convnextv2_*``/``convnext_*`` take ConvNeXt-V2 FCMAE encoders (no stage norms) the same way.
 """
 
 # No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
 # generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
+import re
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.nn as nn
 from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg, register_model
-from timm.models._features import feature_take_indices
-from timm.models.convnext import ConvNeXt
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.pretrained import resolve_pretrained
+from videomac.models.timm_blocks import ConvNeXt, feature_take_indices
+from videomac.pretrained import (
+    WeightsError,
+    architecture,
+    map_checkpoint,
+    official_state_dict,
+    register_checkpoint_filter,
+    resolve_pretrained,
+)
 from videomac.sparse.blocks import register_sparse_container
 
-__all__ = ["VideoMACConvNeXt", "ARCHS", "STAGE_NORM_EPS"]
+__all__ = ["VideoMACConvNeXt", "ARCHS", "STAGE_NORM_EPS", "checkpoint_filter_fn"]
 
 STAGE_NORM_EPS = 1e-6  # the authors' MinkowskiLayerNorm(C, 1e-6) after every stage
 
@@ -67,6 +92,13 @@ class VideoMACConvNeXt(ConvNeXt):
     ``forward_features`` = ``stem`` -> for each stage i: ``stages[i]`` -> ``norm{i}``. ``feature_info``,
     ``forward_intermediates`` and ``features_only=True`` give stage outputs after their norms.
     """
+
+    authors_init = "convnext"  # the authors' init rule for pretraining (videomac.pretrain.init)
+
+    @property
+    def eval_stage(self) -> Tuple[str, int]:
+        """Frozen features for label propagation: the last stage (after its norm) at stride 8."""
+        return f"stages.{len(self.stages) - 1}", 8
 
     def __init__(self, *args, stage_norm_eps: float = STAGE_NORM_EPS, **kwargs):
         super().__init__(*args, **kwargs)
@@ -159,6 +191,102 @@ class VideoMACConvNeXt(ConvNeXt):
 
 # Its forward composes stem, stages and the per-position stage norms: position-wise glue only.
 register_sparse_container(VideoMACConvNeXt)
+
+
+# The authors' checkpoints: one ConvNeXt block after its prefix, their sparse or dense names.
+_BLOCK = [
+    (r"dwconv\.(?:kernel|weight)", "conv_dw.weight"),
+    (r"dwconv\.bias", "conv_dw.bias"),
+    (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1"),
+    (r"pwconv([12])\.(?:linear\.)?(weight|bias)", r"mlp.fc\1.\2"),
+    (r"grn\.gamma", "mlp.grn.weight"),
+    (r"grn\.beta", "mlp.grn.bias"),
+]
+_OUTSIDE_BLOCKS = [
+    (r"downsample_layers\.0\.0\.(weight|bias)", r"stem.0.\1"),
+    (r"downsample_layers\.0\.1\.(?:ln\.)?(weight|bias)", r"stem.1.\1"),
+    (r"downsample_layers\.(\d+)\.0\.(?:ln\.)?(weight|bias)", r"stages.\1.downsample.0.\2"),
+    (r"downsample_layers\.(\d+)\.1\.(?:kernel|weight)", r"stages.\1.downsample.1.weight"),
+    (r"downsample_layers\.(\d+)\.1\.bias", r"stages.\1.downsample.1.bias"),
+    (r"norm(\d+)\.(?:ln\.)?(weight|bias)", r"norm\1.\2"),
+]
+
+
+def rename(key: str, table) -> Optional[str]:
+    """``key`` renamed by the first ``(pattern, replacement)`` of ``table`` that matches it whole."""
+    for pattern, repl in table:
+        if re.fullmatch(pattern, key):
+            return re.sub(f"^{pattern}$", repl, key)
+    return None
+
+
+def block_key(prefix: str, rest: str) -> Optional[str]:
+    """Our name for the key ``rest`` of an authors' ConvNeXt block, under our ``prefix``."""
+    name = rename(rest, _BLOCK)
+    return None if name is None else prefix + name
+
+
+def _authors_key(key: str) -> Optional[str]:
+    m = re.match(r"stages\.(\d+)\.(\d+)\.", key)
+    if m:
+        return block_key(f"stages.{m.group(1)}.blocks.{m.group(2)}.", key[m.end() :])
+    return rename(key, _OUTSIDE_BLOCKS)
+
+
+def check_version(model: nn.Module, sd: Dict[str, torch.Tensor]) -> None:
+    """ConvNeXt V1 or V2 from the file's own keys (GRN parameters = V2); refuse a mismatch naming the model."""
+    import timm
+
+    has_grn = any(".grn." in k for k in sd)
+    wants_grn = any(".grn." in k for k in model.state_dict())
+    if has_grn == wants_grn:
+        return
+    found, want = ("V2", "V1") if has_grn else ("V1", "V2")
+    name = architecture(model)
+    other = name.replace("cnxv2", "cnxv1") if wants_grn else name.replace("cnxv1", "cnxv2")
+    use = f"use --model {other}" if other != name and timm.is_model(other) else "use the matching model"
+    raise WeightsError(
+        f"the checkpoint holds a ConvNeXt-{found} encoder ({'GRN parameters found' if has_grn else 'no GRN parameters'}"
+        f"), but {name} is ConvNeXt-{want}: {use}"
+    )
+
+
+def head_norm_init(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The pooled head's LayerNorm at its initial affine (ones, zeros): the authors' encoders have none."""
+    target = model.state_dict()
+    return {
+        k: (torch.ones if k.endswith(".weight") else torch.zeros)(target[k].shape, dtype=target[k].dtype)
+        for k in ("head.norm.weight", "head.norm.bias")
+        if k in target
+    }
+
+
+def _stage_norms_hint(model: nn.Module):
+    stage_norms = "norm0.weight" in model.state_dict()
+
+    def hint(unknown: List[str], missing: List[str]) -> str:
+        if stage_norms and missing and all(re.match(r"norm\d+\.", k) for k in missing):
+            return (
+                " (the checkpoint has no stage norms norm0..3: a ConvNeXt-V2 FCMAE encoder, not VideoMAC's; "
+                "convert it into timm's convnextv2_* instead)"
+            )
+        if not stage_norms and unknown and all(re.match(r"norm\d+\.", k) for k in unknown):
+            return " (a VideoMAC encoder has stage norms norm0..3: convert it into a videomac_cnx* model)"
+        return ""
+
+    return hint
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An authors' ConvNeXt checkpoint (their pretraining checkpoint or a bare encoder state_dict) as
+    ``model``'s dense state_dict (a :class:`VideoMACConvNeXt`, or timm's ``ConvNeXt`` for FCMAE encoders)."""
+    sd = official_state_dict(state_dict)
+    check_version(model, sd)
+    return map_checkpoint(sd, model, _authors_key, _stage_norms_hint(model), head_norm_init(model))
+
+
+register_checkpoint_filter(VideoMACConvNeXt, checkpoint_filter_fn)
+register_checkpoint_filter(ConvNeXt, checkpoint_filter_fn)  # timm's convnextv2_*: FCMAE encoders
 
 default_cfgs = make_default_cfgs(ARCHS, first_conv="stem.0", classifier="head.fc")
 

@@ -5,25 +5,34 @@ width and one resolution (7x7 depthwise, LayerNorm, 4x MLP with GELU and GRN, no
 final channels-first LayerNorm ``norm`` (eps 1e-6): a (B, dim, H/16, W/16) map, 14x14 at 224. The
 masking patch is 16, the model's only stride. ``videomac_cnxv2_iso_s`` (dim 384, 18 blocks) has
 21,979,008 parameters, the paper's 22M; ``videomac_cnxv2_iso_b`` is dim 768.
+
+The authors' checkpoints (:func:`checkpoint_filter_fn`): ``stem.*`` -> ``stem.*``, ``blocks.{j}.*`` as
+a ConvNeXt block (:mod:`videomac.models.videomac_convnext`), ``norm.ln.*`` -> ``norm.*``.
 """
 
 # No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
 # generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
+import re
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, LayerNorm2d
 from timm.models import build_model_with_cfg, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq, named_apply
-from timm.models.convnext import ConvNeXtBlock, _init_weights
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.pretrained import resolve_pretrained
+from videomac.models.timm_blocks import (
+    ConvNeXtBlock,
+    checkpoint_seq,
+    convnext_init_weights,
+    feature_take_indices,
+    named_apply,
+)
+from videomac.models.videomac_convnext import block_key, check_version, rename
+from videomac.pretrained import map_checkpoint, official_state_dict, register_checkpoint_filter, resolve_pretrained
 from videomac.sparse.blocks import register_sparse_container
 
-__all__ = ["VideoMACConvNeXtIsotropic", "ISO_ARCHS"]
+__all__ = ["VideoMACConvNeXtIsotropic", "ISO_ARCHS", "checkpoint_filter_fn"]
 
 ISO_ARCHS = {
     "videomac_cnxv2_iso_s": dict(depth=18, dim=384),
@@ -39,6 +48,11 @@ class VideoMACConvNeXtIsotropic(nn.Module):
     ``patch_size``); ``features_only=True`` returns the last 3 blocks' outputs as timm's ViTs do
     (``out_indices`` picks others; ``feature_cfg=dict(norm=True)`` applies the final ``norm`` to them).
     """
+
+    authors_init = "convnext"  # the authors' init rule for pretraining (videomac.pretrain.init)
+    # Frozen features for label propagation: the final norm at the only stride (a patchify stem of
+    # stride 16 cannot be made finer).
+    eval_stage = ("norm", 16)
 
     def __init__(
         self,
@@ -87,7 +101,7 @@ class VideoMACConvNeXtIsotropic(nn.Module):
         self.num_features = self.head_hidden_size = dim
         self.head = ClassifierHead(dim, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.feature_info = [dict(num_chs=dim, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
-        named_apply(_init_weights, self)
+        named_apply(convnext_init_weights, self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Union[str, List]]:
@@ -160,6 +174,24 @@ class VideoMACConvNeXtIsotropic(nn.Module):
 
 # Its forward only chains stem, blocks and the per-position norm.
 register_sparse_container(VideoMACConvNeXtIsotropic)
+
+_OUTSIDE_BLOCKS = [(r"stem\.(weight|bias)", r"stem.\1"), (r"norm\.(?:ln\.)?(weight|bias)", r"norm.\1")]
+
+
+def _authors_key(key: str) -> Optional[str]:
+    m = re.match(r"blocks\.(\d+)\.", key)
+    return block_key(f"blocks.{m.group(1)}.", key[m.end() :]) if m else rename(key, _OUTSIDE_BLOCKS)
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An authors' isotropic ConvNeXt checkpoint (their pretraining checkpoint or a bare encoder
+    state_dict) as ``model``'s dense state_dict."""
+    sd = official_state_dict(state_dict)
+    check_version(model, sd)
+    return map_checkpoint(sd, model, _authors_key)
+
+
+register_checkpoint_filter(VideoMACConvNeXtIsotropic, checkpoint_filter_fn)
 
 default_cfgs = make_default_cfgs(ISO_ARCHS, first_conv="stem", classifier="head.fc", reduction=16)
 

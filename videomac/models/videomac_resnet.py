@@ -4,24 +4,29 @@ Differences from torchvision's ResNet (as in the authors' code): a 4x4 stride-4 
 LayerNorm instead of the 7x7 conv + max-pool, LayerNorm (channels-first) instead of BatchNorm and
 GELU instead of ReLU everywhere. Stages keep ResNet's widths and depths; the total stride is 32, or
 ``output_stride`` 16 / 8 with the last stages dilated instead of strided (as timm's ResNet).
+
+The authors' checkpoints (their ``models/resnetv2_sparse.py``; :func:`checkpoint_filter_fn`) use these
+names already (``stem.{0,1}``, ``layer{i}.{j}.conv{k}`` / ``norm{k}`` / ``downsample.{0,1}``), with
+MinkowskiEngine's ``.kernel`` / ``.ln.`` / ``.linear.``; torchvision's (``conv1``/``bn1`` for the stem,
+``bn*``/``ln*`` for norms) are accepted too. Any key that fits neither is reported, never guessed.
 """
 
 # No `from __future__ import annotations`: torch.fx copies forward()'s annotations into the code it
 # generates, and TorchScript cannot resolve them as strings (scripting a traced model fails).
-from typing import List, Optional, Tuple, Type, Union
+import re
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, LayerNorm2d, create_classifier
 from timm.models import build_model_with_cfg, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from videomac.models._cfgs import make_default_cfgs
-from videomac.pretrained import resolve_pretrained
+from videomac.models.timm_blocks import checkpoint_seq, feature_take_indices
+from videomac.pretrained import map_checkpoint, official_state_dict, register_checkpoint_filter, resolve_pretrained
 from videomac.sparse.blocks import BlockParts, layer_list, register_block, register_sparse_container
 
-__all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck"]
+__all__ = ["VideoMACResNet", "BasicBlock", "Bottleneck", "checkpoint_filter_fn"]
 
 default_cfgs = make_default_cfgs(
     ["videomac_rn18", "videomac_rn34", "videomac_rn50", "videomac_rn101"],
@@ -118,6 +123,8 @@ class VideoMACResNet(nn.Module):
     """
 
     _LAYERS = ("layer1", "layer2", "layer3", "layer4")
+    authors_init = "resnet"  # the authors' init rule for pretraining (videomac.pretrain.init)
+    eval_stage = ("layer4", 8)  # frozen features for label propagation: the last stage at stride 8
 
     def __init__(
         self,
@@ -297,6 +304,22 @@ register_block(
         [b.act3],
     ),
 )
+
+
+def _authors_key(key: str) -> str:
+    key = re.sub(r"\.kernel$", ".weight", key).replace(".ln.", ".").replace(".linear.", ".")
+    key = re.sub(r"^conv1\.", "stem.0.", key)
+    key = re.sub(r"^(bn1|ln1|norm1|norm)\.", "stem.1.", key)
+    return re.sub(r"\.(bn|ln)(\d)\.", r".norm\2.", key)
+
+
+def checkpoint_filter_fn(state_dict: Dict, model: nn.Module) -> Dict[str, torch.Tensor]:
+    """An authors' ResNet checkpoint (their pretraining checkpoint or a bare encoder state_dict) as
+    ``model``'s dense state_dict."""
+    return map_checkpoint(official_state_dict(state_dict), model, _authors_key)
+
+
+register_checkpoint_filter(VideoMACResNet, checkpoint_filter_fn)
 
 
 def create_videomac_resnet(variant: str, pretrained: bool = False, **kwargs) -> VideoMACResNet:

@@ -25,7 +25,6 @@ __all__ = [
     "merge_settings",
     "resume_target",
     "check_config",
-    "videomac_stride",
     "checkpoint_candidates",
     "CHECKPOINT",
     "ENCODER",
@@ -239,15 +238,10 @@ def resume_target(values: Dict, resume: str) -> Tuple[str, str]:
     return path, run_dir
 
 
-def videomac_stride(model: str) -> int:
-    """The total stride of a ``videomac_*`` encoder, from its name: settings are checked before torch is
-    imported (a bad flag answers at once); tests/test_model_names.py holds it to every model's own stride."""
-    return 16 if "_iso_" in model else 32
-
-
 def check_config(cfg: PretrainConfig) -> None:
-    """Every setting's type and declared range, then the checks between settings, before any model, data
-    or torch is loaded, so a mistake is a one-line ``ValueError`` naming the flag."""
+    """Every setting's type and declared range, then the checks between settings, before any data is read
+    or a model built, so a mistake is a one-line ``ValueError`` naming the flag. Torch is loaded only for
+    the last check, the input size against the model's own stride."""
     check(cfg)
     if cfg.lr is not None and cfg.min_lr > cfg.lr:
         raise ValueError(f"--min-lr {cfg.min_lr} is above --lr {cfg.lr}: the schedule decays from the lr to the min-lr")
@@ -256,8 +250,11 @@ def check_config(cfg: PretrainConfig) -> None:
             f"--synthetic-frames {cfg.synthetic_frames} leaves no pair --gap {cfg.gap} apart; "
             f"use at least {cfg.gap + 1}"
         )
-    if cfg.model.startswith("videomac_"):
-        patch = videomac_stride(cfg.model)
+    # Last, as the only check that needs the model (and so torch): its stride, read from its feature_info.
+    from videomac.models.names import model_stride
+
+    patch = model_stride(cfg.model)
+    if patch:
         if cfg.input_size % patch:
             ok = max(patch, round(cfg.input_size / patch) * patch)
             raise ValueError(

@@ -1,5 +1,6 @@
 """The authors' initialisation of the online model (``VideoMAC._init_weights_convnextv2`` and
-``_init_weights_resnet`` of their released code), applied after the encoder is built.
+``_init_weights_resnet`` of their released code), applied after the encoder is built. Which rule an
+encoder takes is declared by its family: the model's ``authors_init`` (``"convnext"`` or ``"resnet"``).
 
 Their rules, by the kind of layer in their sparse network (``trunc_normal_`` is truncated at the
 absolute values ±2, so std 0.02 is in effect untruncated):
@@ -29,9 +30,10 @@ from timm.layers.grn import GlobalResponseNorm
 from videomac.pretrain.config import PretrainConfig
 from videomac.settings import choices
 
-__all__ = ["INITS", "init_authors_"]
+__all__ = ["INITS", "RULES", "init_authors_"]
 
 INITS = choices(PretrainConfig, "init")
+RULES = ("convnext", "resnet")  # the values a family declares as its ``authors_init``
 _NORMS = (nn.LayerNorm, LayerNorm, LayerNorm2d)
 
 
@@ -90,9 +92,16 @@ def _init_decoder(decoder: nn.Module, resnet: bool) -> None:
     nn.init.normal_(decoder.mask_token, std=0.02)
 
 
-def init_authors_(encoder: nn.Module, decoders, resnet: bool) -> None:
+def init_authors_(encoder: nn.Module, decoders) -> None:
     """Initialise ``encoder`` (the dense timm model inside the online SparseEncoder) and the online
-    ``decoders`` in place with the authors' rules; ``resnet`` picks their ResNet variant."""
+    ``decoders`` in place with the authors' rule its family declares (``encoder.authors_init``)."""
+    rule = getattr(encoder, "authors_init", None)
+    if rule not in RULES:
+        raise ValueError(
+            f"{type(encoder).__name__} declares no authors' init rule (authors_init: one of {', '.join(RULES)}); "
+            "use init='timm' (--init timm)"
+        )
+    resnet = rule == "resnet"
     _init_encoder(encoder, resnet)
     for d in decoders:
         _init_decoder(d, resnet)

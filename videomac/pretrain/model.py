@@ -128,7 +128,7 @@ class VideoMAC(nn.Module):
             self.motion = Decoder(self.online.encoder.num_features, self.patch_size, decoder_dim, decoder_depth)
         if init == "authors":
             decoders = [self.online.decoder] + ([self.motion] if self.motion is not None else [])
-            init_authors_(self.online.encoder.model, decoders, resnet=hasattr(self.online.encoder.model, "layer1"))
+            init_authors_(self.online.encoder.model, decoders)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
 

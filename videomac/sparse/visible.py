@@ -28,7 +28,7 @@ backend's dense layer on a scattered map, exactly.
 from __future__ import annotations
 
 import weakref
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 import torch.fx
@@ -174,51 +174,75 @@ def _batch_norm(m: nn.BatchNorm2d, t: torch.Tensor, lay: Layout) -> torch.Tensor
     return y * m.weight + m.bias if m.affine else y
 
 
-_LAYER_NORMS = (nn.LayerNorm, LayerNorm2d, TimmLayerNorm)
+def _linear(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return F.linear(t, m.weight, m.bias)
 
 
-def _kind(m: nn.Module) -> Optional[str]:
+def _conv1x1(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return F.linear(t, m.weight.flatten(1), m.bias)
+
+
+def _layer_norm(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return F.layer_norm(t, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
+def _packed_batch_norm(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return _batch_norm(m, t, layout(ctx, hw, t.device))
+
+
+def _packed_grn(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return _grn(m, t, layout(ctx, hw, t.device))
+
+
+def _drop_path(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    if not (m.training and m.drop_prob > 0.0):
+        return t
+    # Per-sample factors drawn exactly as DropPath draws them for the dense map (same RNG use).
+    lay = layout(ctx, hw, t.device)
+    return t * _per_token(dense_class(m).forward(m, t.new_ones(lay.B, 1)), t, lay)
+
+
+def _elementwise(m: nn.Module, t: torch.Tensor, ctx: MaskContext, hw) -> torch.Tensor:
+    return dense_class(m).forward(m, t)  # dropout draws its own mask on the packed tokens
+
+
+PointwiseOp = Callable[[nn.Module, torch.Tensor, MaskContext, Tuple[int, int]], torch.Tensor]
+
+# Pointwise layers, by dense class (exact: a subclass may compute something else) -> how each runs on
+# packed ``(N, C)`` tokens. Conv2d only when 1x1 (see _pointwise_op).
+_POINTWISE: Dict[Type[nn.Module], PointwiseOp] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv1x1,
+    nn.LayerNorm: _layer_norm,
+    LayerNorm2d: _layer_norm,
+    TimmLayerNorm: _layer_norm,
+    nn.BatchNorm2d: _packed_batch_norm,
+    GlobalResponseNorm: _packed_grn,
+}
+# ... and by base class (first match wins), for layers identified by what they are rather than their class.
+_POINTWISE_BASES: Tuple[Tuple[Tuple[type, ...], PointwiseOp], ...] = (
+    ((DropPath,), _drop_path),
+    (ZERO_PRESERVING, _elementwise),
+)
+
+# Spatial layers with a packed implementation (None from it: fall back, see _run).
+_SPATIAL = {nn.Conv2d: packed.conv2d, nn.MaxPool2d: packed.max_pool2d}
+
+
+def _is_1x1(m: nn.Conv2d) -> bool:
+    return m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1 and m.stride == (1, 1)
+
+
+def _pointwise_op(m: nn.Module) -> Optional[PointwiseOp]:
     """How ``m`` runs on packed tokens if it is pointwise, else None (see :func:`_run`)."""
     cls = dense_class(m)
-    if cls is nn.Linear:
-        return "linear"
-    if cls is nn.Conv2d and m.kernel_size == (1, 1) and m.padding == (0, 0) and m.groups == 1 and m.stride == (1, 1):
-        return "conv1x1"
-    if cls in _LAYER_NORMS:
-        return "layer_norm"
-    if cls is nn.BatchNorm2d:
-        return "batch_norm"
-    if cls is GlobalResponseNorm:
-        return "grn"
-    if isinstance(m, DropPath):
-        return "drop_path"
-    if isinstance(m, ZERO_PRESERVING):
-        return "elementwise"
+    op = _POINTWISE.get(cls)
+    if op is not None:
+        return op if cls is not nn.Conv2d or _is_1x1(m) else None
+    for bases, op in _POINTWISE_BASES:
+        if isinstance(m, bases):
+            return op
     return None
-
-
-def _pointwise(m: nn.Module, kind: str, st: _State, ctx: MaskContext) -> _State:
-    """Run the pointwise layer ``m`` on the packed tokens of ``st``."""
-    st = st.to_packed(ctx)
-    t, hw = st.t, st.hw
-    if kind == "linear":
-        t = F.linear(t, m.weight, m.bias)
-    elif kind == "conv1x1":
-        t = F.linear(t, m.weight.flatten(1), m.bias)
-    elif kind == "layer_norm":
-        t = F.layer_norm(t, m.normalized_shape, m.weight, m.bias, m.eps)
-    elif kind == "batch_norm":
-        t = _batch_norm(m, t, layout(ctx, hw, t.device))
-    elif kind == "grn":
-        t = _grn(m, t, layout(ctx, hw, t.device))
-    elif kind == "drop_path":
-        if m.training and m.drop_prob > 0.0:
-            # Per-sample factors drawn exactly as DropPath draws them for the dense map (same RNG use).
-            lay = layout(ctx, hw, t.device)
-            t = t * _per_token(dense_class(m).forward(m, t.new_ones(lay.B, 1)), t, lay)
-    else:
-        t = dense_class(m).forward(m, t)  # elementwise; dropout draws its own mask on the packed tokens
-    return _State(t, hw, True)
 
 
 def _masked_forward(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -233,15 +257,17 @@ def _run(ops: List[Optional[nn.Module]], st: _State, ctx: MaskContext) -> _State
     for m in ops:
         if m is None or type(m) is nn.Identity:
             continue
-        kind = _kind(m)
-        if kind is not None:
-            st = _pointwise(m, kind, st, ctx)
-            continue
-        cls, res = dense_class(m), None
-        if cls is nn.Conv2d or cls is nn.MaxPool2d:
+        op = _pointwise_op(m)
+        if op is not None:
             p = st.to_packed(ctx)
-            fn = packed.conv2d if cls is nn.Conv2d else packed.max_pool2d
-            res = fn(ctx, m, p.t, p.hw)
+            st = _State(op(m, p.t, ctx, p.hw), p.hw, True)
+            continue
+        cls = dense_class(m)
+        spatial = _SPATIAL.get(cls)
+        res = None
+        if spatial is not None:
+            p = st.to_packed(ctx)
+            res = spatial(ctx, m, p.t, p.hw)
         if res is not None:
             st = _State(res[0], res[1], True)
         elif cls is nn.Conv2d:
@@ -293,13 +319,7 @@ class _VisibleSequential(_Visible):
     """``nn.Sequential`` that hands packed tokens from one child to the next."""
 
     def forward_packed(self, st: _State) -> _State:
-        ctx = self._vm_ctx
-        for m in self:
-            if isinstance(m, _Visible) and not _has_hooks(m):
-                st = m.forward_packed(st)
-            else:  # a module call (another container, or hooks to run): hand over through its output
-                st = _received(ctx, m(_publish(ctx, st)))
-        return st
+        return _run_chain(self._vm_ctx, self, st)
 
 
 class _VisibleLayer(_Visible):
@@ -314,17 +334,21 @@ class _VisibleLayer(_Visible):
         return _run([self], st, self._vm_ctx)
 
 
-def _run_chain(ctx: MaskContext, module: nn.Module, names: Tuple[str, ...], st: _State) -> _State:
-    """Apply ``module``'s submodules ``names`` one after the other, packed where they can run packed."""
-    for name in names:
-        m = module.get_submodule(name)
-        if type(m) is nn.Identity:
-            continue
+def _run_chain(ctx: MaskContext, modules: Iterable[nn.Module], st: _State) -> _State:
+    """Apply ``modules`` one after the other, packed where they can run packed."""
+    for m in modules:
+        if type(m) is nn.Identity and not _has_hooks(m):
+            continue  # it returns its input
         if isinstance(m, _Visible) and not _has_hooks(m):
             st = m.forward_packed(st)
         else:  # a module call (an unknown container, or hooks to run): hand over through its output
             st = _received(ctx, m(_publish(ctx, st)))
     return st
+
+
+def _chain(module: nn.Module) -> List[nn.Module]:
+    """The submodules a traced chain applies (``_vm_chain``: their names), in order."""
+    return [module.get_submodule(name) for name in module._vm_chain]
 
 
 class _VisibleChain(_Visible):
@@ -333,7 +357,7 @@ class _VisibleChain(_Visible):
     _vm_chain: Tuple[str, ...]
 
     def forward_packed(self, st: _State) -> _State:
-        return _run_chain(self._vm_ctx, self, self._vm_chain, st)
+        return _run_chain(self._vm_ctx, _chain(self), st)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "grad_checkpointing", False):
@@ -351,7 +375,7 @@ class _VisibleModel(SparseLayer):
         ctx = self._vm_ctx
         if getattr(self, "grad_checkpointing", False) or not ctx.packed:
             return super().forward_features(x)
-        return _publish(ctx, _run_chain(ctx, self, self._vm_chain, _received(ctx, x)))
+        return _publish(ctx, _run_chain(ctx, _chain(self), _received(ctx, x)))
 
 
 class _ChainTracer(torch.fx.Tracer):
