@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import videomac.pretrain.data as data_module
+from videomac.frames import FrameReader
 from videomac.pretrain.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -319,7 +319,7 @@ def test_every_pair_list_single_and_synthetic(tmp_path):
     for i in range(len(syn)):
         c, t = syn.locate(i)
         assert (c, t) == (i // 3, i % 3)
-        arr = syn.clips[c].frames(syn)
+        arr = syn.clips[c].frames(syn.ctx)
         assert torch.allclose(syn[i][1], _normalized(arr[t + 2]), atol=1e-5)
 
 
@@ -348,12 +348,12 @@ def test_video_decoding_fewer_frames_than_counted(tmp_path, monkeypatch, units):
     write_video(_frames(1, t=4), str(tmp_path / "b.mp4"))
     d = _exact(str(tmp_path), (48, 64), video_units=units)
     assert len(d) == 6 + 3
-    real = data_module.FrameReader.read
+    real = FrameReader.read
 
-    def short_a(self, k):  # a.mp4 counts 7 frames but only 3 decode
-        return None if self.path.endswith("a.mp4") and k >= 3 else real(self, k)
+    def short_a(self, k, size=None):  # a.mp4 counts 7 frames but only 3 decode
+        return None if self.path.endswith("a.mp4") and k >= 3 else real(self, k, size)
 
-    monkeypatch.setattr(data_module.FrameReader, "read", short_a)
+    monkeypatch.setattr(FrameReader, "read", short_a)
     a_full, b_full = _full_decode(tmp_path / "a.mp4"), _full_decode(tmp_path / "b.mp4")
     b0 = _normalized(b_full[0])
     assert torch.allclose(d[0][0], _normalized(a_full[0]), atol=1e-5)

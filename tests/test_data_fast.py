@@ -187,24 +187,24 @@ def test_unit_mode_decodes_each_frame_once_and_bounds_memory(tmp_path, monkeypat
         max_unit_pairs=16,
         max_open_units=2,
     )
-    import videomac.pretrain.data as dm
+    import videomac.frames as frames_module
 
     decoded = []
-    real = dm.video_frame_rgb
-    monkeypatch.setattr(dm, "video_frame_rgb", lambda f, hw: decoded.append(f.pts) or real(f, hw))
+    real = frames_module.video_frame_rgb
+    monkeypatch.setattr(frames_module, "video_frame_rgb", lambda f, hw: decoded.append(f.pts) or real(f, hw))
     jpegs = []  # the bytes of each JPEG decode
-    real_decode = dm.ImageFile.decode
-    monkeypatch.setattr(dm.ImageFile, "decode", lambda im, f=1: jpegs.append(im.data) or real_decode(im, f))
+    real_decode = ImageFile.decode
+    monkeypatch.setattr(ImageFile, "decode", lambda im, f=1: jpegs.append(im.data) or real_decode(im, f))
     units = d.unit_ranges()
     assert [hi - lo for lo, hi in units] == [14, 15, 15, 15] + [9, 10]  # <= 16 pairs, split evenly
     for lo, hi in units:
         for i in range(lo, hi):
             d[i]
-            assert len(d._cursors) <= 2 and all(len(c.frames) <= 2 for c in d._cursors.values())
+            assert len(d.ctx.open_units) <= 2 and all(len(c.frames) <= 2 for c in d.ctx.open_units.values())
     assert len(decoded) == 60 + 3  # every frame once (+ the gap frame at each of 3 inner unit ends)
     # 19 pairs: one decode each (frame t + 1), plus frame 0 of each unit and re-decodes at another DCT scale
     assert len(set(jpegs)) == 20 and len(jpegs) <= 19 + 2 + 3
-    assert not d._cursors  # finished units are closed
+    assert not d.ctx.open_units  # finished units are closed
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg"])
@@ -220,7 +220,7 @@ def test_units_draw_crops_at_request_like_direct_access(tmp_path, ext):
         torch.manual_seed(i)
         y = b[i]
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
-        factors |= {entry[0] for entry in b._cursors[(0, 0)].frames.values()} if b._cursors else set()
+        factors |= {entry[0] for c in b.ctx.open_units.values() for entry in c.frames.values()}
     assert ext == "png" or len(factors) > 1
 
 
@@ -284,7 +284,9 @@ def test_loader_workers_every_pair_uint8(tmp_path, kind):
     ds = FramePairDataset(str(tmp_path), input_size=32, scale=(1, 1), ratio=(1.5, 1.5), hflip=0, max_unit_pairs=4)
     sampler = EpochSampler()
     loader = make_loader(ds, sampler, 4, num_workers=2, seed=0, device=torch.device("cpu"))
-    assert ds.video_units and loader.prefetch_factor == 4 and loader.persistent_workers and not loader.pin_memory
+    assert (
+        ds.options.video_units and loader.prefetch_factor == 4 and loader.persistent_workers and not loader.pin_memory
+    )
     sampler.indices = epoch_indices(ds, 0, 0, 1, 0, 4, loader.num_workers)
     assert sorted(sampler.indices) == list(range(24))
     seen = []

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import videomac.pretrain.data as data_module
+from videomac.frames import FrameReader, SeekError, VideoIndex, probe_video
 from videomac.pretrain.data import FramePairDataset
-from videomac.pretrain.decode import FrameReader, VideoIndex, decode_frames, probe_video
 from videomac.synthetic import render_video
 
 H, W, BITS = 64, 96, 8
@@ -104,15 +103,12 @@ def test_seeking_gives_the_full_decode_frames(tmp_path, order):
             ks = rng.permutation(len(frames)).tolist() + [len(frames) - 1, 0, 5, 4, 3]
         with FrameReader(path, idx) as reader:
             for k in ks:
-                got = reader.read(k).to_ndarray(format="rgb24")
+                got = reader.read(k)
                 assert np.array_equal(got, frames[k]), (name, k)  # exact frame identity
-        got = {}
-
-        def keep(k, f, got=got):
-            got[k] = f.to_ndarray(format="rgb24")
-
-        assert decode_frames(path, idx, [7, 3, 30, 31, 12], keep) == 5
-        assert sorted(got) == [3, 7, 12, 30, 31] and all(np.array_equal(got[k], frames[k]) for k in got)
+        with FrameReader(path) as reader:  # no index given: read on first use
+            for k in (3, 7, 12, 30, 31):
+                assert np.array_equal(reader.read(k), frames[k]), (name, k)
+            assert reader.read(k, (H // 2, W // 2)).shape == (H // 2, W // 2, 3)  # area-resized on request
 
 
 def test_without_timestamps_frames_are_counted_from_the_start(tmp_path):
@@ -122,7 +118,7 @@ def test_without_timestamps_frames_are_counted_from_the_start(tmp_path):
     idx.pts = None  # as for a stream whose packets carry no timestamps
     with FrameReader(path, idx) as reader:
         for k in (5, 6, 30, 2, len(frames) - 1):
-            assert np.array_equal(reader.read(k).to_ndarray(format="rgb24"), frames[k])
+            assert np.array_equal(reader.read(k), frames[k])
         assert reader.read(len(frames)) is None
 
 
@@ -135,12 +131,12 @@ def test_a_bad_seek_falls_back_to_counting(tmp_path, monkeypatch):
 
     def broken(self, k, key):
         calls.append(k)
-        raise data_module.SeekError("simulated")
+        raise SeekError("simulated")
 
     monkeypatch.setattr(FrameReader, "_seek", broken)
     a, b = d[20]  # the seek fails: the file is decoded from the start, counting frames
     monkeypatch.setattr(FrameReader, "_seek", real)
-    assert calls and d._video_index(d.clips[0]).pts is None
+    assert calls and d.ctx.video_index(d.clips[0].path).pts is None
     assert torch.equal(a, torch.from_numpy(frames[20]).permute(2, 0, 1))
     assert torch.equal(b, torch.from_numpy(frames[21]).permute(2, 0, 1))
 
@@ -170,4 +166,4 @@ def test_dataset_pairs_are_the_full_decode_frames(tmp_path, units):
         assert torch.equal(a, torch.from_numpy(full[c][t]).permute(2, 0, 1)), (paths[c], t)
         assert torch.equal(b, torch.from_numpy(full[c][t + 2]).permute(2, 0, 1)), (paths[c], t)
     if units:
-        assert len(d._cursors) <= d.max_open_units
+        assert len(d.ctx.open_units) <= d.max_open_units

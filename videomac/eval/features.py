@@ -3,15 +3,16 @@
 Default (docs/design.md §5, docs/evaluation.md): what the model declares as its ``eval_stage`` (the
 videomac families: the LAST stage at output stride 8 -- ``layer4`` of a ResNet, 2048-d for RN50, the last
 ``stages.*`` of a ConvNeXt, 768-d for CNXv2-S -- and the isotropic ConvNeXt's final ``norm`` at its only
-stride, 16); for any other timm model the last of its ``feature_info`` stages at stride 8 (or its own,
-when coarser is all it has). Any module can be chosen by name (``stage``). The stride is reduced as CRW
+stride, 16); for any other timm model the last of its ``feature_info`` stages at stride 8 (its own
+when finer). Any module can be chosen by name (``stage``). The stride is reduced as CRW
 does for ResNets: the stride-2 convolutions of the ``feature_info`` stages up to the chosen one, last
 first (the 3x3/strided conv and the 1x1 ``downsample`` conv of their first block) become stride 1. A
 ConvNeXt downsampling layer is a 2x2 stride-2 "patchify" conv; it becomes a 2x2 stride-1 conv after
 replicate-padding one row/column at the bottom/right, which keeps the map size and the conv's weights
 and receptive field per tap. Kernel sizes and weights never change. When a stage ``stages.i`` is
-followed by a norm module ``norm{i}`` on the model, the features are taken after that norm. The
-forward pass stops at the chosen stage (later stages are never run).
+followed by a norm module ``norm{i}`` on the model, the features are taken after that norm. A
+``feature_info`` stage is read with the model's ``forward_intermediates`` (``stop_early``), any other
+module with a forward hook; either way later stages are never run.
 """
 
 from __future__ import annotations
@@ -169,6 +170,14 @@ class FeatureExtractor(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.stage = stage
         self.post_norm = post_norm(model, stage)
+        # A feature_info stage is taken with the model's forward_intermediates (timm's API: a stage norm
+        # that is the feature's own module is applied there); any other module with a forward hook.
+        names = _stage_names(model)
+        self._index = names.index(stage) if stage in names and hasattr(model, "forward_intermediates") else None
+        if self._index is not None and model.feature_info[self._index]["module"] == self.post_norm:
+            self._norm_after = None
+        else:
+            self._norm_after = self.post_norm
         self._hook_out: Optional[torch.Tensor] = None
         # the hook is attached only while this extractor runs (see _run): the model stays usable on its own
         self._stage_module = [modules[stage]]  # a list, so nn.Module does not register it twice
@@ -190,12 +199,19 @@ class FeatureExtractor(nn.Module):
         return self.mean.device
 
     def _hook(self, module, inputs, output):
-        if self.post_norm is not None:  # applied here whether or not the model's forward applies it
-            output = getattr(self.model, self.post_norm)(output)
         self._hook_out = output
         raise _StopForward
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._intermediate(x) if self._index is not None else self._hooked(x)
+        if self._norm_after is not None:  # applied here whether or not the model's forward applies it
+            out = getattr(self.model, self._norm_after)(out)
+        return out
+
+    def _intermediate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_intermediates(x, indices=[self._index], stop_early=True, intermediates_only=True)[0]
+
+    def _hooked(self, x: torch.Tensor) -> torch.Tensor:
         fwd = getattr(self.model, "forward_features", self.model)
         handle = self._stage_module[0].register_forward_hook(self._hook)
         try:

@@ -7,42 +7,43 @@
   decoded pixel grid and it is resized in uint8 by torch's antialiased bicubic (PIL's filter, within
   2 levels of it). ``exact=True`` (full scale) is the authors' ``resized_crop`` bit for bit (PIL crop,
   then PIL bicubic).
-- Video files: :class:`VideoIndex` maps frame numbers (the order a full decode yields them) to
-  presentation timestamps and keyframes, read from the packets without decoding; :func:`decode_frames`
+- Video files: read by :class:`videomac.frames.FrameReader` (its names are re-exported here), which
   seeks to the keyframe at or before each wanted frame and decodes forward, identifying frames by
-  timestamp, so a frame from seeking is the frame a full decode gives. Files whose packets carry no
-  usable timestamps are decoded from the start instead (still exact, only slower).
+  timestamp, so a frame from seeking is the frame a full decode gives.
 - JPEG on the training device: :func:`decode_jpeg_crops` decodes file bytes with
   ``torchvision.io.decode_jpeg`` (batched; on CUDA where asked) and crops/resizes there.
 
 Everything here is deterministic given the crop boxes; the random draws live in
-:mod:`videomac.pretrain.data`.
+:mod:`videomac.pretrain.clips`.
 """
 
 from __future__ import annotations
 
-import bisect
 import io
 import math
-import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import simplejpeg
 import torch
 from PIL import Image
 
+from videomac.frames import FrameReader, SeekError, VideoIndex, indexed_frames, probe_video, video_frame_rgb
 from videomac.media import image_to_rgb
 
 __all__ = [
     "Crop",
+    "FrameReader",
     "ImageFile",
+    "SeekError",
     "VideoIndex",
     "crop_box",
     "crop_resize",
-    "decode_frames",
+    "indexed_frames",
+    "probe_video",
+    "video_frame_rgb",
     "decode_jpeg_crops",
     "jpeg_crop",
     "reduction",
@@ -184,237 +185,6 @@ def jpeg_crop(
     d = (factor if factor is not None else reduction(crop, out_hw)) if reduce and img.jpeg else 1
     a = img.decode(d)
     return crop_resize(a, crop_box(crop, img.hw, a.shape[:2]), out_hw, flip, exact=not reduce)
-
-
-# ------------------------------------------------------------------------------------------ video
-_INDEXED_FORMATS = ("mov", "mp4")  # sample tables list every frame, read at open without demuxing
-
-
-def indexed_frames(container, stream, file_size: int) -> Optional[Tuple[int, List[int]]]:
-    """``(frames, keyframe positions)`` from the container's index (mp4 / mov), or ``None`` where it
-    cannot be trusted.
-
-    ``stream.frames`` alone is not exact: an edit list can mark leading samples as discarded (the decoder
-    drops them), so the count skips index entries flagged discard, as the decoder does. The index is used
-    only when it lists every sample (``len == stream.frames``; fragmented mp4 fails this) and every sample
-    lies inside the file (a truncated file fails this). Keyframe positions are in decode order, which is
-    where a seek would start: close to the frames a unit of pairs needs, not necessarily exact.
-    """
-    if not set(container.format.name.split(",")) & set(_INDEXED_FORMATS) or stream.frames <= 0:
-        return None
-    entries = getattr(stream, "index_entries", None)  # PyAV >= 14
-    if entries is None or len(entries) != stream.frames:
-        return None
-    n, keys = 0, []
-    for e in entries:
-        if e.pos < 0 or e.pos + e.size > file_size:
-            return None
-        if e.size > 0 and not e.is_discard:
-            if e.is_keyframe:
-                keys.append(n)
-            n += 1
-    return n, keys
-
-
-def probe_video(path: str) -> Tuple[int, List[int], Tuple[int, int]]:
-    """``(frames a full decode yields, keyframe positions, (height, width))`` without decoding.
-
-    mp4 / mov: from the container's sample index (no packet is read). Other containers (mkv / webm
-    index keyframes only; avi's index is optional): by demuxing every packet, still without decoding.
-    Packets flagged discard (edit lists) and empty packets yield no frame and are not counted.
-    """
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        hw = (stream.codec_context.height, stream.codec_context.width)
-        got = indexed_frames(container, stream, os.path.getsize(path))
-        if got is not None:
-            return got[0], got[1], hw
-        n, keys = 0, []
-        for p in container.demux(stream):
-            if p.size > 0 and not p.is_discard:
-                if p.is_keyframe:
-                    keys.append(n)
-                n += 1
-        return n, keys, hw
-
-
-@dataclass
-class VideoIndex:
-    """Frame ``k`` of a full decode has presentation timestamp ``pts[k]`` (sorted, unique); ``keys``
-    are the timestamps of keyframes (sorted). ``pts`` is ``None`` when the packets carry no usable
-    timestamps: frames are then identified by counting from the start."""
-
-    pts: Optional[np.ndarray]
-    keys: np.ndarray
-    num_frames: int
-
-    @classmethod
-    def read(cls, path: str) -> VideoIndex:
-        """Demux every packet (no decoding): the frames' timestamps and the keyframes'."""
-        import av
-
-        pts, keys, n, usable = [], [], 0, True
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            try:
-                for p in container.demux(stream):
-                    if p.size <= 0 or p.is_discard:
-                        continue
-                    n += 1
-                    if p.pts is None:
-                        usable = False
-                        continue
-                    pts.append(p.pts)
-                    if p.is_keyframe:
-                        keys.append(p.pts)
-            except av.error.FFmpegError:  # a damaged tail: the frames before it still count
-                pass
-        arr = np.sort(np.asarray(pts, dtype=np.int64))
-        if not usable or not keys or len(np.unique(arr)) != len(arr):
-            return cls(None, np.zeros(0, np.int64), n)
-        return cls(arr, np.sort(np.asarray(keys, dtype=np.int64)), n)
-
-    @property
-    def seekable(self) -> bool:
-        return self.pts is not None
-
-    def keyframe_before(self, k: int) -> Optional[int]:
-        """Timestamp of the last keyframe at or before frame ``k`` (``None``: none, start of stream)."""
-        i = bisect.bisect_right(self.keys.tolist(), int(self.pts[k])) - 1 if self.seekable else -1
-        return int(self.keys[i]) if i >= 0 else None
-
-
-class SeekError(RuntimeError):
-    """Seeking did not land at or before the wanted frame (the caller decodes from the start)."""
-
-
-class FrameReader:
-    """Frames of one video by number, decoding forward from the nearest keyframe.
-
-    :meth:`read` with ascending numbers continues decoding where the last call stopped (unless a keyframe
-    lies between, then it seeks); a number behind the position seeks back. With timestamps, frames are
-    matched by timestamp (a :class:`SeekError` if the stream does not deliver the expected one); without,
-    frames are counted from the start. Keeps the file open until :meth:`close`.
-    """
-
-    def __init__(self, path: str, index: VideoIndex, threads: int = 1):
-        import av
-
-        self.path, self.index = path, index
-        self.container = av.open(path)
-        self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO" if threads > 1 else "NONE"
-        self.stream.codec_context.thread_count = max(1, int(threads))
-        self._it = None
-        self._pos = None  # timestamp of the last frame decoded (with timestamps)
-        self._count = 0  # frames decoded from the start (without)
-
-    def close(self) -> None:
-        self._it = None
-        self.container.close()
-
-    def __enter__(self) -> FrameReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def read(self, k: int):
-        """Frame ``k`` (an ``av.VideoFrame``), or ``None`` if the stream ends first."""
-        if not self.index.seekable:
-            return self._read_counting(k)
-        target = int(self.index.pts[k])
-        key = self.index.keyframe_before(k)
-        if self._it is None or self._pos is None or self._pos >= target or (key is not None and key > self._pos):
-            self._seek(k, key)
-        for frame in self._it:
-            self._pos = frame.pts
-            if frame.pts is None:
-                raise SeekError("decoded frame without timestamp")
-            if frame.pts == target:
-                return frame
-            if frame.pts > target:
-                raise SeekError(f"frame {k} (pts {target}) not found; next decoded pts {frame.pts}")
-        self._it = None
-        return None
-
-    def _read_counting(self, k: int):
-        if self._it is None or self._count > k:
-            self.container.seek(0, backward=True, any_frame=False)
-            self._it, self._count = iter(self.container.decode(self.stream)), 0
-        for frame in self._it:
-            self._count += 1
-            if self._count == k + 1:
-                return frame
-        self._it = None
-        return None
-
-    def _seek(self, k: int, key: Optional[int]) -> None:
-        """Seek to ``key`` (or the stream's start) and check that decoding starts at or before frame
-        ``k``; falls back to two earlier keyframes, then to the start."""
-        target = int(self.index.pts[k])
-        keys = [int(x) for x in self.index.keys if key is not None and x <= key]
-        candidates = ([key] if key is not None else []) + keys[::-1][1:3] + [None]
-        for ts in candidates:
-            if ts is None:
-                self.container.seek(0, backward=True, any_frame=False)
-            else:
-                self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
-            frames = iter(self.container.decode(self.stream))
-            first = next(frames, None)
-            if first is not None and first.pts is not None and first.pts <= target:
-                self._it, self._pos = _chain(first, frames), None
-                return
-        raise SeekError(f"no seek position at or before frame {k}")
-
-
-def decode_frames(
-    path: str,
-    index: VideoIndex,
-    wanted: Iterable[int],
-    on_frame: Callable[[int, object], None],
-    threads: int = 1,
-) -> int:
-    """Call ``on_frame(k, av_frame)`` for every frame number ``k`` in ``wanted``, in ascending order
-    (see :class:`FrameReader`). Returns the number delivered: fewer if the stream ends first, or fails
-    after at least one (a failure before the first raises)."""
-    import av
-
-    wanted = sorted(set(int(k) for k in wanted))
-    done = 0
-    if not wanted:
-        return 0
-    with FrameReader(path, index, threads) as reader:
-        try:
-            for k in wanted:
-                frame = reader.read(k)
-                if frame is None:
-                    break
-                on_frame(k, frame)
-                done += 1
-        except SeekError:
-            raise
-        except (av.error.FFmpegError, ValueError):
-            if done == 0:
-                raise
-    return done
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
-def video_frame_rgb(frame, out_hw: Optional[Tuple[int, int]]) -> np.ndarray:
-    """An ``av.VideoFrame`` as uint8 RGB ``(H, W, 3)``, resized to ``out_hw`` with an area filter if
-    given (one swscale pass: conversion and downscale together)."""
-    if out_hw is None or (out_hw[0] == frame.height and out_hw[1] == frame.width):
-        return frame.to_ndarray(format="rgb24")
-    return frame.reformat(width=out_hw[1], height=out_hw[0], format="rgb24", interpolation="AREA").to_ndarray()
 
 
 # ------------------------------------------------------------------------------ JPEG on the device

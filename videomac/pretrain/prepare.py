@@ -26,7 +26,7 @@ from PIL import Image
 from videomac.files import atomic_file, stale_temporaries
 from videomac.media import IMAGE_EXTS, JPEG_EXTS, VIDEO_EXTS, image_to_rgb, is_video, list_frames
 from videomac.outputs import check_outputs
-from videomac.pretrain.data import _frames_root
+from videomac.pretrain.sources import frames_root
 
 __all__ = ["destination", "prepare_dataset", "list_items"]
 
@@ -43,7 +43,7 @@ def list_items(src: str) -> List[Tuple[str, str, str]]:
         return [("video", src, os.path.basename(src))]
     if not os.path.isdir(src):
         raise FileNotFoundError(f"prepare: {src} not found")
-    root = _frames_root(src)
+    root = frames_root(src)
     if list_frames(root):
         return [("frames", root, os.path.basename(os.path.normpath(root)))]
     out = []

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from videomac.files import atomic_file
+from videomac.frames import FrameReader
 from videomac.masking import PATCH_SIZE, check_images, check_mask, patchify, unpatchify, upsample_mask
 from videomac.media import is_video
 from videomac.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, random_resized_crop_params
@@ -134,32 +135,16 @@ def save_reconstruction_figure(path: str, *args, **kwargs) -> Image.Image:
     return fig
 
 
-def _decode_packets(path: str, on_frame) -> List[Optional[int]]:
-    """Demux ``path``'s video stream, decoding packet by packet so that a corrupt packet loses only its own
-    frames; ``on_frame(frame)`` for each frame that decodes. Returns every packet's pts (its frame's place)."""
-    import av
-
-    pts = []
-    with av.open(path) as c:
-        stream = c.streams.video[0]
-        for packet in c.demux(stream):
-            if packet.size:
-                pts.append(packet.pts)
-            try:
-                for frame in packet.decode():
-                    on_frame(frame)
-            except (av.error.FFmpegError, ValueError):
-                continue
-    return pts
-
-
 def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.ndarray]]:
     """``rows`` random pairs of frames ``gap`` apart of a video file, drawn among the frames that decode
     (a corrupt middle loses its own frames, not the figure). Frames are placed by timestamp when the
     stream has them, else in decoding order."""
     decoded: List[Optional[int]] = []
     try:
-        every = _decode_packets(path, lambda f: decoded.append(f.pts))
+        reader = FrameReader(path)
+        every = reader.decode_packets(lambda f: decoded.append(f.pts))
+    except ValueError:  # the reader's own message names the file
+        raise
     except Exception as e:  # PyAV raises many error types for a file it cannot open
         raise ValueError(f"cannot read video {path}: {e}") from None
     stamped = None not in every and None not in decoded
@@ -186,7 +171,7 @@ def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.nd
         if k in keep:
             frames[k] = f.to_ndarray(format="rgb24")
 
-    _decode_packets(path, take)
+    reader.decode_packets(take)
     pairs = [(frames[t], frames[t + gap]) for t in chosen if t in frames and t + gap in frames]
     if not pairs:  # the second decode lost what the first found (a file changing under us)
         raise ValueError(f"{path}: the frames chosen for the figure no longer decode")
