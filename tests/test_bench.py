@@ -48,6 +48,7 @@ def test_bench_propagate(capsys):
     assert rc == 0 and "fps" in out or rc == 2 and "not available" in out
 
 
+@pytest.mark.slow
 def test_bench_pretrain_repeats_report_medians_of_interleaved_rounds(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = [

@@ -69,6 +69,7 @@ def test_pretrain_help_shows_effective_defaults_and_presets():
     assert "--norm-pix-loss, --no-norm-pix-loss" in text and "--progress, --no-progress" in text
 
 
+@pytest.mark.slow
 def test_bad_settings_fail_before_any_heavy_work(tmp_path):
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
 

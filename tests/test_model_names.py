@@ -13,6 +13,7 @@ def test_unknown_model_names_suggest_the_closest():
         check_model_name("not_a_model_at_all")
 
 
+@pytest.mark.slow
 def test_the_settings_check_reads_every_encoders_stride_from_the_model():
     import timm
     import torch

@@ -50,6 +50,7 @@ def test_loss_falls_on_builtin_videos(tmp_path):
     assert last <= 0.7 * first, (first, last)
 
 
+@pytest.mark.slow
 def test_outputs_of_a_run(tmp_path):
     out = tmp_path / "run"
     summary = pretrain(PretrainConfig(**SMALL, max_steps=4, log_every=2, save_every=2, output_dir=str(out)))
@@ -73,6 +74,7 @@ def test_outputs_of_a_run(tmp_path):
     assert all(torch.equal(online[k], v) for k, v in sd.items())
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_bf16_autocast(tmp_path):
     out = tmp_path / "run"
     summary = pretrain(
@@ -103,6 +105,7 @@ def test_gradient_accumulation_and_bf16_autocast(tmp_path):
     assert load_checkpoint(str(tmp_path / "blr"))["base_lr"] == pytest.approx(2e-3 * 8 / 256)
 
 
+@pytest.mark.slow
 def test_one_loader_iterator_spans_the_epochs(tmp_path, monkeypatch):
     """The workers prefetch across epoch ends: a run of three epochs opens the loader once (an iterator
     per epoch left the device waiting ~40% of the first steps of every epoch, docs/performance.md)."""
@@ -133,6 +136,7 @@ def test_interrupt_and_resume_matches_uninterrupted(tmp_path):
         assert torch.equal(v, b["model"][k]), k
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = PretrainConfig(
         **dict(SMALL, lr=1e8, warmup_steps=0), max_steps=50, save_every=1, output_dir=str(tmp_path / "run")
@@ -199,6 +203,7 @@ def test_two_process_ddp_gloo(tmp_path):
     assert len(read_metrics(out)) == 3  # only rank 0 writes
 
 
+@pytest.mark.slow
 def test_cli_pretrain_and_visualize(tmp_path):
     from videomac.synthetic import render_video, write_video
 

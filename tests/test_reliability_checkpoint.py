@@ -47,6 +47,7 @@ class RunsCode:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys):
     good = run(tmp_path, "good")
     marker = tmp_path / "PWNED"
@@ -204,6 +205,7 @@ def test_temporaries_of_killed_writers_are_removed(tiny_run, tmp_path, capsys):
     assert not stale[0].exists() and live.exists()
 
 
+@pytest.mark.slow
 def test_a_fresh_run_in_a_folder_that_holds_a_run_is_refused(tmp_path, capsys):
     out = run(tmp_path, max_steps=3, save_every=1, log_every=1)
     names = sorted(os.listdir(out))

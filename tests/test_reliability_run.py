@@ -249,6 +249,7 @@ def test_a_resume_is_the_checkpoints_run(tmp_path, capsys):
     assert load_checkpoint(str(out))["step"] == 5
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_missing_or_mistyped_keys_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(PretrainConfig(**SMALL, max_steps=1, output_dir=str(out)))

@@ -65,6 +65,7 @@ def test_static_keep_is_checked():
         _ctx(mask, 5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["videomac_cnxv2_atto", "videomac_rn18"])
 def test_visible_forward_is_one_graph(name):
     """The whole VideoMAC forward (online and target branches, decoder, losses) is one graph, no break."""
