@@ -72,7 +72,10 @@ def max_grad_diff(a, b, relative=False):
     "name,dtype",
     [
         pytest.param(
-            n, d, id=f"{n}-{i}", marks=[pytest.mark.slow] if n in V2_LIKE_ATTO or (i == "fp64" and n not in FP64_FAST) else []
+            n,
+            d,
+            id=f"{n}-{i}",
+            marks=[pytest.mark.slow] if n in V2_LIKE_ATTO or (i == "fp64" and n not in FP64_FAST) else [],
         )
         for n in FAMILIES
         for d, i in ((torch.float32, "fp32"), (torch.float64, "fp64"))
