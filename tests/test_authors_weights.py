@@ -112,7 +112,7 @@ def rel(a, b):
     "name",
     [
         "videomac_rn18",
-        "videomac_rn50",
+        pytest.param("videomac_rn50", marks=pytest.mark.slow),
         pytest.param("videomac_cnxv2_t", marks=pytest.mark.slow),
         pytest.param("videomac_cnxv2_s", marks=pytest.mark.slow),
     ],

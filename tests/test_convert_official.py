@@ -17,7 +17,8 @@ from videomac.convert import UntrustedCheckpointError, convert_official, convert
 # (model, authors' version, depths, dims, isotropic): V2 conv-MLP (atto), V2 linear MLP (tiny), V1, isotropic
 CASES = [
     ("videomac_cnxv2_atto", 2, (2, 2, 6, 2), (40, 80, 160, 320), False),
-    ("videomac_cnxv2_t", 2, (3, 3, 9, 3), (96, 192, 384, 768), False),
+    # a V2 like atto, at 2-3 s: slow
+    pytest.param("videomac_cnxv2_t", 2, (3, 3, 9, 3), (96, 192, 384, 768), False, marks=pytest.mark.slow),
     ("videomac_cnxv1_t", 1, (3, 3, 9, 3), (96, 192, 384, 768), False),
     ("videomac_cnxv2_iso_s", 2, 18, 384, True),
 ]

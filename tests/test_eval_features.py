@@ -29,7 +29,8 @@ def test_stage_and_stride(name, stage, stride, natural, channels):
 
 
 @pytest.mark.parametrize(
-    "name,stage,channels", [("videomac_rn50", "layer4", 2048), ("videomac_cnxv2_s", "stages.3", 768)]
+    "name,stage,channels",
+    [("videomac_rn50", "layer4", 2048), pytest.param("videomac_cnxv2_s", "stages.3", 768, marks=pytest.mark.slow)],
 )
 def test_paper_default_features(name, stage, channels):
     """docs/design.md §5: the last stage at output stride 8 (RN50 2048-d, CNXv2-S 768-d)."""
