@@ -171,6 +171,39 @@ def test_visualize_draws_from_the_frames_that_decode(world, tmp_path, capsys):
     assert "Traceback" not in err and "junk.mp4" in err and len(err.strip().splitlines()) == 1, err
 
 
+def _corrupt_first_frame(path: Path, frames: int = 40) -> Path:
+    """A video with a keyframe every 5 frames whose first packet is overwritten: the frames up to the
+    next keyframe are lost, the rest decode."""
+    video = render_video(2, num_frames=frames, size=SIZE, num_objects=1)[0]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
+        s.options = {"g": "5", "keyint_min": "5", "sc_threshold": "0"}
+        for f in video:
+            for packet in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    with av.open(str(path)) as c:
+        first = next(p for p in c.demux(c.streams.video[0]) if p.size)
+        pos, size = first.pos, first.size
+    data = bytearray(path.read_bytes())
+    data[pos : pos + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_visualize_draws_from_a_video_whose_first_frame_does_not_decode(world, tmp_path, capsys):
+    video = _corrupt_first_frame(tmp_path / "first.mp4")
+    before = video.read_bytes()
+    out = tmp_path / "fig.png"
+    with pytest.warns(UserWarning, match="of 40 frames decode"):
+        rc = main(["visualize", str(world / "run"), str(video), "--rows", "2", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(out).convert("RGB"))[20:-20].std() > 10
+    assert video.read_bytes() == before
+
+
 def test_flags_named_in_messages(world, tmp_path, capsys):
     assert main(["visualize", str(world / "run"), str(world / "clip.mp4"), "--rows", "0"]) == 2
     err = capsys.readouterr().err.strip()

@@ -181,7 +181,9 @@ class FrameReader:
     Keeps a video open for :meth:`read` until :meth:`close` (or the ``with`` block ends).
     """
 
-    def __init__(self, source: str, index: Optional[VideoIndex] = None, threads: int = 1):
+    def __init__(
+        self, source: str, index: Optional[VideoIndex] = None, threads: int = 1, first_must_decode: bool = True
+    ):
         self.source = self.path = os.fspath(source)
         self.skipped: List[Tuple[str, str]] = []
         self.threads = max(1, int(threads))
@@ -200,7 +202,7 @@ class FrameReader:
         if os.path.isdir(self.source):
             self._open_folder()
         else:
-            self._check_video()
+            self._check_video(first_must_decode)
 
     def _open_folder(self) -> None:
         self.paths = list_frames(self.source)
@@ -216,7 +218,9 @@ class FrameReader:
         self.num_frames = len(self.paths)
         self.fps = 25.0
 
-    def _check_video(self) -> None:
+    def _check_video(self, first_must_decode: bool) -> None:
+        """``first_must_decode``: the first frame is the one a mask belongs to; a reader that only samples
+        frames (visualize) takes the size from the stream and lets :meth:`decode_packets` skip what fails."""
         import av
 
         has_video, first = False, None
@@ -227,6 +231,9 @@ class FrameReader:
                     stream = container.streams.video[0]
                     self.num_frames = int(stream.frames) or None
                     self.fps = float(stream.average_rate or 25)
+                    if not first_must_decode:
+                        self.size = (stream.codec_context.height, stream.codec_context.width)
+                        return
                     # Decode one frame now so a corrupt file fails here, with a clear message.
                     first = next(container.decode(stream), None)
         except Exception as e:  # PyAV raises many error types (some are ValueErrors) for damaged files

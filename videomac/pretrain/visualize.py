@@ -141,7 +141,7 @@ def _video_pairs(path: str, rows: int, gap: int) -> List[Tuple[np.ndarray, np.nd
     stream has them, else in decoding order."""
     decoded: List[Optional[int]] = []
     try:
-        reader = FrameReader(path)
+        reader = FrameReader(path, first_must_decode=False)
         every = reader.decode_packets(lambda f: decoded.append(f.pts))
     except ValueError:  # the reader's own message names the file
         raise
