@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import run_cli_process
 from test_sparse import make
-from test_visible import case_inputs, max_grad_diff, run_both
+from test_sparse_visible import case_inputs, max_grad_diff, run_both
 
 import videomac
 from videomac.bench.pretrain import LAUNCHES

@@ -1,7 +1,7 @@
 """Weights hub without network: an offline Hugging Face cache (its real layout) serves
 pretrained=True, torch.hub.load(source='local'), hf-hub: and local-dir: loading, sha256 checks, the
 no-weights error, export/push --dry-run, and importing checkpoints in the authors' sparse layout
-(tests/test_convert_official.py checks the conversion against the authors' forward)."""
+(tests/test_convert.py checks the conversion against the authors' forward)."""
 
 import json
 import os

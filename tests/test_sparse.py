@@ -91,7 +91,7 @@ def test_b_masked_pixels_do_not_leak(name, hw, train, backend):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_c_masked_cells_zero_after_every_layer(name):
     # layer by layer on the masked backend (every layer a module call); the visible backend equals it
-    # (tests/test_visible.py) and its stage outputs are checked in test_b
+    # (tests/test_sparse_visible.py) and its stage outputs are checked in test_b
     enc = videomac.SparseEncoder(make(name, train=True), backend="masked")
     hw = (64, 96)
     mask = random_mask(3, (2, 3), 0.5, generator=torch.Generator().manual_seed(2))

@@ -20,7 +20,7 @@ visible-only work:
   receiving that very tensor (same object, unmodified) takes the packed tokens. Any other code
   receiving the map gets the exact dense result.
 
-Results equal the masked backend's (same math on the same positions; tests/test_visible.py). Layers
+Results equal the masked backend's (same math on the same positions; tests/test_sparse_visible.py). Layers
 the packed path cannot run (unusual geometries, unknown layer types) fall back to the masked
 backend's dense layer on a scattered map, exactly.
 """
