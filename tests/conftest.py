@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from helpers import copy_run, run_cli_process, snapshot, tiny_argv
+from helpers import WeightsServer, copy_run, run_cli_process, snapshot, tiny_argv
 from helpers import run_cli as _run_cli
 
 # On a busy 2-core machine OpenMP's second thread makes the small tensor ops of these tests many times slower;
@@ -114,3 +114,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A :class:`helpers.WeightsServer` standing in for the authors' release page: TORCH_HOME (the download
+    cache) in ``tmp_path/torch`` and VIDEOMAC_WEIGHTS_BASE_URL pointing at the server."""
+    s = WeightsServer()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("VIDEOMAC_WEIGHTS_BASE_URL", s.url)
+    yield s
+    s.stop()

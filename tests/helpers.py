@@ -3,12 +3,14 @@ in its own, the one-line error check, and byte-for-byte snapshots of folders. Fi
 (``tiny_run``, ``run_cli``, threads) live in conftest.py."""
 
 import contextlib
+import http.server
 import io
 import os
 import shutil
 import stat
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +124,53 @@ def copy_run(run: Path, dst: Path) -> Path:
     """A copy of a finished run folder that a test may change."""
     shutil.copytree(run, dst, symlinks=True)
     return Path(dst)
+
+
+class WeightsServer:
+    """A real HTTP server on 127.0.0.1 serving ``files`` (name -> bytes). ``lengths`` overrides a name's
+    Content-Length header (e.g. ``"abc"``); names in ``truncated`` announce 4096 more bytes than they send;
+    ``hits`` lists the names asked for."""
+
+    def __init__(self):
+        self.files, self.lengths, self.truncated, self.hits = {}, {}, set(), []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.lstrip("/")
+                outer.hits.append(name)
+                body = outer.files.get(name)
+                if body is None:
+                    self.send_error(404)
+                    return
+                length = outer.lengths.get(name, str(len(body) + (4096 if name in outer.truncated else 0)))
+                self.send_response(200)
+                self.send_header("Content-Length", length)
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def put(self, name: str, obj) -> None:
+        """Serve ``obj`` as ``torch.save`` writes it."""
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        self.files[name] = buf.getvalue()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def cached_files(tmp_path) -> list:
+    """The files under ``tmp_path/torch`` (the TORCH_HOME the ``server`` fixture sets), relative to it."""
+    root = Path(tmp_path) / "torch"
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []

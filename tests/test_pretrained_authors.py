@@ -3,12 +3,9 @@ server on 127.0.0.1 (no network): synthetic files in both of the authors' layout
 checkpoint and their tools/convert_pth.py output) are downloaded into torch.hub's cache, converted, and compute
 the authors' forward (tests/authors_ref.py); failures are one line and leave nothing in the cache."""
 
-import http.server
-import io
 import json
 import os
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from authors_ref import (
     make_authors_convnext_state,
     make_authors_resnet_state,
 )
+from helpers import cached_files
 from safetensors import safe_open
 
 import videomac  # noqa: F401
@@ -35,59 +33,6 @@ CNX = {
     "videomac_cnxv2_s": ((3, 3, 27, 3), (96, 192, 384, 768)),
 }
 RN = {"videomac_rn18": 18, "videomac_rn50": 50}
-
-
-class Server:
-    """Serves ``files`` (name -> bytes); names in ``truncated`` announce 4096 more bytes than they send."""
-
-    def __init__(self):
-        self.files, self.truncated, self.hits = {}, set(), []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.lstrip("/")
-                outer.hits.append(name)
-                body = outer.files.get(name)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body) + (4096 if name in outer.truncated else 0)))
-                self.end_headers()
-                self.wfile.write(body)
-                self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def put(self, name: str, obj) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        self.files[name] = buf.getvalue()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    s = Server()
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("VIDEOMAC_WEIGHTS_BASE_URL", s.url)
-    yield s
-    s.stop()
-
-
-def cached_files(tmp_path):
-    root = tmp_path / "torch"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 def authors_state(name: str, seed: int):

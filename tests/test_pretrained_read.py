@@ -6,14 +6,12 @@ downloads that are not checkpoints are never cached. Every route: the reader its
 overlay file=, propagate --weights, pretrain --resume, export, visualize and convert-official on real files."""
 
 import hashlib
-import http.server
 import io
 import json
 import os
 import struct
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import pytest
 import timm
 import torch
 from authors_ref import make_authors_resnet_state
-from helpers import run_cli_process
+from helpers import cached_files, run_cli_process
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -271,50 +269,6 @@ def test_a_decoder_tensor_of_the_wrong_shape_is_named(tiny_run_copy, tmp_path, f
 
 
 # ------------------------------------------------------------------------------------------- downloads
-class Server:
-    """A real HTTP server on 127.0.0.1: ``files`` name -> (body, Content-Length header or None)."""
-
-    def __init__(self):
-        self.files = {}
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                item = outer.files.get(self.path.lstrip("/"))
-                if item is None:
-                    self.send_error(404)
-                    return
-                body, length = item
-                self.send_response(200)
-                self.send_header("Content-Length", length if length is not None else str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                self.close_connection = True
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    s = Server()
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("VIDEOMAC_WEIGHTS_BASE_URL", s.url)
-    yield s
-    s.stop()
-
-
-def cached(tmp_path):
-    root = tmp_path / "torch"
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
 NAME, FILE = "videomac_rn18.yt18_authors", "mac-r18-r0.75.pth"
@@ -329,28 +283,30 @@ def test_a_download_that_is_no_checkpoint_is_never_cached(server, tmp_path, caps
         (b"Me and my text", None),  # first byte 'M': BININT2, used to be IndexError
         (b"<html>login</html>", "abc"),  # a Content-Length that is no number: one line, not int()'s error
     ]:
-        server.files[FILE] = (body, length)
+        server.files[FILE] = body
+        if length is not None:
+            server.lengths[FILE] = length
         with pytest.raises(WeightsDownloadError) as e:
             timm.create_model(NAME, pretrained=True)
         msg = str(e.value)
         assert "not a PyTorch checkpoint or safetensors file; nothing was cached" in msg and "\n" not in msg, msg
-        assert "int()" not in msg and "--trust-pickle" not in msg and cached(tmp_path) == []
+        assert "int()" not in msg and "--trust-pickle" not in msg and cached_files(tmp_path) == []
     # the same through convert-official: exit 2, one line, nothing cached, no output
     out = tmp_path / "w.safetensors"
     capsys.readouterr()
     assert main(["convert-official", f"{server.url}/{FILE}", "--model", "videomac_rn18", "--out", str(out)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("videomac convert-official: error:") and "nothing was cached" in last
-    assert not out.exists() and cached(tmp_path) == []
+    assert not out.exists() and cached_files(tmp_path) == []
     # the server is fixed (and still sends a bad Content-Length): the next load succeeds
-    server.files[FILE] = (good, "abc")
+    server.files[FILE] = good  # still with Content-Length: abc
     timm.create_model(NAME, pretrained=True)
-    assert len([f for f in cached(tmp_path) if f.endswith(".sha256")]) == 1
+    assert len([f for f in cached_files(tmp_path) if f.endswith(".sha256")]) == 1
 
 
 def test_a_poisoned_cache_from_an_older_version_is_dropped(server, tmp_path, capsys):
     good = _torch_bytes(make_authors_resnet_state(18, seed=2))
-    server.files[FILE] = (good, None)
+    server.files[FILE] = good
     url = f"{server.url}/{FILE}"
     # what an older videomac left: the error page cached with its .sha256
     path, _ = download_cached(url, FILE, what=NAME)
@@ -384,7 +340,7 @@ def test_urls_and_file_names_that_leave_the_cache_are_refused(server, tmp_path, 
         assert "\n" not in str(e.value)
     with pytest.raises(WeightsDownloadError, match="'file:///etc/passwd' is not an http"):
         timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(url="file:///etc/passwd"))
-    assert victim.read_text() == "precious" and cached(tmp_path) == []
+    assert victim.read_text() == "precious" and cached_files(tmp_path) == []
     # the registry refuses such entries, naming the entry and field
     base = dict(model="videomac_rn18", tag="t", format="authors", url="https://example.org/a.pth", filename="a.pth")
     for entry, pattern in [
