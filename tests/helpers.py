@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,3 +175,16 @@ def cached_files(tmp_path) -> list:
     """The files under ``tmp_path/torch`` (the TORCH_HOME the ``server`` fixture sets), relative to it."""
     root = Path(tmp_path) / "torch"
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def group_gone(pgid: int, timeout: float = 20.0) -> bool:
+    """Whether every process of the group ``pgid`` has exited within ``timeout`` seconds (a run's DataLoader
+    workers must not outlive it)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import tiny, tiny_argv
+from helpers import group_gone, tiny, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import LOCK, is_run_folder, load_checkpoint, run_lock, write_checkpoint
@@ -47,17 +47,6 @@ def _finish(proc, timeout=240):
     return proc.returncode, err
 
 
-def _group_gone(pgid, timeout=20.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def _wait_for_steps(proc, out, n, timeout=300):
     metrics = out / "metrics.jsonl"
     end = time.time() + timeout
@@ -85,7 +74,7 @@ def test_a_nan_loss_with_workers_exits_1(tmp_path):
     rc, err = _finish(proc)
     assert rc == 1
     assert "NonFiniteLossError: loss is nan" in _one_error_line(err)
-    assert _group_gone(proc.pid), "DataLoader workers outlived the run"
+    assert group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
 @pytest.mark.slow
@@ -106,7 +95,7 @@ def test_a_killed_worker_ends_the_run_with_its_last_checkpoint(tmp_path):
     line = _one_error_line(err)
     assert "DataLoadingError" in line and "DataLoader worker" in line and "--resume" in line
     assert load_checkpoint(str(out))["step"] >= 2  # the last good checkpoint is intact
-    assert _group_gone(proc.pid), "DataLoader workers outlived the run"
+    assert group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
 @pytest.mark.slow
@@ -142,7 +131,7 @@ def test_a_data_folder_removed_mid_run_ends_the_run(tmp_path):
     assert rc == 1
     assert "DataLoadingError: loading training data failed" in _one_error_line(err)
     assert load_checkpoint(str(out))["step"] >= 1
-    assert _group_gone(proc.pid), "DataLoader workers outlived the run"
+    assert group_gone(proc.pid), "DataLoader workers outlived the run"
 
 
 def _tmpfs(path, size):
@@ -171,7 +160,7 @@ def test_a_disk_that_fills_during_torch_save_is_one_line(tmp_path):
         assert "no space left on" in line and "while writing" in line and "checkpoint.pt" in line
         assert (out / "checkpoint.pt").read_bytes() == before
         assert not [p for p in os.listdir(out) if ".tmp-" in p]
-        assert _group_gone(proc.pid)
+        assert group_gone(proc.pid)
     finally:
         subprocess.run(["umount", str(disk)])
 

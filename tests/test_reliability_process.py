@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from helpers import tiny, tiny_argv
+from helpers import group_gone, tiny, tiny_argv
 
 from videomac.cli import main
 from videomac.pretrain.checkpoint import load_checkpoint
@@ -62,17 +62,6 @@ def test_resume_with_frame_units_is_bit_exact(tmp_path, capsys):
     assert b["step"] == 8 and b["config"]["frame_units"] is True and b["order_workers"] == 2
 
 
-def _group_gone(pgid: int, timeout: float = 20.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_process_group_checkpoints_the_current_step(tmp_path, sig):
@@ -103,4 +92,4 @@ def test_a_signal_to_the_process_group_checkpoints_the_current_step(tmp_path, si
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     ck = load_checkpoint(str(out))
     assert ck["step"] == steps[-1] >= 3  # the step it was on: nothing lost (save_every is 500)
-    assert _group_gone(proc.pid), "DataLoader workers outlived the run"
+    assert group_gone(proc.pid), "DataLoader workers outlived the run"
