@@ -26,12 +26,6 @@ def torch_threads():
     torch.set_num_threads(n)
 
 
-@pytest.fixture
-def one_thread():
-    """Kept for tests that still ask: the session runs on THREADS threads already (see ``torch_threads``)."""
-    yield
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One tiny pretraining run that finished (2 steps of helpers.TINY), made once by the real command in its

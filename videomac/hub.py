@@ -238,13 +238,13 @@ PUBLISHED_FILES = ("model.safetensors", "config.json", "README.md")
 
 def _check_destination(out_dir: str, source, flag: str = "--out") -> None:
     """The output rule (:mod:`videomac.outputs`: not over the source, not into a run), and not into a dataset."""
-    from videomac.eval.outputs import OutputFolderError, dataset_marker
-    from videomac.outputs import check_outputs
+    from videomac.eval.outputs import dataset_marker
+    from videomac.outputs import OutputError, check_outputs
 
     check_outputs([None if isinstance(source, torch.nn.Module) else source], folders={flag: out_dir})
     data = dataset_marker(out_dir)
     if data:
-        raise OutputFolderError(f"{flag} {out_dir} is inside the dataset {data}; export into a folder outside it")
+        raise OutputError(f"{flag} {out_dir} is inside the dataset {data}; export into a folder outside it")
 
 
 def _publish(src: str, dst: str) -> None:
@@ -267,7 +267,7 @@ def export_folder(
     ``source`` is a checkpoint path, a run folder, or a dense timm model. The checkpoint is read with
     ``torch.load(weights_only=True)`` (``trust_pickle``: without, for an earlier videomac's files you
     wrote); ``include_checkpoint`` copies it only when it passes that load and its checksum. ``out_dir``
-    may not be a run folder or lie in a dataset (:class:`~videomac.eval.outputs.OutputFolderError`);
+    may not be a run folder or lie in a dataset (:class:`~videomac.outputs.OutputError`);
     every file is written atomically. The summary's ``files`` are the files written, nothing else.
     """
     import tempfile
