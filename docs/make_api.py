@@ -6,6 +6,7 @@ python docs/make_api.py
 import importlib
 import inspect
 import os
+import re
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "api.md")
 
@@ -89,7 +90,7 @@ def _signature(name, obj) -> str:
     ]
     ret = sig.return_annotation
     sig = sig.replace(parameters=params, return_annotation=_Raw(ret) if isinstance(ret, str) else ret)
-    return f"{name}{sig}"
+    return re.sub(r"<function <lambda> at 0x[0-9a-f]+>", "<lambda>", f"{name}{sig}")  # no address: a stable page
 
 
 def _public(module):
@@ -131,7 +132,9 @@ def render_object(name, obj) -> list:
         if _doc(obj):
             out.append(_doc(obj) + "\n")
     else:
-        text = repr(obj)
+        text = (
+            "{" + ", ".join(map(repr, sorted(obj))) + "}" if isinstance(obj, (set, frozenset)) else repr(obj)
+        )  # sets print in hash order
         out.append(f"### `{name}`\n\n`{text if len(text) < 100 else type(obj).__name__}`\n")
     return out
 
